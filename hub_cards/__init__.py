@@ -1,0 +1,1 @@
+"""Model cards for checkpoints, adapters and projector artifacts (filled in by the Hub issue)."""

@@ -1,0 +1,42 @@
+"""LLaVA as a Transformers-native model: importing this package registers it with the Auto classes.
+
+This is the one place where registration happens. `register_for_auto_class` makes `save_pretrained` write `auto_map`
+and copy this folder's code next to the weights, so a checkpoint also loads with `trust_remote_code=True` where this
+package is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .chat_templates import CHAT_TEMPLATES
+from .configuration_llava_plugin import LlavaPluginConfig
+from .modeling_llava_plugin import (
+    LlavaPluginForConditionalGeneration,
+    LlavaPluginModel,
+    LlavaPluginPreTrainedModel,
+)
+from .processing_llava_plugin import LlavaPluginProcessor, tokenizer_with_image_token
+
+AutoConfig.register(LlavaPluginConfig.model_type, LlavaPluginConfig, exist_ok=True)
+AutoModel.register(LlavaPluginConfig, LlavaPluginModel, exist_ok=True)
+AutoModelForImageTextToText.register(LlavaPluginConfig, LlavaPluginForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(LlavaPluginConfig, LlavaPluginProcessor, exist_ok=True)
+
+LlavaPluginConfig.register_for_auto_class()
+LlavaPluginModel.register_for_auto_class("AutoModel")
+LlavaPluginForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+LlavaPluginProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CHAT_TEMPLATES",
+    "LlavaPluginConfig",
+    "LlavaPluginForConditionalGeneration",
+    "LlavaPluginModel",
+    "LlavaPluginPreTrainedModel",
+    "LlavaPluginProcessor",
+    "tokenizer_with_image_token",
+]

@@ -1,0 +1,173 @@
+"""Configuration of the LLaVA family (v1 linear projector, LLaVA-1.5 MLP projector and variants).
+
+A composite config in the style of transformers' `LlavaConfig`: any Transformers vision model config as
+`vision_config`, any causal language model config as `text_config`, plus the handful of fields that say how the two
+are wired. Everything that can be checked without building the model is checked here, so that a bad combination
+fails at config time with a message instead of deep inside a forward pass.
+"""
+
+import re
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+# Vision towers whose sequence has no leading CLS token: dropping "the first token" there would drop a real patch.
+VISION_TOWERS_WITHOUT_CLS = frozenset({"siglip_vision_model"})
+
+_MLP_GELU = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+def projector_depth(projector_type: str) -> int:
+    """Number of linear layers of a projector type: 0 for `identity`, 1 for `linear`, N for `mlpNx_gelu`."""
+    if projector_type == "identity":
+        return 0
+    if projector_type == "linear":
+        return 1
+    match = _MLP_GELU.match(projector_type)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(
+            f"Unknown projector_type {projector_type!r}: expected 'linear' (LLaVA v1), 'mlp2x_gelu' (LLaVA-1.5), "
+            "any 'mlpNx_gelu' with N >= 1, or 'identity'."
+        )
+    return int(match.group(1))
+
+
+def image_seq_length_for(vision_config: PreTrainedConfig, vision_feature_select_strategy: str) -> int:
+    """Number of image tokens one image becomes: the vision tower's sequence, less the CLS token for `default`.
+
+    Shared by the config and the processor so that the number of `<image>` tokens the processor writes and the
+    number of features the model scatters can never disagree.
+    """
+    image_size = getattr(vision_config, "image_size", None)
+    patch_size = getattr(vision_config, "patch_size", None)
+    if not isinstance(image_size, int) or not isinstance(patch_size, int):
+        raise ValueError(
+            f"Cannot derive the number of image tokens from a {type(vision_config).__name__} without integer "
+            f"`image_size` and `patch_size` (got {image_size!r}, {patch_size!r}); pass `image_seq_length` explicitly."
+        )
+    has_cls = vision_config.model_type not in VISION_TOWERS_WITHOUT_CLS
+    if vision_feature_select_strategy == "default" and not has_cls:
+        raise ValueError(
+            f"vision_feature_select_strategy='default' drops the CLS token, but {vision_config.model_type} has none "
+            "(its first token is an image patch). Use vision_feature_select_strategy='full'."
+        )
+    return (image_size // patch_size) ** 2 + int(has_cls) - int(vision_feature_select_strategy == "default")
+
+
+@strict
+class LlavaPluginConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`LlavaPluginForConditionalGeneration`].
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the vision tower; any model type whose `AutoModel` returns hidden states (CLIP, SigLIP, ...).
+            Defaults to CLIP ViT-L/14 at 336 px, the tower of LLaVA-1.5.
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the language model; any model type with an `AutoModel` decoder (Llama, Qwen2, Mistral, ...).
+        projector_type (`str`, *optional*, defaults to `"mlp2x_gelu"`):
+            `"linear"` (LLaVA v1), `"mlp2x_gelu"` (LLaVA-1.5), any `"mlpNx_gelu"`, or `"identity"` (no projector; the
+            vision width must then equal the text width).
+        image_token_id (`int`, *optional*, defaults to 32000):
+            Id of the `<image>` placeholder token whose embeddings are replaced by image features.
+        image_seq_length (`int`, *optional*):
+            Image tokens per image. Derived from the vision config when not given; a given value must agree.
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+            `"default"` drops the CLS token (the original's `patch`), `"full"` keeps it (the original's `cls_patch`).
+        vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
+            Hidden state(s) of the vision tower fed to the projector; several layers are concatenated on features.
+        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+            Whether the projector's linear layers have a bias.
+
+    Example:
+
+    ```python
+    >>> from transformers import CLIPVisionConfig, LlamaConfig
+    >>> from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration
+
+    >>> config = LlavaPluginConfig(vision_config=CLIPVisionConfig(), text_config=LlamaConfig(), projector_type="linear")
+    >>> model = LlavaPluginForConditionalGeneration(config)
+    ```"""
+
+    model_type = "llava_plugin"
+    attribute_map = {"image_token_index": "image_token_id"}
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "patch_size": 14,
+                "image_size": 336,
+                "projection_dim": 768,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    projector_type: str = "mlp2x_gelu"
+    image_token_id: int = 32000
+    image_seq_length: int | None = None
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_feature_layer: int | list[int] = -2
+    multimodal_projector_bias: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Checkpoints of some families record tying in the text config only (as transformers' LlavaConfig notes).
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        self._check_vision_tower()
+        self._check_projector()
+        derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)
+        if self.image_seq_length is not None and self.image_seq_length != derived:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
+                f"image features per image with vision_feature_select_strategy={self.vision_feature_select_strategy!r}."
+            )
+        self.image_seq_length = derived
+
+    @property
+    def num_vision_feature_layers(self) -> int:
+        return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
+
+    def _check_vision_tower(self) -> None:
+        vision_model_class = MODEL_MAPPING.get(type(self.vision_config), None)
+        if vision_model_class is None:
+            raise ValueError(f"No AutoModel class is registered for vision config {type(self.vision_config).__name__}.")
+        recordable = getattr(vision_model_class, "_can_record_outputs", None) or {}
+        if "hidden_states" not in recordable:
+            raise ValueError(
+                f"{vision_model_class.__name__} cannot return hidden states, so no vision_feature_layer can be "
+                "selected from it; LLaVA needs a vision tower that does (CLIP, SigLIP, ...)."
+            )
+        num_layers = self.vision_config.num_hidden_layers
+        layers = [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        # hidden_states has num_layers + 1 entries (the embeddings first).
+        if not layers or any(not -(num_layers + 1) <= layer <= num_layers for layer in layers):
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer!r} is out of range for a vision tower with "
+                f"{num_layers} layers (valid: {-(num_layers + 1)} .. {num_layers})."
+            )
+
+    def _check_projector(self) -> None:
+        if projector_depth(self.projector_type) == 0:
+            vision_width = self.vision_config.hidden_size * self.num_vision_feature_layers
+            if vision_width != self.text_config.hidden_size:
+                raise ValueError(
+                    f"projector_type='identity' needs the vision features ({vision_width} = hidden_size "
+                    f"{self.vision_config.hidden_size} x {self.num_vision_feature_layers} layer(s)) to be as wide as "
+                    f"the language model ({self.text_config.hidden_size}); use 'linear' or 'mlp2x_gelu'."
+                )
+
+
+__all__ = ["LlavaPluginConfig", "image_seq_length_for", "projector_depth"]

@@ -1,0 +1,129 @@
+"""Processor of the LLaVA family: image preprocessing, `<image>` expansion and LLaVA's chat templates.
+
+It lives beside the model because transformers ships remote code from one flat folder; `processing/` re-exports it.
+Images go through transformers' `LlavaImageProcessor`: CLIP's resize and center crop by default, LLaVA-1.5's
+"pad" mode (pad to a square with the mean colour, then resize) with `do_pad=True`. Each `<image>` in the text becomes
+`image_seq_length` image tokens, the number of features the vision tower gives, computed by the same function the
+config uses.
+"""
+
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from transformers.utils import is_torchvision_available
+
+from .chat_templates import CHAT_TEMPLATES
+from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS, image_seq_length_for
+
+IMAGE_TOKEN = "<image>"
+# Same preprocessing either way; the torchvision backend is faster where torchvision is installed.
+if is_torchvision_available():
+    from transformers.models.llava.image_processing_llava import LlavaImageProcessor as IMAGE_PROCESSOR_CLASS
+else:
+    IMAGE_PROCESSOR_CLASS = LlavaImageProcessorPil
+
+
+def tokenizer_with_image_token(text_checkpoint: str, **kwargs):
+    """Loads an LLM's tokenizer with `<image>` added as its special `image_token`, and a pad token.
+
+    The one place where the image token enters a tokenizer, so the model and processor built from the same LLM agree
+    on its id. Like the original LLaVA, a tokenizer without a pad token pads with `unk` (or `eos` when it has none).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(
+        text_checkpoint, extra_special_tokens={"image_token": IMAGE_TOKEN}, **kwargs
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+class LlavaPluginProcessor(ProcessorMixin):
+    r"""
+    Wraps an image processor and a tokenizer into one LLaVA processor.
+
+    Args:
+        image_processor ([`LlavaImageProcessor`] or [`LlavaImageProcessorPil`], *optional*):
+            Resizes, crops (or pads to square) and normalises images.
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*):
+            The LLM's tokenizer, holding the `<image>` special token.
+        image_seq_length (`int`, *optional*, defaults to 576):
+            Image tokens per image; must equal the model config's `image_seq_length`.
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            The placeholder written in prompts, one per image.
+        chat_template (`str` or `dict[str, str]`, *optional*):
+            Jinja template(s); `from_backbones` installs `vicuna_v1` as default and `plain` by name.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        image_seq_length: int = 576,
+        image_token: str = IMAGE_TOKEN,
+        chat_template: str | dict[str, str] | None = None,
+        **kwargs,
+    ):
+        self.image_seq_length = image_seq_length
+        self.image_token = getattr(tokenizer, "image_token", None) or image_token
+        if self.image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer has no {self.image_token!r} token; load it with `tokenizer_with_image_token` or add "
+                f"it with `extra_special_tokens={{'image_token': {self.image_token!r}}}`."
+            )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
+
+    def validate_inputs(self, images=None, text=None, **kwargs) -> None:
+        """Per-sample check when images come nested per sample (`[[img], [img, img]]`), then the generic checks."""
+        if text is not None and isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):
+            texts = [text] if isinstance(text, str) else text
+            if len(images) != len(texts):
+                raise ValueError(f"Got {len(texts)} texts but image lists for {len(images)} samples.")
+            for sample, (sample_text, sample_images) in enumerate(zip(texts, images)):
+                if sample_text.count(self.image_token) != len(sample_images):
+                    raise ValueError(
+                        f"Sample {sample} has {sample_text.count(self.image_token)} {self.image_token} markers but "
+                        f"{len(sample_images)} images; write one {self.image_token} per image."
+                    )
+        super().validate_inputs(images=images, text=text, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(dict.fromkeys(self.tokenizer.model_input_names + ["pixel_values"]))
+
+    @classmethod
+    def from_backbones(
+        cls,
+        vision: str,
+        text: str,
+        vision_feature_select_strategy: str | None = None,
+        pad_to_square: bool = False,
+    ) -> "LlavaPluginProcessor":
+        """Builds the processor matching `LlavaPluginForConditionalGeneration.from_backbones(vision, text)`.
+
+        The image processor takes its size, crop and normalisation from the vision checkpoint's preprocessor config;
+        `pad_to_square=True` selects LLaVA-1.5's pad mode. The chat templates are `vicuna_v1` (default) and `plain`.
+        """
+        vision_config = AutoConfig.from_pretrained(vision)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        if vision_feature_select_strategy is None:
+            no_cls = vision_config.model_type in VISION_TOWERS_WITHOUT_CLS
+            vision_feature_select_strategy = "full" if no_cls else "default"
+        try:
+            image_processor = IMAGE_PROCESSOR_CLASS.from_pretrained(vision, do_pad=pad_to_square)
+        except OSError:  # a bare vision checkpoint without preprocessor config: size it from the model
+            size = vision_config.image_size
+            image_processor = IMAGE_PROCESSOR_CLASS(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_pad=pad_to_square
+            )
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer_with_image_token(text),
+            image_seq_length=image_seq_length_for(vision_config, vision_feature_select_strategy),
+            chat_template={"default": CHAT_TEMPLATES["vicuna_v1"], "plain": CHAT_TEMPLATES["plain"]},
+        )
+
+
+__all__ = ["LlavaPluginProcessor", "tokenizer_with_image_token"]

@@ -1,0 +1,60 @@
+"""Session fixtures: a tokenizer trained here, tiny backbone checkpoints and a tiny LLaVA built from them.
+
+Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import modeling_llava  # noqa: F401  (registers the Auto classes)
+from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
+from trainers.tiny_backbones import save_tiny_language_model, save_tiny_vision, train_tokenizer
+
+CORPUS = [
+    VICUNA_V1_SYSTEM,
+    "USER: What is the colour of the square? ASSISTANT: The square is red.",
+    "USER: Where is the blue circle? ASSISTANT: The blue circle is at the top left of the image.",
+    "A green triangle on the right and a yellow star below it.\n",
+    "How many shapes are there? There are three shapes.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer(CORPUS * 4, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tokenizer):
+    """Paths of tiny backbone checkpoints: `clip` (a full CLIPModel), `siglip`, `llama`, `qwen2`."""
+    root = tmp_path_factory.mktemp("backbones")
+    return {
+        "clip": str(save_tiny_vision(root / "clip", "clip")),
+        "siglip": str(save_tiny_vision(root / "siglip", "siglip")),
+        "llama": str(save_tiny_language_model(root / "llama", tokenizer, "llama")),
+        "qwen2": str(save_tiny_language_model(root / "qwen2", tokenizer, "qwen2")),
+    }
+
+
+@pytest.fixture(scope="session")
+def processor(checkpoints):
+    return LlavaPluginProcessor.from_backbones(checkpoints["clip"], checkpoints["llama"])
+
+
+@pytest.fixture(scope="session")
+def llava_checkpoint(tmp_path_factory, checkpoints, processor):
+    """A saved LLaVA (CLIP + Llama, mlp2x_gelu) with its processor: what `from_pretrained` users start from."""
+    torch.manual_seed(0)
+    model = LlavaPluginForConditionalGeneration.from_backbones(checkpoints["clip"], checkpoints["llama"])
+    path = tmp_path_factory.mktemp("llava") / "tiny-llava"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def random_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))

@@ -1,0 +1,1 @@
+"""Training recipes, the `llava` command line and the offline demo."""
