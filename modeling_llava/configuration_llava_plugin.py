@@ -6,6 +6,7 @@ are wired. Everything that can be checked without building the model is checked 
 fails at config time with a message instead of deep inside a forward pass.
 """
 
+import inspect
 import re
 from typing import Literal
 
@@ -85,10 +86,11 @@ class LlavaPluginConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from transformers import CLIPVisionConfig, LlamaConfig
+    >>> from transformers import LlamaConfig
     >>> from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration
 
-    >>> config = LlavaPluginConfig(vision_config=CLIPVisionConfig(), text_config=LlamaConfig(), projector_type="linear")
+    >>> # LLaVA v1: CLIP ViT-L/14, Vicuna-7B-shaped Llama, one linear projector
+    >>> config = LlavaPluginConfig(text_config=LlamaConfig(), projector_type="linear")
     >>> model = LlavaPluginForConditionalGeneration(config)
     ```"""
 
@@ -132,7 +134,8 @@ class LlavaPluginConfig(PreTrainedConfig):
         if self.image_seq_length is not None and self.image_seq_length != derived:
             raise ValueError(
                 f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
-                f"image features per image with vision_feature_select_strategy={self.vision_feature_select_strategy!r}."
+                "image features per image with vision_feature_select_strategy="
+                f"{self.vision_feature_select_strategy!r}."
             )
         self.image_seq_length = derived
 
@@ -143,15 +146,20 @@ class LlavaPluginConfig(PreTrainedConfig):
     def _check_vision_tower(self) -> None:
         vision_model_class = MODEL_MAPPING.get(type(self.vision_config), None)
         if vision_model_class is None:
-            raise ValueError(f"No AutoModel class is registered for vision config {type(self.vision_config).__name__}.")
+            raise ValueError(
+                f"No AutoModel class is registered for vision config {type(self.vision_config).__name__}."
+            )
         recordable = getattr(vision_model_class, "_can_record_outputs", None) or {}
-        if "hidden_states" not in recordable:
+        takes_flag = "output_hidden_states" in inspect.signature(vision_model_class.forward).parameters
+        if "hidden_states" not in recordable and not takes_flag:
             raise ValueError(
                 f"{vision_model_class.__name__} cannot return hidden states, so no vision_feature_layer can be "
                 "selected from it; LLaVA needs a vision tower that does (CLIP, SigLIP, ...)."
             )
         num_layers = self.vision_config.num_hidden_layers
-        layers = [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        layers = (
+            [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        )
         # hidden_states has num_layers + 1 entries (the embeddings first).
         if not layers or any(not -(num_layers + 1) <= layer <= num_layers for layer in layers):
             raise ValueError(

@@ -375,6 +375,9 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
         model.lm_head = language_model.get_output_embeddings()
         model.model.multi_modal_projector = LlavaPluginMultiModalProjector(config).to(language_model.dtype)
         model.model.multi_modal_projector.apply(model._init_weights)
+        # Keep the LLM's decoding defaults (its eos ends an answer) and pad with the tokenizer's pad token.
+        model.generation_config = language_model.generation_config
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
         old_rows = model.get_input_embeddings().num_embeddings
         if len(tokenizer) > old_rows:

@@ -7,7 +7,7 @@ Images go through transformers' `LlavaImageProcessor`: CLIP's resize and center 
 config uses.
 """
 
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, ProcessorMixin
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.utils import is_torchvision_available
 

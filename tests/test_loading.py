@@ -1,0 +1,198 @@
+"""Building from backbones, the Auto classes, `pipeline`, and remote-code loading without this package."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPModel,
+    SiglipVisionModel,
+    pipeline,
+)
+
+from modeling_llava import (
+    LlavaPluginConfig,
+    LlavaPluginForConditionalGeneration,
+    LlavaPluginModel,
+    LlavaPluginProcessor,
+)
+from tests.conftest import random_image
+
+QUESTION = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the colour of the square?"}]}
+]
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+@pytest.mark.parametrize("text", ["llama", "qwen2"])
+def test_from_backbones_keeps_both_backbones_and_adds_the_image_token(checkpoints, tokenizer, text):
+    model = LlavaPluginForConditionalGeneration.from_backbones(checkpoints["clip"], checkpoints[text])
+    clip = CLIPModel.from_pretrained(checkpoints["clip"])
+    language_model = AutoModelForCausalLM.from_pretrained(checkpoints[text])
+    ours = model.state_dict()
+
+    for name, weight in clip.vision_model.state_dict().items():  # the vision tower of the full CLIP checkpoint
+        assert torch.equal(ours[f"model.vision_tower.{name}"], weight), name
+    embed_name = "embed_tokens.weight"
+    for name, weight in language_model.model.state_dict().items():
+        if name != embed_name:
+            assert torch.equal(ours[f"model.language_model.{name}"], weight), name
+
+    # New rows (<image>, and a pad token where the tokenizer class adds one) start at the mean of the old rows,
+    # as the original LLaVA initialises new tokens.
+    processor = LlavaPluginProcessor.from_backbones(checkpoints["clip"], checkpoints[text])
+    old = language_model.get_input_embeddings().weight
+    new = model.get_input_embeddings().weight
+    assert new.shape[0] == len(processor.tokenizer) == model.config.text_config.vocab_size > old.shape[0]
+    assert torch.equal(new[: len(old)], old)
+    torch.testing.assert_close(new[len(old) :], old.mean(dim=0).expand(len(new) - len(old), -1))
+    assert torch.equal(model.lm_head.weight[: len(old)], language_model.lm_head.weight)
+
+    assert model.config.image_token_id == processor.image_token_id == len(processor.tokenizer) - 1
+    assert processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id) == "<image>"
+    assert model.config.image_seq_length == processor.image_seq_length == 25
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id is not None
+
+
+def test_from_backbones_with_siglip_keeps_every_patch(checkpoints):
+    model = LlavaPluginForConditionalGeneration.from_backbones(
+        checkpoints["siglip"], checkpoints["llama"], projector_type="linear"
+    )
+    siglip = SiglipVisionModel.from_pretrained(checkpoints["siglip"])
+    assert model.config.vision_feature_select_strategy == "full"  # SigLIP has no CLS to drop
+    assert model.config.image_seq_length == 25
+    assert sorted(name for name, _ in model.model.multi_modal_projector.named_parameters()) == [
+        "linear_1.bias",
+        "linear_1.weight",
+    ]
+    for name, weight in siglip.state_dict().items():
+        assert torch.equal(model.state_dict()[f"model.vision_tower.{name}"], weight), name
+
+
+def test_from_backbones_loads_in_the_requested_dtype(checkpoints):
+    model = LlavaPluginForConditionalGeneration.from_backbones(
+        checkpoints["clip"], checkpoints["llama"], dtype=torch.bfloat16
+    )
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+
+
+def test_auto_classes_load_the_plugin(llava_checkpoint):
+    assert type(AutoConfig.from_pretrained(llava_checkpoint)) is LlavaPluginConfig
+    assert type(AutoModel.from_pretrained(llava_checkpoint)) is LlavaPluginModel
+    assert type(AutoModelForImageTextToText.from_pretrained(llava_checkpoint)) is LlavaPluginForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(llava_checkpoint)) is LlavaPluginProcessor
+
+
+def test_checkpoint_ships_its_code_and_auto_map(llava_checkpoint):
+    files = {path.name for path in Path(llava_checkpoint).iterdir()}
+    assert {"configuration_llava_plugin.py", "modeling_llava_plugin.py", "processing_llava_plugin.py"} <= files
+    assert "chat_templates.py" in files  # imported by the processor module, so copied with it
+    auto_map = json.loads((Path(llava_checkpoint) / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageTextToText"] == "modeling_llava_plugin.LlavaPluginForConditionalGeneration"
+    processor_config = json.loads((Path(llava_checkpoint) / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_llava_plugin.LlavaPluginProcessor"
+
+
+def _reference_outputs(checkpoint: str, image_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and greedy tokens of the checkpoint loaded with this package installed."""
+    from PIL import Image
+
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    prompt = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits, model.generate(**inputs, **GREEDY)
+
+
+REMOTE_SCRIPT = """
+import importlib.abc, json, sys
+
+class BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
+            raise ImportError(f"{name} is blocked: this process must not see the llava-plugin package")
+
+sys.meta_path.insert(0, BlockProject())
+try:
+    import modeling_llava  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("the package is importable, so this would not test remote code")
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+checkpoint, image_path, question, greedy, out = sys.argv[1:]
+model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+prompt = processor.apply_chat_template(json.loads(question), add_generation_prompt=True)
+inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits
+    tokens = model.generate(**inputs, **json.loads(greedy))
+save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
+"""
+
+
+def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoint, tmp_path):
+    image_path = tmp_path / "image.png"
+    random_image(3).save(image_path)
+    out = tmp_path / "remote.safetensors"
+    script = tmp_path / "remote.py"
+    script.write_text(textwrap.dedent(REMOTE_SCRIPT))
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            llava_checkpoint,
+            str(image_path),
+            json.dumps(QUESTION),
+            json.dumps(GREEDY),
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = load_file(out)
+    logits, tokens = _reference_outputs(llava_checkpoint, image_path)
+    torch.testing.assert_close(remote["logits"], logits, atol=0, rtol=0)
+    assert torch.equal(remote["tokens"], tokens)
+
+
+def test_pipeline_generates_what_generate_does(llava_checkpoint):
+    image = random_image(4)
+    pipe = pipeline("image-text-to-text", model=llava_checkpoint)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, QUESTION[0]["content"][1]]}]
+    reply = pipe(text=messages, generate_kwargs=GREEDY)[0]["generated_text"][-1]
+
+    model = AutoModelForImageTextToText.from_pretrained(llava_checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(llava_checkpoint)
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    new_tokens = model.generate(**inputs, **GREEDY)[0, inputs["input_ids"].shape[1] :]
+    assert reply["role"] == "assistant"
+    assert reply["content"] == processor.decode(new_tokens, skip_special_tokens=True)
+    assert len(new_tokens) == GREEDY["max_new_tokens"]  # an untrained model does not stop early here
