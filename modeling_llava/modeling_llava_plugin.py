@@ -320,6 +320,7 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
         text: str,
         projector_type: str = "mlp2x_gelu",
         dtype: torch.dtype | str | None = None,
+        quantization_config=None,
         **config_kwargs,
     ) -> "LlavaPluginForConditionalGeneration":
         """Builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained causal LM: LLaVA's stage-1 start.
@@ -338,6 +339,9 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
                 See [`LlavaPluginConfig`].
             dtype (`torch.dtype` or `str`, *optional*):
                 Dtype to load both backbones in; the projector follows the LLM's.
+            quantization_config (*optional*):
+                Quantization of the language model alone (QLoRA's 4-bit bitsandbytes); the vision tower stays in
+                `dtype`.
             config_kwargs:
                 Any other [`LlavaPluginConfig`] field (`vision_feature_layer`, `vision_feature_select_strategy`, ...).
         """
@@ -353,7 +357,9 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
             vision_tower = AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
         finally:
             logging.set_verbosity(verbosity)
-        language_model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
+        language_model = AutoModelForCausalLM.from_pretrained(
+            text, dtype=dtype, quantization_config=quantization_config
+        )
         tokenizer = tokenizer_with_image_token(text)
 
         config_kwargs.setdefault(

@@ -81,7 +81,7 @@ class LlavaPluginProcessor(ProcessorMixin):
             texts = [text] if isinstance(text, str) else text
             if len(images) != len(texts):
                 raise ValueError(f"Got {len(texts)} texts but image lists for {len(images)} samples.")
-            for sample, (sample_text, sample_images) in enumerate(zip(texts, images)):
+            for sample, (sample_text, sample_images) in enumerate(zip(texts, images, strict=True)):
                 if sample_text.count(self.image_token) != len(sample_images):
                     raise ValueError(
                         f"Sample {sample} has {sample_text.count(self.image_token)} {self.image_token} markers but "

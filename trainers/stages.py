@@ -1,0 +1,79 @@
+"""What each LLaVA training stage trains: the one place that freezes and unfreezes.
+
+Stage 1 (feature alignment) trains the projector alone; stage 2 (visual instruction tuning) trains the projector and
+the LLM; `lora`/`qlora` train LoRA adapters on every linear layer of the LLM plus the whole projector. The vision tower
+is never trained, in any stage, as in the paper.
+"""
+
+from dataclasses import dataclass
+
+from peft import LoraConfig
+from torch import nn
+
+from modeling_llava import LlavaPluginForConditionalGeneration
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    template: str  # the chat template the stage's data is rendered with
+    trains_language_model: bool
+    uses_lora: bool = False
+    quantized: bool = False
+
+
+STAGES = {
+    "stage1": Stage("stage1", template="plain", trains_language_model=False),
+    "stage2": Stage("stage2", template="vicuna_v1", trains_language_model=True),
+    "lora": Stage("lora", template="vicuna_v1", trains_language_model=False, uses_lora=True),
+    "qlora": Stage("qlora", template="vicuna_v1", trains_language_model=False, uses_lora=True, quantized=True),
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ValueError(f"Unknown stage {name!r}: expected one of {', '.join(STAGES)}.")
+    return STAGES[name]
+
+
+def apply_freeze(model: LlavaPluginForConditionalGeneration, stage: Stage) -> None:
+    """Sets `requires_grad` for a full (non-LoRA) model; PEFT handles the LoRA stages on top of an all-frozen model."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(not stage.uses_lora)
+    if stage.trains_language_model:
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+
+
+def lora_config(model: LlavaPluginForConditionalGeneration, r: int, alpha: int, dropout: float) -> LoraConfig:
+    """LoRA on every linear layer of the LLM (not the head), the projector trained in full, as LLaVA's LoRA recipe.
+
+    Target names are full module paths, so the vision tower's linear layers, which share names like `q_proj`, are
+    never adapted.
+    """
+    targets = [
+        f"model.language_model.{name}"
+        for name, module in model.model.language_model.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=["multi_modal_projector"],
+        task_type="CAUSAL_LM",
+    )
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts per part, for the run's log."""
+    parts = {"vision_tower": 0, "multi_modal_projector": 0, "language_model": 0, "lm_head": 0}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = next((part for part in parts if part in name), "other")
+            parts[part] = parts.get(part, 0) + parameter.numel()
+    return parts
+
+
+__all__ = ["STAGES", "Stage", "apply_freeze", "get_stage", "lora_config", "trainable_summary"]
