@@ -1,0 +1,326 @@
+"""The training stages end to end on tiny backbones: what each stage trains, what it writes, and what reloads.
+
+References are independent of the trainer: the backbone checkpoints on disk (frozen weights must equal them bit for
+bit), a model rebuilt the same way before training, the PEFT model an adapter came from, and an uninterrupted run.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback
+
+import trainers.train as train_module
+from tests.conftest import random_image
+from trainers.merge_lora import merge_lora
+from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
+from trainers.stages import get_stage
+from trainers.train import build_model_and_processor, fill_global_batch, main, parse
+
+CONVERSATION = [
+    {"from": "human", "value": "<image>\nWhat is the colour of the square?"},
+    {"from": "gpt", "value": "The square is red."},
+    {"from": "human", "value": "Where is the blue circle?"},
+    {"from": "gpt", "value": "The blue circle is at the top left of the image."},
+]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> dict[str, str]:
+    """Eight image conversations and one text-only record, in LLaVA JSON, with their image folder."""
+    root = tmp_path_factory.mktemp("train_data")
+    (root / "images").mkdir()
+    records = []
+    for index in range(8):
+        random_image(index).save(root / "images" / f"{index}.png")
+        records.append({"id": f"sample-{index}", "image": f"{index}.png", "conversations": CONVERSATION})
+    records.append({"id": "text-only", "conversations": CONVERSATION[:2]})
+    records[-1]["conversations"] = [{"from": "human", "value": "How many shapes are there?"}, CONVERSATION[1]]
+    (root / "data.json").write_text(json.dumps(records))
+    return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
+
+
+def run_args(checkpoints, train_data, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"],
+        "--data_path", train_data["data_path"], "--image_folder", train_data["image_folder"],
+        "--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--max_steps", "2",
+        "--learning_rate", "1e-2", "--bf16", "false", "--gradient_checkpointing", "false",
+        "--report_to", "none", "--logging_steps", "1", "--max_length", "200", "--save_strategy", "no",
+        "--lora_r", "4", "--lora_alpha", "8",
+        *extra,
+    ]  # fmt: skip
+
+
+def train(stage: str, args: list[str]):
+    torch.manual_seed(0)
+    return main(stage, *parse(args))
+
+
+def starting_model(stage: str, args: list[str]):
+    """The model `main` starts from, rebuilt with the same seed (the projector is random)."""
+    script_args, _, model_args = parse(args)
+    torch.manual_seed(0)
+    return build_model_and_processor(script_args, model_args, get_stage(stage))[0]
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> dict[str, bool]:
+    names = [name for name in before if name.startswith(prefix)]
+    assert names, prefix
+    return {name: not torch.equal(before[name], after[name]) for name in names}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_full_stages_train_exactly_their_parts(checkpoints, train_data, tmp_path, stage):
+    args = run_args(checkpoints, train_data, tmp_path)
+    before = {name: weight.clone() for name, weight in starting_model(stage, args).state_dict().items()}
+    after = train(stage, args).model.state_dict()
+
+    # The vision tower never trains, and in stage 1 neither does the LLM: bit-identical to the checkpoints on disk.
+    clip = CLIPModel.from_pretrained(checkpoints["clip"]).vision_model.state_dict()
+    for name, weight in clip.items():
+        assert torch.equal(after[f"model.vision_tower.{name}"], weight), name
+    assert all(changed(before, after, "model.multi_modal_projector.").values())
+    language_model = changed(before, after, "model.language_model.") | changed(before, after, "lm_head.")
+    if stage == "stage1":
+        assert not any(language_model.values())
+    else:
+        assert all(language_model.values()), [name for name, moved in language_model.items() if not moved]
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_and_projector_only(checkpoints, train_data, tmp_path):
+    args = run_args(checkpoints, train_data, tmp_path, "--projector_lr", "1e-3")
+    before = starting_model("lora", args).state_dict()
+    model = train("lora", args).model
+    after = {name.removeprefix("base_model.model."): weight for name, weight in model.state_dict().items()}
+
+    adapters = {name for name in after if "lora_" in name}
+    assert adapters and all(name.startswith("model.language_model.") for name in adapters)
+    assert all(not torch.equal(after[name], torch.zeros_like(after[name])) for name in adapters if "lora_B" in name)
+    for name, weight in before.items():
+        base = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        frozen = after.get(name, after.get(base))
+        if "multi_modal_projector" in name:  # PEFT keeps the original and trains a copy (modules_to_save)
+            trained = name.replace("multi_modal_projector.", "multi_modal_projector.modules_to_save.default.")
+            assert not torch.equal(after[trained], weight), name
+            frozen = after[name.replace("multi_modal_projector.", "multi_modal_projector.original_module.")]
+        assert torch.equal(frozen, weight), name
+
+
+@pytest.mark.slow
+def test_projector_learning_rate_is_its_own(checkpoints, train_data, tmp_path):
+    trainer = train("lora", run_args(checkpoints, train_data, tmp_path, "--projector_lr", "3e-4"))
+    by_rate: dict[float, set[str]] = {}
+    names = {id(parameter): name for name, parameter in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        by_rate.setdefault(group["initial_lr"], set()).update(names[id(p)] for p in group["params"])
+    trainable = {name for name, parameter in trainer.model.named_parameters() if parameter.requires_grad}
+    assert set(by_rate) == {3e-4, 1e-2}
+    assert by_rate[3e-4] == {name for name in trainable if "multi_modal_projector" in name}
+    assert by_rate[1e-2] == {name for name in trainable if "lora_" in name}
+
+
+@pytest.mark.slow
+def test_stage1_writes_the_projector_artifact_and_stage2_starts_from_it(checkpoints, train_data, tmp_path):
+    stage1_dir = tmp_path / "stage1"
+    trainer = train(
+        "stage1", run_args(checkpoints, train_data, stage1_dir, "--save_strategy", "steps", "--save_steps", "1")
+    )
+    trained = trainer.model.model.multi_modal_projector.state_dict()
+    for directory in (stage1_dir, stage1_dir / "checkpoint-1", stage1_dir / "checkpoint-2"):
+        assert (directory / WEIGHTS_NAME).is_file() and (directory / CONFIG_NAME).is_file(), directory
+    artifact = load_file(stage1_dir / WEIGHTS_NAME)
+    assert artifact.keys() == trained.keys()
+    assert all(torch.equal(artifact[name], trained[name]) for name in trained)
+    assert json.loads((stage1_dir / CONFIG_NAME).read_text())["language_model"] == checkpoints["llama"]
+
+    from_artifact = starting_model(
+        "stage2", run_args(checkpoints, train_data, tmp_path, "--pretrain_projector", str(stage1_dir))
+    )
+    from_checkpoint = starting_model(
+        "stage2", run_args(checkpoints, train_data, tmp_path, "--model_name_or_path", str(stage1_dir))
+    )
+    for model in (from_artifact, from_checkpoint):
+        loaded = model.model.multi_modal_projector.state_dict()
+        assert all(torch.equal(loaded[name], trained[name]) for name in trained)
+
+    mismatched = run_args(
+        checkpoints, train_data, tmp_path, "--pretrain_projector", str(stage1_dir), "--projector_type", "linear"
+    )
+    with pytest.raises(ValueError, match="projector_type: artifact 'mlp2x_gelu', model 'linear'"):
+        starting_model("stage2", mismatched)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_merged_lora_checkpoint_gives_the_adapters_outputs(checkpoints, train_data, tmp_path, processor):
+    trainer = train("lora", run_args(checkpoints, train_data, tmp_path / "lora"))
+    adapter = trainer.model.eval()
+    assert isinstance(adapter, PeftModel)
+    merged_dir = merge_lora(tmp_path / "lora", tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where is the circle?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=random_image(11), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, adapter(**inputs).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(FileExistsError, match="already exists"):
+        merge_lora(tmp_path / "lora", merged_dir)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
+def test_qlora_without_cuda_stops_with_a_clear_message(checkpoints, train_data, tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU, and none is present"):
+        train("qlora", run_args(checkpoints, train_data, tmp_path, "--load_in_4bit", "true"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA's 4-bit bitsandbytes layers need CUDA")
+def test_qlora_quantizes_the_language_model_only(checkpoints, train_data, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra (bitsandbytes)")
+    model = train("qlora", run_args(checkpoints, train_data, tmp_path, "--load_in_4bit", "true")).model
+    quantized = {name for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"}
+    assert quantized and all(".language_model." in name for name in quantized)
+
+
+def test_global_batch_sets_gradient_accumulation():
+    script_args, training_args, _ = parse(["--output_dir", "unused", "--bf16", "false", "--global_batch_size", "256"])
+    training_args.per_device_train_batch_size = 32
+    fill_global_batch(script_args, training_args)
+    assert training_args.gradient_accumulation_steps == 8
+    training_args.per_device_train_batch_size = 48
+    with pytest.raises(ValueError, match="not a multiple of per_device_train_batch_size"):
+        fill_global_batch(script_args, training_args)
+
+
+PAPER = {  # scripts/v1_5/{pretrain,finetune,finetune_lora}.sh of the original repository
+    "stage1": {"learning_rate": 1e-3, "global_batch_size": 256},
+    "stage2": {"learning_rate": 2e-5, "global_batch_size": 128, "pad_to_square": True},
+    "lora": {"learning_rate": 2e-4, "global_batch_size": 128, "lora_r": 128, "lora_alpha": 256, "projector_lr": 2e-5},
+    "qlora": {"learning_rate": 2e-4, "global_batch_size": 128, "lora_r": 128, "load_in_4bit": True},
+}
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+@pytest.mark.parametrize("stage", PAPER)
+def test_shipped_recipes_hold_the_papers_settings(stage, size):
+    on_cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 on a CPU needs use_cpu
+    script_args, training_args, model_args = parse(["--config", f"llava-1.5-{size}-{stage}", *on_cpu])
+    fields = {**vars(script_args), **vars(model_args), **training_args.to_dict()}
+    for key, value in PAPER[stage].items():
+        assert fields[key] == value, key
+    assert script_args.language_model == f"lmsys/vicuna-{size}-v1.5"
+    assert script_args.vision_tower == "openai/clip-vit-large-patch14-336"
+    assert (script_args.projector_type, script_args.vision_feature_layer) == ("mlp2x_gelu", -2)
+    assert (training_args.num_train_epochs, training_args.warmup_steps, training_args.weight_decay) == (1, 0.03, 0)
+    assert (training_args.lr_scheduler_type, training_args.max_length, training_args.bf16) == ("cosine", 2048, True)
+    if stage != "stage1":
+        assert script_args.pretrain_projector == f"checkpoints/llava-v1.5-{size}-pretrain"
+
+
+def test_unknown_recipe_names_the_shipped_ones():
+    with pytest.raises(SystemExit, match="llava-1.5-7b-stage1"):
+        parse(["--config", "llava-9b"])
+
+
+class StepRecorder(TrainerCallback):
+    """Records the steps a run executes; with `stop_after`, dies there like a killed job."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.steps: list[int] = []
+        self.stop_after = stop_after
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        if state.global_step == self.stop_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(checkpoints, train_data, tmp_path, monkeypatch):
+    def args(output_dir: Path, *extra: str) -> list[str]:
+        return run_args(
+            checkpoints, train_data, output_dir, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+            "--learning_rate", "1e-3", *extra,
+        )  # fmt: skip
+
+    def train_recording(*train_args, stop_after: int | None = None):
+        recorder = StepRecorder(stop_after)
+
+        class RecordingTrainer(train_module.LlavaSFTTrainer):
+            def __init__(self, *trainer_args, **kwargs):
+                super().__init__(*trainer_args, **kwargs)
+                self.add_callback(recorder)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(train_module, "LlavaSFTTrainer", RecordingTrainer)
+            try:
+                return train(*train_args), recorder.steps
+            except KeyboardInterrupt:
+                return None, recorder.steps
+
+    uninterrupted, _ = train_recording("stage2", args(tmp_path / "whole"))
+    killed, steps = train_recording("stage2", args(tmp_path / "resumed"), stop_after=3)
+    assert killed is None and steps == [1, 2, 3]
+    assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
+
+    resumed, steps = train_recording("stage2", args(tmp_path / "resumed", "--resume"))
+    assert steps == [3, 4]  # steps 1-2 came from checkpoint-2, step 3 is trained again
+    expected = uninterrupted.model.state_dict()
+    for name, weight in resumed.model.state_dict().items():
+        torch.testing.assert_close(weight, expected[name], atol=1e-6, rtol=1e-5)
+
+
+STOCK_TRL_SFT = """
+import importlib.abc, sys
+
+class BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
+            raise ImportError(f"{name} is blocked: only remote code may be used")
+
+sys.meta_path.insert(0, BlockProject())
+from trl.cli.main import main
+
+sys.argv = ["trl", "sft", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_saved_checkpoint_trains_with_the_stock_trl_sft_command(llava_checkpoint, train_data, tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    images = Path(train_data["image_folder"])
+    rows = [
+        {"messages": [{"role": "user", "content": "Where is the circle?"}, {"role": "assistant", "content": "Left."}],
+         "images": [str(images / f"{index}.png")]}
+        for index in range(4)
+    ]  # fmt: skip
+    (dataset / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    script = tmp_path / "stock_trl_sft.py"
+    script.write_text(textwrap.dedent(STOCK_TRL_SFT))
+    output = tmp_path / "sft"
+    result = subprocess.run(
+        [
+            sys.executable, str(script), "--model_name_or_path", llava_checkpoint, "--trust_remote_code",
+            "--dataset_name", str(dataset), "--output_dir", str(output), "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--bf16", "false", "--report_to", "none",
+            "--gradient_checkpointing", "false", "--save_strategy", "no",
+        ],
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = load_file(output / "model.safetensors")
+    original = load_file(Path(llava_checkpoint) / "model.safetensors")
+    assert any(not torch.equal(trained[name], original[name]) for name in original if "language_model" in name)
