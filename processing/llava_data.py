@@ -47,49 +47,89 @@ def _resolve_images(record_id: str, images: Any, image_folder: Path | None) -> l
     return paths
 
 
+def _as_list_content(
+    record_id: str, messages: list[dict[str, Any]], num_images: int, placeholders_required: bool
+) -> list[dict[str, Any]]:
+    """The messages with list content, holding one `{"type": "image"}` item per image.
+
+    List content keeps its image items where they are. From string content every `<image>` is taken out (and that
+    text stripped, as the original `preprocess_multimodal` does) and the images go to the start of the first user
+    turn, which is also where TRL puts the images of a row that writes no placeholder (allowed unless
+    `placeholders_required`). Rows in this one shape render the same in `sample_length` as in the collator, and mix
+    in one `datasets.Dataset`.
+    """
+    placeholders, listed, normalized = 0, 0, []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            placeholders += content.count(IMAGE_TOKEN)
+            text = content.replace(IMAGE_TOKEN, "").strip() if IMAGE_TOKEN in content else content
+            content = [{"type": "text", "text": text}]
+        elif isinstance(content, list) and all(isinstance(item, dict) for item in content):
+            # A Hub dataset's content items carry every key of the column, the missing ones as None.
+            content = [{key: value for key, value in item.items() if value is not None} for item in content]
+            listed += sum(item.get("type") == "image" for item in content)
+        else:
+            raise DataError(
+                f"Record {record_id!r}: a {message['role']} turn's content must be a string or a list of "
+                f"{{'type': ...}} items, got {type(content).__name__}."
+            )
+        normalized.append({**message, "content": content})
+    placeholders += listed
+    if placeholders != num_images and (placeholders or placeholders_required):
+        raise DataError(
+            f"Record {record_id!r}: {placeholders} {IMAGE_TOKEN} placeholders in the text but {num_images} images; "
+            f"write one per image."
+        )
+    first_user = next(index for index, message in enumerate(normalized) if message["role"] == "user")
+    images = [{"type": "image"} for _ in range(num_images - listed)]
+    normalized[first_user] = {**normalized[first_user], "content": images + normalized[first_user]["content"]}
+    return normalized
+
+
 def from_llava_record(record: dict[str, Any], index: int, image_folder: str | Path | None = None) -> dict[str, Any]:
     """Converts one original LLaVA record into a training row.
 
-    As the original `preprocess_multimodal` does, every `<image>` is taken out of the text and the images are put at
-    the start of the first human turn, where the templates render each as `<image>\\n`.
+    The text is kept as written. Like the original `preprocess_multimodal`, each `<image>` is taken out of its turn,
+    which is then stripped, and the image rendered first (as `<image>\\n`). Unlike it, the image always goes to the
+    first human turn (the original leaves it at the start of whichever turn wrote it; LLaVA's data writes it in the
+    first, sometimes at the end of the text), so that image tokens never sit in an answer. A record with `"image"`
+    must write the marker: the original's `preprocess_plain` asserts it, and its `preprocess_v1` would silently train
+    on the text alone.
     """
     record_id = str(record.get("id", f"#{index}"))
     conversations = record.get("conversations")
     if not isinstance(conversations, list):
         raise DataError(f"Record {record_id!r}: 'conversations' must be a list of turns, got {type(conversations)}.")
-    roles = []
-    for index, turn in enumerate(conversations):
-        if turn.get("from") not in ROLES:
+    messages = []
+    for turn_index, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES:
+            role = turn.get("from") if isinstance(turn, dict) else turn
             raise DataError(
-                f"Record {record_id!r}: turn {index} has unknown role {turn.get('from')!r} "
-                "(expected 'human' or 'gpt')."
+                f"Record {record_id!r}: turn {turn_index} has unknown role {role!r} (expected 'human' or 'gpt')."
             )
-        roles.append(ROLES[turn["from"]])
-    _check_turns(record_id, roles)
-
+        if not isinstance(turn.get("value"), str):
+            raise DataError(f"Record {record_id!r}: turn {turn_index} has no text ('value' must be a string).")
+        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    _check_turns(record_id, [message["role"] for message in messages])
     images = _resolve_images(record_id, record.get("image"), Path(image_folder) if image_folder else None)
-    markers = sum(str(turn.get("value", "")).count(IMAGE_TOKEN) for turn in conversations)
-    if markers != len(images):
-        raise DataError(f"Record {record_id!r}: {markers} {IMAGE_TOKEN} markers in the text but {len(images)} images.")
-
-    messages, first_user = [], True
-    for role, turn in zip(roles, conversations, strict=True):
-        text = str(turn.get("value", "")).replace(IMAGE_TOKEN, "").strip()
-        content = [{"type": "text", "text": text}]
-        if role == "user" and first_user:
-            content = [{"type": "image"} for _ in images] + content
-            first_user = False
-        messages.append({"role": role, "content": content})
+    messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
     return {"id": record_id, "messages": messages, "images": images}
 
 
 def from_messages_record(record: dict[str, Any], index: int, image_folder: str | Path | None = None) -> dict[str, Any]:
-    """Checks a row already in TRL's `messages` + `images` format (string or list content) and resolves its images."""
+    """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths.
+
+    Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
+    """
     record_id = str(record.get("id", f"#{index}"))
-    messages = record.get("messages") or []
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        raise DataError(f"Record {record_id!r}: 'messages' must be a list of turns, got {type(messages)}.")
     for turn_index, message in enumerate(messages):
-        if message.get("role") not in {"system", "user", "assistant"}:
-            raise DataError(f"Record {record_id!r}: turn {turn_index} has unknown role {message.get('role')!r}.")
+        role = message.get("role") if isinstance(message, dict) else message
+        if role not in {"system", "user", "assistant"}:
+            raise DataError(f"Record {record_id!r}: turn {turn_index} has unknown role {role!r}.")
     _check_turns(record_id, [message["role"] for message in messages])
     raw_images = record.get("images", record.get("image"))
     raw_images = [] if raw_images is None else raw_images if isinstance(raw_images, list) else [raw_images]
@@ -97,15 +137,7 @@ def from_messages_record(record: dict[str, Any], index: int, image_folder: str |
         images = _resolve_images(record_id, raw_images, Path(image_folder) if image_folder else None)
     else:  # already decoded images (a Hub dataset with an Image column)
         images = raw_images
-    placeholders = sum(
-        message["content"].count(IMAGE_TOKEN)
-        if isinstance(message["content"], str)
-        else sum(1 for item in message["content"] if item.get("type") == "image")
-        for message in messages
-    )
-    # TRL inserts the images before the first user message when no placeholder is written.
-    if placeholders not in (0, len(images)):
-        raise DataError(f"Record {record_id!r}: {placeholders} image placeholders but {len(images)} images.")
+    messages = _as_list_content(record_id, messages, len(images), placeholders_required=False)
     return {"id": record_id, "messages": messages, "images": images}
 
 
@@ -127,8 +159,11 @@ def read_records(data_path: str | Path, image_folder: str | Path | None = None) 
 
 
 def convert_records(records: Iterable[dict[str, Any]], image_folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """Training rows from LLaVA or `messages` records (a list, or a `datasets.Dataset`), in order, none skipped."""
     rows = []
     for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
         if "conversations" in record:
             rows.append(from_llava_record(record, index, image_folder))
         elif "messages" in record:
@@ -145,10 +180,13 @@ class OverflowReport:
     max_length: int
     dropped: list[dict[str, Any]] = field(default_factory=list)
 
+    def listing(self) -> str:
+        """The first 20 samples as `id (length tokens)`, and how many more."""
+        listed = ", ".join(f"{item['id']} ({item['length']} tokens)" for item in self.dropped[:20])
+        return listed + (f" and {len(self.dropped) - 20} more" if len(self.dropped) > 20 else "")
+
     def summary(self) -> str:
-        ids = ", ".join(item["id"] for item in self.dropped[:20])
-        more = f" and {len(self.dropped) - 20} more" if len(self.dropped) > 20 else ""
-        return f"{len(self.dropped)} samples longer than max_length={self.max_length} were dropped: {ids}{more}"
+        return f"{len(self.dropped)} samples longer than max_length={self.max_length} were dropped: {self.listing()}"
 
 
 def sample_length(row: dict[str, Any], processor, chat_template: str | None = None) -> int:
@@ -177,7 +215,10 @@ def drop_overflowing(
         else:
             kept.append(row)
     if report.dropped and on_overflow == "error":
-        raise DataError(report.summary() + " (--on-overflow error)")
+        raise DataError(
+            f"{len(report.dropped)} samples are longer than max_length={max_length}: {report.listing()}. Raise "
+            "max_length, or drop them with on_overflow='drop'."
+        )
     return kept, report
 
 

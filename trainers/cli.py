@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     merge_parser.add_argument("adapter", help="output folder of `llava train lora`")
     merge_parser.add_argument("out", help="where the merged checkpoint is written")
 
+    demo_parser = commands.add_parser("demo", help="the whole LLaVA pipeline in miniature, offline, on a CPU")
+    demo_parser.add_argument("--output-dir", default="demo_output", help="where everything is written")
+    demo_parser.add_argument("--quick", action="store_true", help="a few steps of everything: checks the plumbing")
+    demo_parser.add_argument("--seed", type=int, default=0)
+
     args, rest = parser.parse_known_args(argv)
     if args.command != "train" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -83,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         from .merge_lora import merge_lora
 
         print(f"Merged checkpoint written to {merge_lora(args.adapter, args.out)}")
+    elif args.command == "demo":
+        from .demo.run import run_demo
+
+        run_demo(args.output_dir, quick=args.quick, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""The `llava` command line: `info` reads a checkpoint without loading it, `demo --quick` runs the whole pipeline."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForImageTextToText
+
+from trainers.demo.run import run_demo
+
+
+def test_info_describes_the_checkpoint_and_counts_parameters_per_part(llava_checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.cli", "info", llava_checkpoint], capture_output=True, text=True, check=True
+    )
+    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines())
+    lines = {key.strip(): value.strip() for key, value in lines.items()}
+    model = AutoModelForImageTextToText.from_pretrained(llava_checkpoint)
+    for part, module in [
+        ("vision_tower", model.model.vision_tower),
+        ("multi_modal_projector", model.model.multi_modal_projector),
+        ("language_model", model.model.language_model),
+        ("lm_head", model.lm_head),
+    ]:
+        assert lines[f"parameters: {part}"] == f"{sum(p.numel() for p in module.parameters()):,}"
+    assert lines["projector"] == "mlp2x_gelu"
+    assert lines["image tokens per image"] == f"25 (token id {model.config.image_token_id})"
+
+
+def test_info_refuses_a_checkpoint_of_another_model_type(checkpoints):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.cli", "info", checkpoints["llama"]], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "'llama' checkpoint, not a llava_plugin one" in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_every_result(tmp_path):
+    results = run_demo(tmp_path, quick=True)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in ("accuracy_with_image", "accuracy_blank_image", "accuracy_no_stage1"):
+        assert 0 <= saved[key] <= 1
+    assert saved["heldout"]["with_image"]["total"] == 3 * 6  # three question kinds per held-out image
+    assert set(saved["seconds_per_step"]) == {"stage1", "stage2"}
+    assert len(saved["chat"]) == 3 and all(turn["question"] for turn in saved["chat"])
+    assert Path(tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model in ("stage1", "stage2", "stage2-no-stage1"):
+        assert (tmp_path / model / "model.safetensors").is_file()

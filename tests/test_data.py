@@ -1,0 +1,400 @@
+"""Training data, from files to batches: LLaVA JSON and TRL `messages` rows, loss masks, length and bad records.
+
+Every expectation comes from outside the code under test: prompts from the original `Conversation.get_prompt()`
+(`vicuna_v1_get_prompt`), token ids from tokenizing that prompt and repeating each image token, the loss text from
+joining the unmasked tokens (`unmasked_text`), lengths from the collator's own output. Data and images are written
+under `tmp_path`, and batches are built as `trainers/train.py` builds them: rows, `Dataset.from_list`, collator.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from PIL import Image
+
+from modeling_llava.chat_templates import CHAT_TEMPLATES
+from processing.collator import LlavaDataCollator
+from processing.llava_data import DataError, convert_records, drop_overflowing, read_records, sample_length
+from tests.conftest import random_image
+from tests.test_processing import (
+    A1,
+    A2,
+    A3,
+    CAPTION,
+    Q1,
+    Q2,
+    Q3,
+    expand_image_ids,
+    unmasked_text,
+    vicuna_v1_get_prompt,
+)
+
+IGNORE = -100
+
+
+def human(value: str) -> dict:
+    return {"from": "human", "value": value}
+
+
+def gpt(value: str) -> dict:
+    return {"from": "gpt", "value": value}
+
+
+def write_images(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for seed, name in enumerate(names):
+        random_image(seed).save(folder / name)
+    return folder
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def collate(processor, rows: list[dict], template: str = "vicuna_v1") -> dict:
+    """Rows through `Dataset.from_list` and the collator, built exactly as `trainers/train.py` builds them."""
+    collator = LlavaDataCollator(processor=processor, assistant_only_loss=True, chat_template=CHAT_TEMPLATES[template])
+    return collator(list(Dataset.from_list(rows)))
+
+
+def original_ids(processor, turns: list[tuple[str, str]]) -> list[int]:
+    """The ids of the original vicuna_v1 prompt (BOS added by the tokenizer), each image token repeated."""
+    ids = processor.tokenizer(vicuna_v1_get_prompt(turns)).input_ids
+    return expand_image_ids(ids, processor.image_token_id, processor.image_seq_length)
+
+
+# --- Reading LLaVA JSON -----------------------------------------------------------------------------------------
+
+# Each record with the turns the original LLaVA trains on: `preprocess_multimodal` moves `<image>` to the start
+# of the turn (stripping it); text without a marker is kept as written (the trailing "\n" below included).
+LLAVA_RECORDS = {
+    "multi-turn": (
+        {
+            "image": "a.png",
+            "conversations": [human(f"<image>\n{Q1}"), gpt(A1), human(Q2), gpt(A2), human(Q3), gpt(A3)],
+        },
+        [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1), ("USER", Q2), ("ASSISTANT", A2)]
+        + [("USER", Q3), ("ASSISTANT", A3)],
+    ),
+    "image-at-end": (
+        {"image": "b.png", "conversations": [human(f"{Q1}\n<image>"), gpt(A1)]},
+        [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1)],
+    ),
+    # The original would leave this image at the start of the third turn; LLaVA's data never writes it there and
+    # the reader puts it in the first human turn (see `from_llava_record`).
+    "image-in-later-turn": (
+        {"image": "a.png", "conversations": [human(Q1), gpt(A1), human(f"{Q2} <image>"), gpt(A2)]},
+        [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1), ("USER", Q2), ("ASSISTANT", A2)],
+    ),
+    "text-only": (
+        {"conversations": [human(Q3), gpt(A3 + "\n")]},
+        [("USER", Q3), ("ASSISTANT", A3 + "\n")],
+    ),
+}
+
+
+@pytest.fixture
+def llava_file(tmp_path) -> tuple[Path, Path]:
+    """A LLaVA JSON file of every record in `LLAVA_RECORDS` (ids = their keys) and its image folder."""
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    records = [{"id": name, **record} for name, (record, _) in LLAVA_RECORDS.items()]
+    return write_json(tmp_path / "llava.json", records), folder
+
+
+def test_reading_n_good_records_gives_n_rows_in_order(llava_file):
+    rows = read_records(*llava_file)
+    assert [row["id"] for row in rows] == list(LLAVA_RECORDS)
+
+
+@pytest.mark.parametrize("name", LLAVA_RECORDS)
+def test_llava_record_renders_the_original_prompt(processor, llava_file, name):
+    row = next(row for row in read_records(*llava_file) if row["id"] == name)
+    expected = processor.tokenizer.bos_token + vicuna_v1_get_prompt(LLAVA_RECORDS[name][1])
+    assert processor.apply_chat_template(row["messages"]) == expected
+
+
+def test_image_paths_are_resolved_against_the_folder_and_not_opened(llava_file):
+    data, folder = llava_file
+    for name in ("a.png", "b.png"):  # garbage now: reading must not open them
+        (folder / name).write_bytes(b"not an image")
+    rows = read_records(data, folder)
+    assert [row["images"] for row in rows] == [
+        [str(folder / record.get("image"))] if "image" in record else [] for record, _ in LLAVA_RECORDS.values()
+    ]
+
+
+# --- TRL `messages` rows and Hub datasets ------------------------------------------------------------------------
+
+ONE_TURN = [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1)]
+MESSAGES_RECORDS = {
+    # TRL's own format: no placeholder, the images go before the first user message.
+    "string-content": [{"role": "user", "content": Q1}, {"role": "assistant", "content": A1}],
+    "string-content-with-marker": [
+        {"role": "user", "content": f"<image>\n{Q1}"},
+        {"role": "assistant", "content": A1},
+    ],
+    "list-content": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q1}]},
+        {"role": "assistant", "content": [{"type": "text", "text": A1}]},
+    ],
+}
+
+
+def hub_dataset(content: str) -> Dataset:
+    """A Hub-style dataset of two rows: messages with `content` as in `MESSAGES_RECORDS`, decoded PIL images."""
+    return Dataset.from_list([{"messages": MESSAGES_RECORDS[content], "images": [random_image(i)]} for i in (0, 1)])
+
+
+@pytest.mark.parametrize("name", MESSAGES_RECORDS)
+def test_messages_record_renders_the_original_prompt(processor, tmp_path, name):
+    folder = write_images(tmp_path / "images", ["a.png"])
+    record = {"id": name, "messages": MESSAGES_RECORDS[name], "images": "a.png"}  # one image, not in a list
+    data = write_json(tmp_path / "messages.json", [record])
+    (row,) = read_records(data, folder)
+    assert row["images"] == [str(folder / "a.png")]
+    expected = processor.tokenizer.bos_token + vicuna_v1_get_prompt(ONE_TURN)
+    assert processor.apply_chat_template(row["messages"]) == expected
+
+
+@pytest.mark.parametrize("content", ["string-content", "list-content"])
+def test_hub_dataset_rows_render_the_original_prompt(processor, content):
+    rows = convert_records(hub_dataset(content))
+    assert [row["id"] for row in rows] == ["#0", "#1"]
+    for row in rows:
+        assert isinstance(row["images"][0], Image.Image)
+        rendered = processor.apply_chat_template(row["messages"])
+        assert rendered == processor.tokenizer.bos_token + vicuna_v1_get_prompt(ONE_TURN)
+
+
+@pytest.mark.parametrize("content", ["string-content", "list-content"])
+def test_hub_dataset_images_reach_the_collator_decoded(processor, content):
+    batch = collate(processor, convert_records(hub_dataset(content)))
+    expected = processor.image_processor([random_image(0), random_image(1)], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected, atol=1e-6)
+
+
+# --- Labels ------------------------------------------------------------------------------------------------------
+
+# A three-turn record (the image in the first turn) and a shorter one, so that the batch pads the second.
+LONG_TURNS = LLAVA_RECORDS["multi-turn"][1]
+SHORT_TURNS = [("USER", f"<image>\n{Q2}"), ("ASSISTANT", A2)]
+BATCH_TURNS = [LONG_TURNS, SHORT_TURNS]
+
+
+@pytest.fixture
+def vicuna_batch(processor, tmp_path) -> dict:
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    records = [
+        {"id": "long", **LLAVA_RECORDS["multi-turn"][0]},
+        {"id": "short", "image": "b.png", "conversations": [human(f"<image>\n{Q2}"), gpt(A2)]},
+    ]
+    return collate(processor, read_records(write_json(tmp_path / "llava.json", records), folder))
+
+
+def test_vicuna_labels_are_the_answers_and_their_eos(processor, vicuna_batch):
+    ids, labels = vicuna_batch["input_ids"].tolist(), vicuna_batch["labels"].tolist()
+    # `unmasked_text` joins tokens, so each answer keeps the leading space that `decode` strips from its first token.
+    texts = [unmasked_text(processor, i, [x != IGNORE for x in row]) for i, row in zip(ids, labels, strict=True)]
+    assert texts == [f" {A1}</s> {A2}</s> {A3}</s>", f" {A2}</s>"]
+
+
+def test_vicuna_batch_is_the_original_prompt_right_padded(processor, vicuna_batch):
+    for ids, mask, turns in zip(vicuna_batch["input_ids"], vicuna_batch["attention_mask"], BATCH_TURNS, strict=True):
+        expected = original_ids(processor, turns)
+        assert ids[: len(expected)].tolist() == expected
+        assert mask.tolist() == [1] * len(expected) + [0] * (len(ids) - len(expected))
+    assert vicuna_batch["attention_mask"][1].eq(0).any()  # the short sample is padded
+
+
+def test_vicuna_labels_are_the_original_answer_spans(processor, vicuna_batch):
+    for labels, turns in zip(vicuna_batch["labels"].tolist(), BATCH_TURNS, strict=True):
+        ids = original_ids(processor, turns)
+        expected = [IGNORE] * len(labels)  # system prompt, user turns, images and padding
+        for k, (role, _) in enumerate(turns):
+            if role == "ASSISTANT":  # from after "ASSISTANT:" through "</s>", as the original's preprocess_v1 keeps
+                start = len(original_ids(processor, turns[:k] + [("ASSISTANT", None)]))
+                end = len(original_ids(processor, turns[: k + 1]))
+                expected[start:end] = ids[start:end]
+        assert labels == expected
+
+
+def test_vicuna_labels_copy_input_ids_and_never_cover_images_or_padding(processor, vicuna_batch):
+    ids, labels, mask = vicuna_batch["input_ids"], vicuna_batch["labels"], vicuna_batch["attention_mask"]
+    kept = labels != IGNORE
+    assert kept.any(dim=1).all()
+    assert (labels[kept] == ids[kept]).all()
+    assert (ids == processor.image_token_id).sum(dim=1).tolist() == [processor.image_seq_length] * 2
+    assert (labels[ids == processor.image_token_id] == IGNORE).all()
+    assert (mask == 0).any() and (labels[mask == 0] == IGNORE).all()
+
+
+def test_pixel_values_hold_one_entry_per_image_in_order(processor, vicuna_batch):
+    expected = processor.image_processor([random_image(0), random_image(1)], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(vicuna_batch["pixel_values"].numpy(), expected, atol=1e-6)
+
+
+def test_plain_labels_are_the_caption_and_its_newline(processor, tmp_path):
+    folder = write_images(tmp_path / "images", ["a.png"])
+    # LCS-558K's records write the instruction first and `<image>` after it.
+    record = {"id": "cap", "image": "a.png", "conversations": [human("Describe the image.\n<image>"), gpt(CAPTION)]}
+    batch = collate(processor, read_records(write_json(tmp_path / "stage1.json", [record]), folder), "plain")
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    # preprocess_plain: `<image>` + caption + "\n", the labels ignoring everything up to and including the image.
+    caption_ids = processor.tokenizer(CAPTION + "\n", add_special_tokens=False).input_ids
+    image_tokens = [processor.image_token_id] * processor.image_seq_length
+    assert ids == [processor.tokenizer.bos_token_id] + image_tokens + caption_ids
+    assert labels == [IGNORE] * (1 + processor.image_seq_length) + caption_ids
+    assert processor.tokenizer.decode([label for label in labels if label != IGNORE]) == CAPTION + "\n"
+
+
+# --- Length ------------------------------------------------------------------------------------------------------
+
+ROW_FORMATS = [*LLAVA_RECORDS, *MESSAGES_RECORDS, "hub-string-content", "hub-list-content"]
+
+
+def read_row(tmp_path: Path, name: str) -> dict:
+    """The row of the record called `name` in `LLAVA_RECORDS` or `MESSAGES_RECORDS` (`hub-` + name: a Hub row)."""
+    if name.startswith("hub-"):
+        return convert_records(hub_dataset(name.removeprefix("hub-")))[0]
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    if name in LLAVA_RECORDS:
+        record = {"id": name, **LLAVA_RECORDS[name][0]}
+    else:
+        record = {"id": name, "messages": MESSAGES_RECORDS[name], "images": ["a.png"]}
+    (row,) = read_records(write_json(tmp_path / "data.json", [record]), folder)
+    return row
+
+
+def collated_length(processor, row: dict, template: str = "vicuna_v1") -> int:
+    return int(collate(processor, [row], template)["attention_mask"].sum())
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
+@pytest.mark.parametrize("name", ROW_FORMATS)
+def test_sample_length_is_the_collated_length(processor, tmp_path, name, template):
+    row = read_row(tmp_path, name)
+    assert sample_length(row, processor, CHAT_TEMPLATES[template]) == collated_length(processor, row, template)
+
+
+# Lengths in the collator's ids: text-only < image-at-end < two-images < multi-turn (asserted in the fixture).
+TWO_IMAGES = {
+    "id": "two-images",
+    "image": ["a.png", "b.png"],
+    "conversations": [human(f"<image>\n<image>\n{Q3}"), gpt(A3)],
+}
+
+
+@pytest.fixture
+def rows_and_lengths(processor, tmp_path) -> tuple[list[dict], dict[str, int]]:
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    records = [{"id": name, **LLAVA_RECORDS[name][0]} for name in ("multi-turn", "image-at-end", "text-only")]
+    rows = read_records(write_json(tmp_path / "llava.json", [*records, TWO_IMAGES]), folder)
+    lengths = {row["id"]: collated_length(processor, row) for row in rows}
+    assert sorted(lengths, key=lengths.get) == ["text-only", "image-at-end", "two-images", "multi-turn"]
+    return rows, lengths
+
+
+@pytest.mark.parametrize("at", ["at-the-longest-kept", "just-under-the-dropped"])
+def test_drop_overflowing_drops_only_the_long_sample_and_reports_its_length(processor, rows_and_lengths, at):
+    rows, lengths = rows_and_lengths
+    max_length = lengths["two-images"] if at == "at-the-longest-kept" else lengths["multi-turn"] - 1
+    kept, report = drop_overflowing(rows, processor, max_length, CHAT_TEMPLATES["vicuna_v1"])
+    assert [row["id"] for row in kept] == ["image-at-end", "text-only", "two-images"]
+    assert report.dropped == [{"id": "multi-turn", "length": lengths["multi-turn"]}]
+    assert report.summary() == (
+        f"1 samples longer than max_length={max_length} were dropped: multi-turn ({lengths['multi-turn']} tokens)"
+    )
+
+
+def test_on_overflow_error_raises_naming_the_sample(processor, rows_and_lengths):
+    rows, lengths = rows_and_lengths
+    with pytest.raises(DataError, match=rf"max_length={lengths['two-images']}: multi-turn \({lengths['multi-turn']}"):
+        drop_overflowing(rows, processor, lengths["two-images"], CHAT_TEMPLATES["vicuna_v1"], on_overflow="error")
+
+
+def test_kept_samples_keep_every_image_token(processor, rows_and_lengths):
+    rows, lengths = rows_and_lengths
+    kept, _ = drop_overflowing(rows, processor, lengths["two-images"], CHAT_TEMPLATES["vicuna_v1"])
+    batch = collate(processor, kept)
+    counts = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
+    assert counts == [processor.image_seq_length * len(row["images"]) for row in kept] == [25, 0, 50]
+    assert len(batch["pixel_values"]) == 3
+
+
+# --- Bad records -------------------------------------------------------------------------------------------------
+
+GOOD = {"id": "good", "image": "a.png", "conversations": [human(f"<image>\n{Q1}"), gpt(A1)]}
+
+
+def bad(**fields) -> str:
+    """A data file of a good record, then the record `bad` with `fields` over a good one's."""
+    return json.dumps([GOOD, {**GOOD, "id": "bad", **fields}])
+
+
+# name: (data file, where it fails, the error's message)
+BAD_FILES = {
+    "missing-image": (bad(image="missing.png"), "read", r"Record 'bad': image file '.*missing\.png' does not exist"),
+    # Found where it is opened, in the collator (a dataloader worker): reading never opens images.
+    "corrupt-image": (
+        bad(image="corrupt.png"),
+        "collate",
+        r"Record 'bad': image file '.*corrupt\.png' cannot be read",
+    ),
+    "more-markers-than-images": (
+        bad(conversations=[human(f"<image>\n<image>\n{Q1}"), gpt(A1)]),
+        "read",
+        r"Record 'bad': 2 <image> placeholders in the text but 1 images",
+    ),
+    "marker-without-image": (
+        json.dumps([GOOD, {"id": "bad", "conversations": [human(f"<image>\n{Q1}"), gpt(A1)]}]),
+        "read",
+        r"Record 'bad': 1 <image> placeholders in the text but 0 images",
+    ),
+    # The original LLaVA needs the marker too (`preprocess_plain` asserts it; `preprocess_v1` would train text-only).
+    "image-without-marker": (
+        bad(conversations=[human(Q1), gpt(A1)]),
+        "read",
+        r"Record 'bad': 0 <image> placeholders in the text but 1 images",
+    ),
+    "unknown-role": (
+        bad(conversations=[human(f"<image>\n{Q1}"), {"from": "bot", "value": A1}]),
+        "read",
+        r"Record 'bad': turn 1 has unknown role 'bot'",
+    ),
+    "empty-conversation": (bad(conversations=[]), "read", r"Record 'bad': the conversation is empty"),
+    "answer-before-question": (
+        bad(conversations=[gpt(A1), human(f"<image>\n{Q1}"), gpt(A1)]),
+        "read",
+        r"Record 'bad': turn 0 is an answer before a question",
+    ),
+    "conversations-not-a-list": (
+        bad(conversations=f"<image>\n{Q1}"),
+        "read",
+        r"Record 'bad': 'conversations' must be a list of turns",
+    ),
+    "turn-without-text": (
+        bad(conversations=[human(f"<image>\n{Q1}"), {"from": "gpt"}]),
+        "read",
+        r"Record 'bad': turn 1 has no text",
+    ),
+    "not-json": ('[{"id": "good",', "read", r"Data file '.*data\.json' is not valid JSON"),
+    "a-dict-not-a-list": (json.dumps(GOOD), "read", r"Data file '.*data\.json' must hold a list of records, got dict"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_data_raises_a_data_error_naming_the_record_and_problem(processor, tmp_path, name):
+    text, fails_at, message = BAD_FILES[name]
+    folder = write_images(tmp_path / "images", ["a.png"])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    data = tmp_path / "data.json"
+    data.write_text(text)
+    with pytest.raises(DataError, match=message) as error:
+        rows = read_records(data, folder)
+        assert fails_at == "collate", "reading should have failed"
+        assert [row["id"] for row in rows] == ["good", "bad"]
+        collate(processor, rows)
+    assert isinstance(error.value, ValueError)

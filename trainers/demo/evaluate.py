@@ -1,0 +1,101 @@
+"""Held-out answer accuracy of a trained LLaVA on the demo world: the measure that says whether the model sees.
+
+The model is loaded the way any user loads it (`AutoModelForImageTextToText` / `AutoProcessor` from the saved
+folder), each question is asked in the `vicuna_v1` format with its held-out image, answers come from batched greedy
+generation with left padding, and an answer counts when it is exactly the reference sentence. The same questions with
+the blank background instead of the image measure what the model can answer without looking.
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from .world import WorldFiles, blank_image
+
+MAX_NEW_TOKENS = 16
+
+
+@dataclass
+class Accuracy:
+    """Exact-match accuracy overall and per question kind, with the wrong answers kept for inspection."""
+
+    correct: int = 0
+    total: int = 0
+    per_kind: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    mistakes: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, record_id: str, kind: str, answer: str, reference: str) -> None:
+        hit = answer == reference
+        self.correct += hit
+        self.total += 1
+        self.per_kind[kind][0] += hit
+        self.per_kind[kind][1] += 1
+        if not hit:
+            self.mistakes.append({"id": record_id, "answer": answer, "reference": reference})
+
+    @property
+    def value(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "accuracy": self.value,
+            "per_kind": {kind: hit / total for kind, (hit, total) in self.per_kind.items()},
+            "total": self.total,
+        }
+
+
+def answer_questions(
+    model, processor, images: list[Image.Image], questions: list[str], batch_size: int = 32, progress: bool = True
+) -> list[str]:
+    """Greedy answers to `questions[i]` about `images[i]`, generated in left-padded batches."""
+    answers = []
+    for start in tqdm(range(0, len(questions), batch_size), desc="answering", disable=not progress, leave=False):
+        batch_questions = questions[start : start + batch_size]
+        prompts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+                add_generation_prompt=True,
+            )
+            for question in batch_questions
+        ]
+        inputs = processor(
+            images=images[start : start + batch_size],
+            text=prompts,
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,  # the template already wrote the BOS
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+def heldout_accuracy(model_dir: str | Path, world: WorldFiles, blank: bool = False, progress: bool = True) -> Accuracy:
+    """Accuracy of the checkpoint in `model_dir` on the world's held-out questions (with blank images if `blank`)."""
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    records = json.loads(Path(world.heldout).read_text())
+    image_size = processor.image_processor.crop_size["height"]
+    images = [
+        blank_image(image_size) if blank else Image.open(world.image_folder / record["image"]).convert("RGB")
+        for record in records
+    ]
+    questions = [record["conversations"][0]["value"].removeprefix("<image>\n") for record in records]
+    answers = answer_questions(model, processor, images, questions, progress=progress)
+    accuracy = Accuracy()
+    for record, answer in zip(records, answers, strict=True):
+        accuracy.add(record["id"], record["kind"], answer, record["conversations"][1]["value"])
+    return accuracy
+
+
+__all__ = ["Accuracy", "answer_questions", "heldout_accuracy"]
