@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback
 
 import trainers.train as train_module
+from hub_cards.model_card import RUN_INFO_NAME
 from tests.conftest import random_image
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
@@ -135,8 +136,12 @@ def test_stage1_writes_the_projector_artifact_and_stage2_starts_from_it(checkpoi
         "stage1", run_args(checkpoints, train_data, stage1_dir, "--save_strategy", "steps", "--save_steps", "1")
     )
     trained = trainer.model.model.multi_modal_projector.state_dict()
-    for directory in (stage1_dir, stage1_dir / "checkpoint-1", stage1_dir / "checkpoint-2"):
+    for step, directory in ((2, stage1_dir), (1, stage1_dir / "checkpoint-1"), (2, stage1_dir / "checkpoint-2")):
         assert (directory / WEIGHTS_NAME).is_file() and (directory / CONFIG_NAME).is_file(), directory
+        # The card and run record beside every checkpoint describe that checkpoint's own progress.
+        run = json.loads((directory / RUN_INFO_NAME).read_text())
+        assert (run["stage"], run["progress"]["steps done"]) == ("stage1", step), directory
+        assert "pipeline_tag: image-text-to-text" in (directory / "README.md").read_text()
     artifact = load_file(stage1_dir / WEIGHTS_NAME)
     assert artifact.keys() == trained.keys()
     assert all(torch.equal(artifact[name], trained[name]) for name in trained)

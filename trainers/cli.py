@@ -4,48 +4,22 @@ Each subcommand imports its module only when it runs, so `llava info` answers wi
 """
 
 import argparse
-import math
 import sys
 
 
 def info(path: str) -> None:
     """Prints what a LLaVA checkpoint is: backbones, projector, image tokens and parameter counts per part.
 
-    Parameter counts come from the safetensors headers, so no weight is read into memory.
+    The same rows as the model card's architecture table; parameter counts come from the safetensors headers, so no
+    weight is read into memory.
     """
-    from pathlib import Path
+    from hub_cards.model_card import describe_checkpoint, folder_kind
 
-    from safetensors import safe_open
-    from transformers import AutoConfig
-
-    import modeling_llava  # noqa: F401  (registers the Auto classes)
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type != "llava_plugin":
-        sys.exit(f"{path} is a {config.model_type!r} checkpoint, not a llava_plugin one (see `llava convert`).")
-    vision, text = config.vision_config, config.text_config
-    rows = {
-        "vision tower": f"{vision.model_type} (width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
-        f"{vision.image_size} px, patch {vision.patch_size})",
-        "language model": f"{text.model_type} (width {text.hidden_size}, {text.num_hidden_layers} layers, "
-        f"vocabulary {text.vocab_size})",
-        "projector": config.projector_type,
-        "vision feature layer": str(config.vision_feature_layer),
-        "feature selection": config.vision_feature_select_strategy,
-        "image tokens per image": f"{config.image_seq_length} (token id {config.image_token_id})",
-    }
-    counts: dict[str, int] = {}
-    for weights in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(weights, framework="pt") as handle:
-            for name in handle.keys():
-                part = next(
-                    (p for p in ("vision_tower", "multi_modal_projector", "language_model", "lm_head") if p in name),
-                    "other",
-                )
-                shape = handle.get_slice(name).get_shape()
-                counts[part] = counts.get(part, 0) + math.prod(shape)
-    for part, count in counts.items():
-        rows[f"parameters: {part}"] = f"{count:,}"
+    try:
+        folder_kind(path)
+    except ValueError as error:
+        sys.exit(str(error))
+    rows = describe_checkpoint(path)
     width = max(len(key) for key in rows)
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")

@@ -4,14 +4,20 @@
    adapters at 2e-4 but the projector, which is trained in full, at 2e-5.
 2. Stage 1's projector-only artifact (the original's `mm_projector.bin`) written next to every checkpoint it saves,
    so stage 2 can start from the backbones plus a few MB.
+3. A model card and `llava_run.json` (stage, sources, hyperparameters, progress) next to every checkpoint it saves,
+   instead of TRL's text-generation card.
 
 Everything else (data collation, loss masking, PEFT wrapping, checkpointing, resuming) is TRL's and transformers'.
 """
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from trl import SFTTrainer
+
+from hub_cards.model_card import RUN_INFO_NAME, write_model_card
 
 from .projector_artifact import save_projector
 
@@ -26,6 +32,9 @@ class LlavaSFTTrainer(SFTTrainer):
             Learning rate of the projector's parameters; the others use `args.learning_rate`. `None` keeps one rate.
         projector_provenance (`dict`, *optional*):
             When given, every save also writes the projector artifact with this provenance (stage 1 does this).
+        run_info (`dict`, *optional*):
+            `{"stage", "description", "template", "sources"}`: what the card says of the run; the trainer adds the
+            hyperparameters and the progress at each save. `None` writes no card.
         kwargs:
             Everything `SFTTrainer` takes.
     """
@@ -35,10 +44,12 @@ class LlavaSFTTrainer(SFTTrainer):
         *args,
         projector_lr: float | None = None,
         projector_provenance: dict[str, Any] | None = None,
+        run_info: dict[str, Any] | None = None,
         **kwargs,
     ):
         self.projector_lr = projector_lr
         self.projector_provenance = projector_provenance
+        self.run_info = run_info
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
@@ -66,6 +77,46 @@ class LlavaSFTTrainer(SFTTrainer):
         if self.projector_provenance is not None and self.args.should_save:
             model = self.accelerator.unwrap_model(self.model)
             save_projector(model, output_dir or self.args.output_dir, **self.projector_provenance)
+        if self.run_info is not None and self.args.should_save:
+            self._write_run_info_and_card(Path(output_dir or self.args.output_dir))
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Our card instead of TRL's (which calls a LLaVA a text-generation model), once `output_dir` holds a model.
+
+        TRL calls this before each checkpoint is written and before `push_to_hub` uploads `output_dir`.
+        """
+        output_dir = Path(self.args.output_dir)
+        if self.run_info is not None and self.is_world_process_zero():
+            if (output_dir / "config.json").is_file() or (output_dir / "adapter_config.json").is_file():
+                self._write_run_info_and_card(output_dir)
+
+    def _write_run_info_and_card(self, folder: Path) -> None:
+        args = self.args
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        hyperparameters = {
+            "learning_rate": args.learning_rate,
+            "projector learning rate": self.projector_lr or args.learning_rate,
+            "global batch size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "per-device batch size": args.per_device_train_batch_size,
+            "gradient accumulation": args.gradient_accumulation_steps,
+            "epochs": args.num_train_epochs if args.max_steps <= 0 else f"max_steps {args.max_steps}",
+            "warmup": f"{args.warmup_steps:.0%} of the steps"
+            if args.warmup_steps < 1
+            else f"{args.warmup_steps:g} steps",
+            "scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "weight decay": args.weight_decay,
+            "max length": args.max_length,
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "gradient checkpointing": args.gradient_checkpointing,
+            "seed": args.seed,
+        }
+        progress = {"steps done": self.state.global_step, "epoch": round(self.state.epoch or 0.0, 4)}
+        if losses:
+            progress["last logged loss"] = round(losses[-1], 4)
+        run = {**self.run_info, "hyperparameters": hyperparameters, "progress": progress}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUN_INFO_NAME).write_text(json.dumps(run, indent=2) + "\n")
+        write_model_card(folder, repo_id=args.hub_model_id)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep the record id through the column filter, so that an unreadable image is reported by its record.

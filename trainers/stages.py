@@ -17,16 +17,43 @@ from modeling_llava import LlavaPluginForConditionalGeneration
 class Stage:
     name: str
     template: str  # the chat template the stage's data is rendered with
+    description: str  # what the stage trains, as the model card says it
     trains_language_model: bool
     uses_lora: bool = False
     quantized: bool = False
 
 
 STAGES = {
-    "stage1": Stage("stage1", template="plain", trains_language_model=False),
-    "stage2": Stage("stage2", template="vicuna_v1", trains_language_model=True),
-    "lora": Stage("lora", template="vicuna_v1", trains_language_model=False, uses_lora=True),
-    "qlora": Stage("qlora", template="vicuna_v1", trains_language_model=False, uses_lora=True, quantized=True),
+    "stage1": Stage(
+        "stage1",
+        template="plain",
+        description="Stage 1 (feature alignment): the projector alone is trained on image-caption pairs; the vision "
+        "tower and the language model are frozen.",
+        trains_language_model=False,
+    ),
+    "stage2": Stage(
+        "stage2",
+        template="vicuna_v1",
+        description="Stage 2 (visual instruction tuning): the projector and the language model are trained on "
+        "instruction conversations; the vision tower is frozen.",
+        trains_language_model=True,
+    ),
+    "lora": Stage(
+        "lora",
+        template="vicuna_v1",
+        description="Stage 2 with LoRA: adapters on every linear layer of the language model and the whole projector "
+        "are trained on instruction conversations; the vision tower and the LLM's own weights are frozen.",
+        trains_language_model=False,
+        uses_lora=True,
+    ),
+    "qlora": Stage(
+        "qlora",
+        template="vicuna_v1",
+        description="Stage 2 with QLoRA: as LoRA, on a language model loaded in 4-bit NF4 (bitsandbytes).",
+        trains_language_model=False,
+        uses_lora=True,
+        quantized=True,
+    ),
 }
 
 

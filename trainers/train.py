@@ -160,6 +160,19 @@ def base_description(script_args: LlavaScriptArguments, model_args: ModelConfig)
     }
 
 
+def run_info(stage: Stage, script_args: LlavaScriptArguments, model_args: ModelConfig) -> dict:
+    """What the model card says of a run besides the trainer's hyperparameters: the stage and what it started from."""
+    sources = {
+        "vision_tower": script_args.vision_tower,
+        "language_model": script_args.language_model,
+        "model_name_or_path": model_args.model_name_or_path,
+        "pretrain_projector": script_args.pretrain_projector,
+        "data_path": script_args.data_path,
+        "dataset_name": script_args.dataset_name,
+    }
+    return {"stage": stage.name, "description": stage.description, "template": stage.template, "sources": sources}
+
+
 def main(
     stage_name: str, script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig
 ) -> LlavaSFTTrainer:
@@ -191,6 +204,7 @@ def main(
         ),
         projector_lr=script_args.projector_lr,
         projector_provenance=provenance,
+        run_info=run_info(stage, script_args, model_args),
     )
     logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
 

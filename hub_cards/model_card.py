@@ -1,0 +1,238 @@
+"""Model cards (the Hub's README.md) for everything this project saves: checkpoints, LoRA adapters, stage-1 projectors.
+
+A card is rendered from `templates/llava_card.md` through `ModelCard.from_template`, with metadata in `ModelCardData`
+(`pipeline_tag`, `library_name`, `base_model`, `datasets`, `license`, tags and, when evaluation results sit in the
+folder, `model-index`). Everything in it is read from the folder itself: the config or adapter/projector config, the
+safetensors headers (parameter counts, without loading weights), `llava_run.json` (written by the trainer: stage and
+hyperparameters) and the evaluation result files. So a card can be rendered for any folder at any time, and the
+trainer simply re-renders it at each save.
+"""
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+TEMPLATE = Path(__file__).parent / "templates" / "llava_card.md"
+RUN_INFO_NAME = "llava_run.json"
+# Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
+SCIENCEQA_RESULTS = "scienceqa_results.json"
+LLAVA_BENCH_RESULTS = "llava_bench_results.json"
+PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+Kind = Literal["checkpoint", "adapter", "projector"]
+
+
+def folder_kind(folder: str | Path) -> Kind:
+    """What a saved folder holds: a full LLaVA checkpoint, a PEFT LoRA adapter, or a stage-1 projector alone."""
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    config = folder / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type != "llava_plugin":
+            raise ValueError(
+                f"{str(folder)!r} holds a {model_type!r} checkpoint, not a llava_plugin one: convert it first "
+                "(`llava convert`)."
+            )
+        return "checkpoint"
+    if (folder / "projector_config.json").is_file() and (folder / "mm_projector.safetensors").is_file():
+        return "projector"
+    raise ValueError(
+        f"{str(folder)!r} is none of what this project saves: no config.json (checkpoint), adapter_config.json "
+        "(LoRA adapter) or projector_config.json + mm_projector.safetensors (stage-1 projector)."
+    )
+
+
+def parameter_counts(folder: str | Path, pattern: str = "model*.safetensors") -> dict[str, str]:
+    """Parameters per model part (`parameters: PART` -> count), read from the safetensors headers: nothing is loaded.
+
+    `pattern` picks the weight files: a checkpoint's shards, `adapter_model.safetensors` or `mm_projector.safetensors`
+    (whose keys are the projector's own, so they count as the projector).
+    """
+    counts = dict.fromkeys(PARTS, 0)
+    for weights in sorted(Path(folder).glob(pattern)):
+        with safe_open(weights, framework="pt") as handle:
+            for name in handle.keys():
+                part = next((part for part in PARTS if part in name), "multi_modal_projector")
+                counts[part] += math.prod(handle.get_slice(name).get_shape())
+    return {f"parameters: {part}": f"{count:,}" for part, count in counts.items() if count}
+
+
+def describe_checkpoint(folder: str | Path) -> dict[str, str]:
+    """The architecture of a full checkpoint as rows: backbones, projector, image tokens, parameters per part."""
+    from transformers import AutoConfig
+
+    import modeling_llava  # noqa: F401  (registers llava_plugin with AutoConfig)
+
+    config = AutoConfig.from_pretrained(folder)
+    vision, text = config.vision_config, config.text_config
+    rows = {
+        "vision tower": f"{vision.model_type} (width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
+        f"{vision.image_size} px, patch {vision.patch_size})",
+        "language model": f"{text.model_type} (width {text.hidden_size}, {text.num_hidden_layers} layers, "
+        f"vocabulary {text.vocab_size})",
+        "projector": config.projector_type,
+        "vision feature layer": str(config.vision_feature_layer),
+        "feature selection": config.vision_feature_select_strategy,
+        "image tokens per image": f"{config.image_seq_length} (token id {config.image_token_id})",
+    }
+    rows.update(parameter_counts(folder))
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _hub_ids(*names: str | None) -> list[str]:
+    """The names that are Hub ids (`base_model` metadata must be); local paths stay in the card's body only."""
+    return [name for name in names if name and HUB_ID.match(name) and not Path(name).exists()]
+
+
+def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
+    if kind == "checkpoint":
+        run = _read_json(folder / RUN_INFO_NAME) or {}
+        sources = run.get("sources", {})
+        return describe_checkpoint(folder), _hub_ids(sources.get("vision_tower"), sources.get("language_model"))
+    if kind == "adapter":
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        base = (_read_json(folder / "llava_base.json") or {}).get("script_args", {})
+        rows = {
+            "adapter": f"LoRA r {adapter['r']}, alpha {adapter['lora_alpha']}, dropout {adapter['lora_dropout']}, "
+            f"on {len(adapter.get('target_modules') or [])} linear layers of the LLM",
+            "trained in full": ", ".join(adapter.get("modules_to_save") or []) or "nothing",
+            "base vision tower": base.get("vision_tower") or "see llava_base.json",
+            "base language model": base.get("language_model") or "see llava_base.json",
+            "projector": base.get("projector_type", "see llava_base.json"),
+        }
+        rows.update(parameter_counts(folder, "adapter_model.safetensors"))
+        return rows, _hub_ids(base.get("vision_tower"), base.get("language_model"))
+    projector = json.loads((folder / "projector_config.json").read_text())
+    rows = {
+        "projector": projector["projector_type"],
+        "input width (vision)": str(projector["vision_hidden_size"]),
+        "output width (LLM)": str(projector["text_hidden_size"]),
+        "vision feature layer": str(projector["vision_feature_layer"]),
+        "feature selection": projector["vision_feature_select_strategy"],
+        "trained on top of": f"{projector.get('vision_tower')} + {projector.get('language_model')}",
+    }
+    rows.update(parameter_counts(folder, "mm_projector.safetensors"))
+    return rows, _hub_ids(projector.get("vision_tower"), projector.get("language_model"))
+
+
+def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], list[EvalResult]]:
+    rows, results = [], []
+    scienceqa = _read_json(folder / SCIENCEQA_RESULTS)
+    if scienceqa is not None:
+        rows.append({"benchmark": "ScienceQA", "metric": "accuracy", "value": f"{100 * scienceqa['accuracy']:.2f}%"})
+        rows += [
+            {"benchmark": f"ScienceQA ({column})", "metric": "accuracy", "value": f"{100 * value:.2f}%"}
+            for column, value in scienceqa.get("columns", {}).items()
+        ]
+        results.append(
+            EvalResult(
+                task_type="visual-question-answering",
+                dataset_type="derek-thomas/ScienceQA",
+                dataset_name="ScienceQA",
+                dataset_split=scienceqa.get("split", "test"),
+                metric_type="accuracy",
+                metric_value=round(100 * scienceqa["accuracy"], 2),
+            )
+        )
+    bench = _read_json(folder / LLAVA_BENCH_RESULTS)
+    if bench is not None:
+        rows.append({"benchmark": "LLaVA-Bench", "metric": "relative score", "value": f"{bench['overall']:.1f}"})
+        rows += [
+            {"benchmark": f"LLaVA-Bench ({category})", "metric": "relative score", "value": f"{value:.1f}"}
+            for category, value in bench.get("categories", {}).items()
+        ]
+        results.append(
+            EvalResult(
+                task_type="image-text-to-text",
+                dataset_type="liuhaotian/llava-bench-in-the-wild",
+                dataset_name="LLaVA-Bench (In-the-Wild)",
+                metric_type="relative_score",
+                metric_name="relative score (judge)",
+                metric_value=round(bench["overall"], 1),
+            )
+        )
+    for result in results:
+        result.task_name = model_name
+    return rows, results
+
+
+def _training(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    run = _read_json(folder / RUN_INFO_NAME)
+    if run is None:
+        return None, []
+    settings = {"stage": run["stage"], "chat template": run["template"]}
+    settings.update({key: str(value) for key, value in run.get("sources", {}).items() if value})
+    settings.update({key: str(value) for key, value in run.get("hyperparameters", {}).items()})
+    settings.update({key: str(value) for key, value in run.get("progress", {}).items()})
+    data = run.get("sources", {}).get("dataset_name")
+    return {"description": run["description"], "settings": settings}, _hub_ids(data)
+
+
+def render_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None) -> ModelCard:
+    """The card of a saved folder, for the Hub repo `repo_id` (default: the folder's name)."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    repo_id = repo_id or folder.resolve().name
+    model_name = repo_id.split("/")[-1]
+    architecture, base_models = _architecture(folder, kind)
+    training, datasets = _training(folder)
+    evaluation, eval_results = _evaluation(folder, model_name)
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name={"checkpoint": "transformers", "adapter": "peft", "projector": "llava-plugin"}[kind],
+        pipeline_tag="image-text-to-text",
+        base_model=base_models or None,
+        datasets=datasets or None,
+        license=license,
+        tags=["llava", "llava_plugin", "vision-language", "custom_code"] + (["lora"] if kind == "adapter" else []),
+        eval_results=eval_results or None,
+    )
+    summary = {
+        "checkpoint": "A LLaVA vision-language model (Liu et al., *Visual Instruction Tuning*, NeurIPS 2023) in the "
+        "`llava_plugin` format: it loads with `from_pretrained` where `llava-plugin` is installed, and with "
+        "`trust_remote_code=True` alone elsewhere.",
+        "adapter": "A LoRA adapter for a LLaVA vision-language model (Liu et al., *Visual Instruction Tuning*, "
+        "NeurIPS 2023), trained with `llava-plugin` on TRL's SFTTrainer.",
+        "projector": "The stage-1 projector of a LLaVA vision-language model (Liu et al., *Visual Instruction "
+        "Tuning*, NeurIPS 2023): the layer that maps vision features into the LLM's embedding space.",
+    }[kind]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=model_name,
+        summary=summary,
+        kind=kind,
+        repo_id=repo_id,
+        architecture=architecture,
+        training=training,
+        evaluation=evaluation,
+    )
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
+    """Renders the folder's card and writes it to `folder/README.md`."""
+    path = Path(folder) / "README.md"
+    render_model_card(folder, repo_id, license).save(path)
+    return path
+
+
+__all__ = [
+    "RUN_INFO_NAME",
+    "describe_checkpoint",
+    "folder_kind",
+    "parameter_counts",
+    "render_model_card",
+    "write_model_card",
+]

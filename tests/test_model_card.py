@@ -1,0 +1,113 @@
+"""Model cards: metadata, architecture, training and evaluation read from the folder, for each kind of artifact.
+
+References are independent of the card code: parameter counts from the loaded model's own parameters, the config's
+fields, and the values written into the run and result files by the test.
+"""
+
+import json
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard
+from peft import get_peft_model
+
+from hub_cards.model_card import RUN_INFO_NAME, folder_kind, render_model_card, write_model_card
+from modeling_llava import LlavaPluginForConditionalGeneration
+from trainers.projector_artifact import save_projector
+from trainers.stages import lora_config
+
+RUN = {
+    "stage": "stage2",
+    "description": "Stage 2 (visual instruction tuning): trained for the test.",
+    "template": "vicuna_v1",
+    "sources": {
+        "vision_tower": "openai/clip-vit-large-patch14-336",
+        "language_model": "lmsys/vicuna-7b-v1.5",
+        "data_path": "playground/data/llava_v1_5_mix665k.json",
+        "dataset_name": "liuhaotian/LLaVA-Instruct-150K",
+    },
+    "hyperparameters": {"learning_rate": 2e-5, "global batch size": 128},
+    "progress": {"steps done": 5197},
+}
+
+
+@pytest.fixture
+def checkpoint(tmp_path, llava_checkpoint):
+    folder = tmp_path / "llava-test"
+    shutil.copytree(llava_checkpoint, folder)
+    return folder
+
+
+def test_checkpoint_card_has_hub_metadata_and_the_architecture(checkpoint):
+    (checkpoint / RUN_INFO_NAME).write_text(json.dumps(RUN))
+    card = render_model_card(checkpoint, repo_id="someone/llava-test", license="apache-2.0")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-text-to-text"
+    assert data["library_name"] == "transformers"
+    assert data["license"] == "apache-2.0"
+    assert data["base_model"] == ["openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5"]
+    assert data["datasets"] == ["liuhaotian/LLaVA-Instruct-150K"]
+    assert "custom_code" in data["tags"]
+
+    model = LlavaPluginForConditionalGeneration.from_pretrained(checkpoint)
+    per_part: dict[str, int] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        part = next(p for p in ("vision_tower", "multi_modal_projector", "language_model", "lm_head") if p in name)
+        per_part[part] = per_part.get(part, 0) + parameter.numel()
+    for part, count in per_part.items():
+        assert f"| parameters: {part} | {count:,} |" in card.text
+    image_tokens = f"{model.config.image_seq_length} (token id {model.config.image_token_id})"
+    assert f"| image tokens per image | {image_tokens} |" in card.text
+    assert "| learning_rate | 2e-05 |" in card.text and "| steps done | 5197 |" in card.text
+    assert 'from_pretrained("someone/llava-test", trust_remote_code=True)' in card.text
+
+
+def test_local_backbone_paths_stay_out_of_the_metadata(checkpoint, checkpoints):
+    local = {**RUN, "sources": {"vision_tower": checkpoints["clip"], "language_model": checkpoints["llama"]}}
+    (checkpoint / RUN_INFO_NAME).write_text(json.dumps(local))
+    card = render_model_card(checkpoint)
+    assert "base_model" not in card.data.to_dict()
+    assert f"| vision_tower | {checkpoints['clip']} |" in card.text
+
+
+def test_evaluation_results_become_model_index(checkpoint):
+    (checkpoint / "scienceqa_results.json").write_text(
+        json.dumps({"accuracy": 0.9092, "columns": {"NAT": 0.9036, "IMG": 0.8805}, "split": "test"})
+    )
+    (checkpoint / "llava_bench_results.json").write_text(
+        json.dumps({"overall": 85.1, "categories": {"conversation": 83.1, "detail": 75.3, "complex": 96.5}})
+    )
+    path = write_model_card(checkpoint, repo_id="someone/llava-test")
+    reloaded = ModelCard.load(path)  # what the Hub parses: the metadata block of README.md
+    results = {result.dataset_name: result.metric_value for result in reloaded.data.eval_results}
+    assert results == {"ScienceQA": 90.92, "LLaVA-Bench (In-the-Wild)": 85.1}
+    assert "| ScienceQA (IMG) | accuracy | 88.05% |" in reloaded.text
+    assert "| LLaVA-Bench (complex) | relative score | 96.5 |" in reloaded.text
+
+
+def test_adapter_and_projector_cards(tmp_path, llava_checkpoint, checkpoints):
+    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint)
+    save_projector(model, tmp_path / "projector", vision_tower="openai/clip-vit-large-patch14-336")
+    card = render_model_card(tmp_path / "projector", repo_id="someone/projector")
+    projector_params = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    assert folder_kind(tmp_path / "projector") == "projector"
+    assert card.data.library_name == "llava-plugin"
+    assert f"| parameters: multi_modal_projector | {projector_params:,} |" in card.text
+    assert "--pretrain_projector projector" in card.text
+
+    adapter = get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0))
+    adapter.save_pretrained(tmp_path / "adapter")
+    base = {"script_args": {"vision_tower": checkpoints["clip"], "language_model": "lmsys/vicuna-7b-v1.5"}}
+    (tmp_path / "adapter" / "llava_base.json").write_text(json.dumps(base))
+    card = render_model_card(tmp_path / "adapter", repo_id="someone/adapter")
+    lora_params = sum(p.numel() for name, p in adapter.named_parameters() if "lora_" in name)
+    assert card.data.library_name == "peft" and card.data.base_model == ["lmsys/vicuna-7b-v1.5"]
+    assert "LoRA r 4, alpha 8" in card.text and "llava merge-lora adapter merged" in card.text
+    assert f"| parameters: language_model | {lora_params:,} |" in card.text
+
+
+def test_a_folder_of_something_else_is_refused(tmp_path, checkpoints):
+    with pytest.raises(ValueError, match="'llama' checkpoint, not a llava_plugin one"):
+        render_model_card(checkpoints["llama"])
+    with pytest.raises(ValueError, match="none of what this project saves"):
+        render_model_card(tmp_path)
