@@ -230,6 +230,21 @@ class LlavaPluginModel(LlavaPluginPreTrainedModel):
         )
 
 
+def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
+    """The vision model of a bare vision checkpoint (`CLIPVisionModel`, ...) or of a full CLIP/SigLIP checkpoint."""
+    vision_config = AutoConfig.from_pretrained(vision)
+    full_checkpoint = hasattr(vision_config, "vision_config")
+    verbosity = logging.get_verbosity()
+    if full_checkpoint:  # the text tower's weights are left out on purpose: no load report about them
+        logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(
+            vision, config=getattr(vision_config, "vision_config", vision_config), dtype=dtype
+        )
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, GenerationMixin):
     """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub."""
 
@@ -347,16 +362,8 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
         """
         from .processing_llava_plugin import tokenizer_with_image_token
 
-        vision_config = AutoConfig.from_pretrained(vision)
-        full_checkpoint = hasattr(vision_config, "vision_config")
-        vision_config = vision_config.vision_config if full_checkpoint else vision_config
-        verbosity = logging.get_verbosity()
-        if full_checkpoint:  # the text tower's weights are left out on purpose: no load report about them
-            logging.set_verbosity_error()
-        try:
-            vision_tower = AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
-        finally:
-            logging.set_verbosity(verbosity)
+        vision_tower = load_vision_tower(vision, dtype)
+        vision_config = vision_tower.config
         language_model = AutoModelForCausalLM.from_pretrained(
             text, dtype=dtype, quantization_config=quantization_config
         )
@@ -395,6 +402,7 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, Generation
 
 
 __all__ = [
+    "load_vision_tower",
     "LlavaPluginForConditionalGeneration",
     "LlavaPluginModel",
     "LlavaPluginMultiModalProjector",

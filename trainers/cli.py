@@ -49,6 +49,43 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser.add_argument("--quick", action="store_true", help="a few steps of everything: checks the plumbing")
     demo_parser.add_argument("--seed", type=int, default=0)
 
+    push_parser = commands.add_parser(
+        "push",
+        help="upload a checkpoint, LoRA adapter or stage-1 projector to the Hub with its card",
+        description="Upload DIR to the model repo REPO_ID in one commit. The token comes from HF_TOKEN or "
+        "`hf auth login`. Left out: checkpoint-N folders (intermediate checkpoints of a training run), _*, "
+        "__pycache__, *.tmp. Without a README.md in DIR, the rendered model card is uploaded as README.md (DIR "
+        "itself is never modified).",
+    )
+    push_parser.add_argument("folder", metavar="DIR", help="a checkpoint, LoRA adapter or projector folder")
+    push_parser.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
+    push_parser.add_argument("--private", action="store_true", help="create the repo private (if it is created)")
+    push_parser.add_argument("--revision", help="branch to commit to, created from main if missing")
+
+    convert_parser = commands.add_parser(
+        "convert",
+        help="convert an original LLaVA, llava-hf or plugin checkpoint",
+        description="Convert SRC (format read from its config.json: the original repository's llava_llama/"
+        "llava_mistral, llava-hf, or llava_plugin) into DST. DST is written beside its place and renamed into it, "
+        "so a failed conversion leaves nothing there.",
+    )
+    convert_parser.add_argument("source", metavar="SRC")
+    convert_parser.add_argument("destination", metavar="DST")
+    convert_parser.add_argument("--to", choices=["plugin", "llava-hf"], default="plugin")
+    convert_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+    convert_parser.add_argument(
+        "--template", default="vicuna_v1", help="chat template of an original checkpoint (vicuna_v1 or plain)"
+    )
+
+    chat_parser = commands.add_parser("chat", help="chat with a LLaVA model in the terminal")
+    chat_parser.add_argument("model", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
+    chat_parser.add_argument("--image", help="the image to talk about")
+    chat_parser.add_argument("--prompt", help="ask one question, print the answer and exit")
+    chat_parser.add_argument("--max-new-tokens", type=int, default=512)
+    chat_parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
+    chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
+    chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+
     args, rest = parser.parse_known_args(argv)
     if args.command != "train" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -66,6 +103,37 @@ def main(argv: list[str] | None = None) -> None:
         from .demo.run import run_demo
 
         run_demo(args.output_dir, quick=args.quick, seed=args.seed)
+    elif args.command == "convert":
+        from modeling_llava.convert_checkpoint import convert
+
+        try:
+            convert(args.source, args.destination, to=args.to, vision_tower=args.vision_tower, template=args.template)
+        except (OSError, ValueError) as error:  # a bad source or destination: the message says which and why
+            sys.exit(str(error))
+        print(f"Converted checkpoint written to {args.destination}")
+    elif args.command == "chat":
+        from .chat import run
+
+        try:
+            run(
+                args.model,
+                args.image,
+                args.prompt,
+                args.max_new_tokens,
+                args.temperature,
+                args.device,
+                args.vision_tower,
+            )
+        except ValueError as error:
+            sys.exit(str(error))
+    elif args.command == "push":
+        from hub_cards.push import PushError, push_to_hub
+
+        try:
+            url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
+        except PushError as error:
+            sys.exit(str(error))
+        print(f"Pushed {args.folder} to {url}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,352 @@
+"""`llava convert SRC DST`: checkpoints between the original LLaVA repository's format, llava-hf and this plugin.
+
+The three formats hold the same weights under different names:
+
+- original (`liuhaotian/llava-v1.5-7b`, model_type `llava_llama`/`llava_mistral`): the LLM at `model.*` and
+  `lm_head`, the projector at `model.mm_projector.{0,2}` (`model.mm_projector` for `linear`), the vision tower
+  usually not in the weights but named by `mm_vision_tower`;
+- llava-hf (transformers' built-in, model_type `llava`): `model.vision_tower`,
+  `model.multi_modal_projector.linear_{1,2}`, `model.language_model`, `lm_head`;
+- this plugin (`llava_plugin`): as llava-hf, with `linear_N` for projectors of any depth.
+
+This module is the one place where those mappings live. The original splices image features at a sentinel id
+(-200) that no tokenizer holds; the converted tokenizer gets a real `<image>` token (its embedding row the mean of the
+others, which no image position ever reads). Original settings become config and processor fields:
+`mm_vision_select_layer` -> `vision_feature_layer`, `mm_vision_select_feature` (`patch`/`cls_patch`) ->
+`vision_feature_select_strategy` (`default`/`full`), `image_aspect_ratio=pad` -> the processor's pad-to-square.
+
+Weights keep their dtypes and the source's shard size; DST is written beside its final place and renamed into it, so
+a conversion that fails half-way leaves nothing at DST.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.utils import logging
+
+from .chat_templates import CHAT_TEMPLATES
+from .configuration_llava_plugin import LlavaPluginConfig, image_seq_length_for
+from .modeling_llava_plugin import LlavaPluginForConditionalGeneration, load_vision_tower
+from .processing_llava_plugin import IMAGE_PROCESSOR_CLASS, LlavaPluginProcessor
+
+logger = logging.get_logger(__name__)
+
+Format = Literal["original", "llava-hf", "plugin"]
+ORIGINAL_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
+# Fields of an original config that are LLaVA's, not the language model's (besides every `mm_*`).
+ORIGINAL_ONLY = {
+    "model_type",
+    "architectures",
+    "image_aspect_ratio",
+    "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter",
+    "unfreeze_mm_vision_tower",
+    "use_mm_proj",
+    "tokenizer_model_max_length",
+    "tokenizer_padding_side",
+}
+SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
+# Original fields that describe LLaVA-NeXT / v1-preview features this format has no place for.
+UNSUPPORTED = {
+    "mm_use_im_start_end": (True, "image start/end tokens around each image (LLaVA v1 preview checkpoints)"),
+    "image_aspect_ratio": ("anyres", "LLaVA-NeXT's any-resolution tiling"),
+    "mm_patch_merge_type": ("spatial_unpad", "LLaVA-NeXT's unpadded patch merging"),
+}
+
+
+def detect_format(source: str | Path) -> Format:
+    """The format of a checkpoint folder, from its `config.json`."""
+    config_path = Path(source) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{str(source)!r} has no config.json: not a checkpoint folder.")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type in ORIGINAL_MODEL_TYPES:
+        return "original"
+    if model_type == "llava":
+        return "llava-hf"
+    if model_type == "llava_plugin":
+        return "plugin"
+    raise ValueError(
+        f"{str(config_path)!r} has model_type {model_type!r}: expected an original LLaVA checkpoint "
+        f"({', '.join(ORIGINAL_MODEL_TYPES)}), a llava-hf one ('llava') or this plugin's ('llava_plugin')."
+    )
+
+
+def read_weights(source: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, in its stored dtype.
+
+    Safetensors are memory-mapped. The original repository's releases are `pytorch_model-*.bin` only; those are read
+    with `torch.load(weights_only=True)`, which accepts tensors and nothing executable.
+    """
+    files = sorted(source.glob("*.safetensors"))
+    if files:
+        weights = {}
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                weights.update({name: handle.get_tensor(name) for name in handle.keys()})
+        return weights
+    files = sorted(source.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{str(source)!r} holds no weights (*.safetensors or pytorch_model*.bin).")
+    weights = {}
+    for file in files:
+        weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+    return weights
+
+
+def shard_size(source: Path) -> int | None:
+    """The largest weight file of a sharded source in bytes, so the converted checkpoint shards alike."""
+    files = list(source.glob("*.safetensors")) or list(source.glob("pytorch_model*.bin"))
+    return max(file.stat().st_size for file in files) if len(files) > 1 else None
+
+
+def _grow_embeddings(weights: dict[str, torch.Tensor], new_rows: int, names: list[str]) -> None:
+    """Appends `new_rows` rows equal to the mean of the existing ones (the `<image>` token), as `from_backbones`."""
+    for name in names:
+        if name in weights:
+            table = weights[name]
+            mean = table.float().mean(dim=0, keepdim=True).to(table.dtype)
+            weights[name] = torch.cat([table, mean.expand(new_rows, -1)])
+
+
+def load_original(
+    source: Path, vision_tower: str | None, template: str
+) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
+    """An original-repository checkpoint (`llava_llama`, ...) as a plugin model and processor."""
+    raw = json.loads((source / "config.json").read_text())
+    for field, (value, what) in UNSUPPORTED.items():
+        if raw.get(field) == value:
+            raise ValueError(f"{str(source)!r} uses {field}={value!r} ({what}), which this plugin does not implement.")
+    vision = vision_tower or raw.get("mm_vision_tower") or raw.get("vision_tower")
+    if not vision:
+        raise ValueError(f"{str(source)!r} names no vision tower (mm_vision_tower); pass --vision-tower PATH.")
+    if raw.get("mm_vision_select_feature", "patch") not in SELECT_FEATURE:
+        raise ValueError(f"Unknown mm_vision_select_feature {raw['mm_vision_select_feature']!r} in {str(source)!r}.")
+
+    weights = read_weights(source)
+    dtype = weights["model.embed_tokens.weight"].dtype
+    text_fields = {key: value for key, value in raw.items() if key not in ORIGINAL_ONLY and not key.startswith("mm_")}
+    text_config = AutoConfig.for_model(ORIGINAL_MODEL_TYPES[raw["model_type"]], **text_fields)
+    try:
+        tower = load_vision_tower(vision, dtype=dtype)
+    except OSError as error:
+        raise OSError(
+            f"The vision tower {vision!r} named by {str(source)!r} cannot be loaded ({error}); pass --vision-tower "
+            "with a local copy of it."
+        ) from error
+    processor = LlavaPluginProcessor.from_backbones(
+        vision,
+        str(source),
+        vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
+        pad_to_square=raw.get("image_aspect_ratio") == "pad",
+    )
+    processor.chat_template = {"default": CHAT_TEMPLATES[template], **CHAT_TEMPLATES}
+
+    converted: dict[str, torch.Tensor] = {}
+    embedded_tower = {k: v for k, v in weights.items() if k.startswith("model.vision_tower.vision_tower.")}
+    tower_weights = embedded_tower or {
+        f"model.vision_tower.vision_tower.{k}": v for k, v in tower.state_dict().items()
+    }
+    for name, tensor in {**weights, **tower_weights}.items():
+        if name.startswith("model.vision_tower.vision_tower."):
+            converted["model.vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")] = tensor
+        elif name.startswith("model.mm_projector."):
+            # nn.Sequential(Linear, GELU, Linear, ...): linear k sits at index 2 (k - 1); `linear` has no index.
+            match = re.match(r"model\.mm_projector\.(?:(\d+)\.)?(weight|bias)$", name)
+            index = 1 if match.group(1) is None else int(match.group(1)) // 2 + 1
+            converted[f"model.multi_modal_projector.linear_{index}.{match.group(2)}"] = tensor
+        elif name.startswith("model."):
+            converted["model.language_model." + name.removeprefix("model.")] = tensor
+        else:  # lm_head
+            converted[name] = tensor
+
+    tokenizer = processor.tokenizer
+    new_rows = len(tokenizer) - text_config.vocab_size
+    if new_rows > 0:
+        _grow_embeddings(converted, new_rows, ["model.language_model.embed_tokens.weight", "lm_head.weight"])
+        text_config.vocab_size = len(tokenizer)
+    config = LlavaPluginConfig(
+        vision_config=tower.config,
+        text_config=text_config,
+        projector_type=raw.get("mm_projector_type", "linear"),
+        vision_feature_layer=raw.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
+        image_token_id=tokenizer.convert_tokens_to_ids(processor.image_token),
+        multimodal_projector_bias="model.multi_modal_projector.linear_1.bias" in converted,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    model = _assemble(LlavaPluginForConditionalGeneration, config, converted, dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def load_llava_hf(source: Path) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
+    """A llava-hf checkpoint (transformers' built-in `llava`) as a plugin model and processor: the same weights."""
+    hf_config = LlavaConfig.from_pretrained(source)
+    if hf_config.projector_hidden_act != "gelu":
+        raise ValueError(
+            f"{str(source)!r} has a {hf_config.projector_hidden_act!r} projector activation; this plugin's "
+            "mlpNx_gelu projectors use gelu."
+        )
+    hf_model = LlavaForConditionalGeneration.from_pretrained(source, dtype="auto")  # maps legacy key layouts too
+    hf_processor = AutoProcessor.from_pretrained(source)
+    config = LlavaPluginConfig(
+        vision_config=hf_config.vision_config,
+        text_config=hf_config.text_config,
+        projector_type="mlp2x_gelu",
+        vision_feature_layer=hf_config.vision_feature_layer,
+        vision_feature_select_strategy=hf_config.vision_feature_select_strategy,
+        image_token_id=hf_config.image_token_id,
+        multimodal_projector_bias=hf_config.multimodal_projector_bias,
+        tie_word_embeddings=hf_config.tie_word_embeddings,
+    )
+    model = _assemble(LlavaPluginForConditionalGeneration, config, hf_model.state_dict(), hf_model.dtype)
+    model.generation_config = hf_model.generation_config
+
+    tokenizer = hf_processor.tokenizer
+    image_token = hf_processor.image_token
+    tokenizer.image_token = image_token  # what LlavaPluginProcessor looks the placeholder up by
+    source_images = hf_processor.image_processor
+    # The same resize / crop / normalisation, in the image processor class this plugin's processor holds.
+    image_processor = IMAGE_PROCESSOR_CLASS(
+        size=source_images.size,
+        crop_size=getattr(source_images, "crop_size", None),
+        do_center_crop=getattr(source_images, "do_center_crop", True),
+        image_mean=source_images.image_mean,
+        image_std=source_images.image_std,
+        resample=source_images.resample,
+        do_pad=getattr(source_images, "do_pad", False),
+    )
+    templates = dict(CHAT_TEMPLATES)
+    if isinstance(hf_processor.chat_template, str):  # keep the prompt format the model was trained with
+        templates = {"default": hf_processor.chat_template, **templates}
+    else:
+        templates = {"default": CHAT_TEMPLATES["vicuna_v1"], **templates}
+    processor = LlavaPluginProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=config.image_seq_length,
+        image_token=image_token,
+        chat_template=templates,
+    )
+    return model, processor
+
+
+def load_any(
+    source: str | Path, vision_tower: str | None = None, template: str = "vicuna_v1"
+) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
+    """Any of the three formats as a plugin model and processor (what `llava chat` and `llava convert` load)."""
+    source = Path(source)
+    kind = detect_format(source)
+    if kind == "original":
+        return load_original(source, vision_tower, template)
+    if kind == "llava-hf":
+        return load_llava_hf(source)
+    model = LlavaPluginForConditionalGeneration.from_pretrained(source, dtype="auto")
+    return model, AutoProcessor.from_pretrained(source)
+
+
+def to_llava_hf(
+    model: LlavaPluginForConditionalGeneration, processor: LlavaPluginProcessor
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """The plugin model as transformers' built-in Llava, which vLLM, SGLang and TGI serve."""
+    config = model.config
+    if config.projector_type != "mlp2x_gelu":
+        raise ValueError(
+            f"projector_type {config.projector_type!r} cannot be expressed by transformers' built-in "
+            "LlavaForConditionalGeneration, whose projector is always two linear layers with GELU (mlp2x_gelu)."
+        )
+    hf_config = LlavaConfig(
+        vision_config=config.vision_config.to_dict(),
+        text_config=config.text_config.to_dict(),
+        image_token_id=config.image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_feature_layer=config.vision_feature_layer,
+        image_seq_length=config.image_seq_length,
+        multimodal_projector_bias=config.multimodal_projector_bias,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+    hf_model = _assemble(LlavaForConditionalGeneration, hf_config, model.state_dict(), model.dtype)
+    hf_model.generation_config = model.generation_config
+    vision = config.vision_config
+    has_cls = image_seq_length_for(vision, "full") > (vision.image_size // vision.patch_size) ** 2
+    templates = processor.chat_template
+    hf_processor = LlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token=processor.image_token,
+        num_additional_image_tokens=int(has_cls),
+        chat_template=templates.get("default") if isinstance(templates, dict) else templates,
+    )
+    return hf_model, hf_processor
+
+
+def _assemble(model_class: type, config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype):
+    """A model holding exactly `state_dict`'s weights, through `from_pretrained` (meta init, buffers, tying).
+
+    Strict: a key the model lacks, or a weight the state dict lacks (which would be left random), is an error.
+    """
+    model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)
+    names = set(model.state_dict())
+    missing = names - set(state_dict) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    unexpected = set(state_dict) - names
+    if missing or unexpected:
+        raise ValueError(
+            f"The converted weights do not fit {model_class.__name__}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}."
+        )
+    return model.eval()
+
+
+@contextmanager
+def atomic_folder(destination: Path) -> Iterator[Path]:
+    """Yields a temporary folder beside `destination`, renamed into place only when the block succeeds."""
+    if destination.exists() and any(destination.iterdir()):
+        raise FileExistsError(f"{str(destination)!r} exists and is not empty; choose another destination.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    try:
+        yield staging
+        if destination.exists():
+            destination.rmdir()
+        os.replace(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert(
+    source: str | Path,
+    destination: str | Path,
+    to: Literal["plugin", "llava-hf"] = "plugin",
+    vision_tower: str | None = None,
+    template: str = "vicuna_v1",
+) -> Path:
+    """Converts the checkpoint at `source` (any of the three formats) into `destination` in the `to` format."""
+    source, destination = Path(source), Path(destination)
+    model, processor = load_any(source, vision_tower, template)
+    if to == "llava-hf":
+        model, processor = to_llava_hf(model, processor)
+    elif to != "plugin":
+        raise ValueError(f"Unknown target format {to!r}: expected 'plugin' or 'llava-hf'.")
+    max_shard_size = shard_size(source)
+    with atomic_folder(destination) as staging:
+        model.save_pretrained(staging, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+        processor.save_pretrained(staging)
+    logger.warning(f"Converted {detect_format(source)} checkpoint {str(source)!r} to {to} at {str(destination)!r}.")
+    return destination
+
+
+__all__ = ["convert", "detect_format", "load_any", "to_llava_hf"]

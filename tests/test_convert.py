@@ -1,0 +1,246 @@
+"""`llava convert`: original LLaVA and llava-hf checkpoints in, this plugin's and llava-hf out, with equal logits.
+
+The tests build tiny checkpoints of each format themselves. References: an original-LLaVA checkpoint is run by a
+reimplementation of the original's forward written here from plain Llama / CLIP / nn.Sequential modules (features of
+the second-to-last layer, CLS dropped, spliced at the -200 sentinel); a llava-hf checkpoint by transformers' built-in
+`LlavaForConditionalGeneration`; pixels by CLIP's own image processor after the original's `expand2square`.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import save_torch_state_dict
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from transformers import (
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava.convert_checkpoint import convert, detect_format
+from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
+from tests.conftest import random_image
+
+SENTINEL = -200  # the original's IMAGE_TOKEN_INDEX
+PROMPT = "USER: What is the colour of the square? ASSISTANT:"
+
+
+def save_original(folder: Path, checkpoints, projector_type: str, dtype=torch.float32, vision: str | None = None):
+    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, tower named only."""
+    llm = LlamaForCausalLM.from_pretrained(checkpoints["llama"], dtype=torch.float32)
+    torch.manual_seed(1)
+    width = llm.config.hidden_size
+    if projector_type == "linear":
+        projector = {
+            "model.mm_projector.weight": torch.randn(width, 32),
+            "model.mm_projector.bias": torch.randn(width),
+        }
+    else:
+        projector = {
+            "model.mm_projector.0.weight": torch.randn(width, 32) / 4,
+            "model.mm_projector.0.bias": torch.randn(width) / 4,
+            "model.mm_projector.2.weight": torch.randn(width, width) / 4,
+            "model.mm_projector.2.bias": torch.randn(width) / 4,
+        }
+    weights = {name: tensor.to(dtype) for name, tensor in {**llm.state_dict(), **projector}.items()}
+    folder.mkdir(parents=True)
+    save_torch_state_dict(weights, folder, max_shard_size="20KB")
+    config = llm.config.to_dict() | {
+        "model_type": "llava_llama",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "mm_vision_tower": vision or checkpoints["clip"],
+        "mm_projector_type": projector_type,
+        "mm_hidden_size": 32,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "tune_mm_mlp_adapter": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(checkpoints["llama"]) / name, folder / name)
+    return folder
+
+
+def original_reference_logits(folder: Path, clip: str, pixel_values: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The original LLaVA's forward, written out: tower layer -2 without CLS, mm_projector, splice at -200."""
+    config = json.loads((folder / "config.json").read_text())
+    weights = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(file))
+    llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if not k.startswith("mm_")})).eval()
+    llm.load_state_dict({k: v.float() for k, v in weights.items() if "mm_projector" not in k})
+    tower = CLIPVisionModel.from_pretrained(clip).eval()
+    if config["mm_projector_type"] == "linear":
+        projector = nn.Linear(32, llm.config.hidden_size)
+    else:
+        projector = nn.Sequential(nn.Linear(32, llm.config.hidden_size), nn.GELU(), nn.Linear(32, 32))
+    projector.load_state_dict(
+        {k.removeprefix("model.mm_projector."): v.float() for k, v in weights.items() if "mm_" in k}
+    )
+    with torch.no_grad():
+        features = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        position = ids.index(SENTINEL)
+        text = llm.get_input_embeddings()(torch.tensor([ids[:position] + ids[position + 1 :]]))
+        embeds = torch.cat([text[:, :position], projector(features), text[:, position:]], dim=1)
+        return llm(inputs_embeds=embeds).logits
+
+
+def expand2square(image: Image.Image, mean: list[float]) -> Image.Image:
+    side = max(image.size)
+    square = Image.new(image.mode, (side, side), tuple(int(x * 255) for x in mean))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square
+
+
+@pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear"])
+def test_original_checkpoint_converts_with_equal_logits(tmp_path, checkpoints, projector_type):
+    source = save_original(tmp_path / "original", checkpoints, projector_type)
+    assert detect_format(source) == "original"
+    convert(source, tmp_path / "plugin")
+    model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "plugin")
+    assert (model.config.projector_type, model.config.vision_feature_layer) == (projector_type, -2)
+    assert model.config.vision_feature_select_strategy == "default"
+
+    image = random_image(3, size=(40, 52))
+    clip_processor = CLIPImageProcessor.from_pretrained(checkpoints["clip"])
+    expected_pixels = clip_processor(expand2square(image, clip_processor.image_mean), return_tensors="pt")
+    inputs = processor(images=image, text="<image>\n" + PROMPT, return_tensors="pt")
+    torch.testing.assert_close(inputs["pixel_values"], expected_pixels["pixel_values"], atol=1e-6, rtol=0)
+
+    text_ids = processor.tokenizer("\n" + PROMPT, add_special_tokens=False)["input_ids"]
+    bos = [processor.tokenizer.bos_token_id] if processor.tokenizer.bos_token_id is not None else []
+    reference = original_reference_logits(
+        source, checkpoints["clip"], inputs["pixel_values"], bos + [SENTINEL] + text_ids
+    )
+    image_ids = [model.config.image_token_id] * model.config.image_seq_length
+    assert inputs["input_ids"][0].tolist() == bos + image_ids + text_ids
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    vocab = reference.shape[-1]
+    torch.testing.assert_close(logits[..., :vocab], reference, atol=1e-5, rtol=1e-5)
+
+
+def test_original_settings_and_shards_and_dtype_carry_over(tmp_path, checkpoints):
+    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", dtype=torch.bfloat16)
+    assert len(list(source.glob("*.safetensors"))) > 1
+    convert(source, tmp_path / "plugin")
+    files = sorted((tmp_path / "plugin").glob("*.safetensors"))
+    assert len(files) > 1 and (tmp_path / "plugin" / "model.safetensors.index.json").is_file()
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"BF16"}, file
+    processor = LlavaPluginProcessor.from_pretrained(tmp_path / "plugin")
+    assert processor.image_processor.do_pad  # image_aspect_ratio=pad
+    assert processor.chat_template["default"] == CHAT_TEMPLATES["vicuna_v1"]
+
+
+def test_an_offline_vision_tower_replaces_the_named_one(tmp_path, checkpoints):
+    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", vision=str(tmp_path / "not-here"))
+    with pytest.raises(OSError, match="pass --vision-tower"):
+        convert(source, tmp_path / "failed")
+    assert not (tmp_path / "failed").exists()
+    convert(source, tmp_path / "plugin", vision_tower=checkpoints["clip"])
+    assert detect_format(tmp_path / "plugin") == "plugin"
+
+
+def save_llava_hf(folder: Path, checkpoints) -> Path:
+    """A tiny llava-hf checkpoint: transformers' built-in model and processor, random weights."""
+    tokenizer = tokenizer_with_image_token(checkpoints["llama"])
+    clip = json.loads((Path(checkpoints["clip"]) / "config.json").read_text())["vision_config"]
+    text = LlamaForCausalLM.from_pretrained(checkpoints["llama"]).config.to_dict() | {"vocab_size": len(tokenizer)}
+    config = LlavaConfig(
+        vision_config=clip | {"model_type": "clip_vision_model"},
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=25,
+    )
+    torch.manual_seed(2)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor.from_pretrained(checkpoints["clip"]),
+        tokenizer=tokenizer,
+        patch_size=6,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template="{% for m in messages %}{{ m.role | upper }}: {{ m.content }} {% endfor %}ASSISTANT:",
+    ).save_pretrained(folder)
+    return folder
+
+
+def assert_same_outputs(model_a, processor_a, model_b, processor_b) -> None:
+    image = random_image(5, size=(36, 48))
+    inputs_a = processor_a(images=image, text="<image>\n" + PROMPT, return_tensors="pt")
+    inputs_b = processor_b(images=image, text="<image>\n" + PROMPT, return_tensors="pt")
+    assert torch.equal(inputs_a["input_ids"], inputs_b["input_ids"])
+    torch.testing.assert_close(inputs_a["pixel_values"], inputs_b["pixel_values"], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model_a(**inputs_a).logits, model_b(**inputs_b).logits, atol=1e-5, rtol=1e-5)
+        greedy = {"max_new_tokens": 6, "do_sample": False}
+        assert torch.equal(model_a.generate(**inputs_a, **greedy), model_b.generate(**inputs_b, **greedy))
+
+
+def test_llava_hf_checkpoint_converts_with_equal_outputs(tmp_path, checkpoints):
+    source = save_llava_hf(tmp_path / "hf", checkpoints)
+    assert detect_format(source) == "llava-hf"
+    convert(source, tmp_path / "plugin")
+    model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "plugin")
+    assert isinstance(processor, LlavaPluginProcessor)
+    assert processor.chat_template["default"].startswith("{% for m in messages %}")  # the source's prompt format
+    reference = LlavaForConditionalGeneration.from_pretrained(source).eval()
+    assert_same_outputs(model, processor, reference, AutoProcessor.from_pretrained(source))
+
+
+def test_export_to_llava_hf_loads_in_transformers_alone(tmp_path, llava_checkpoint):
+    convert(llava_checkpoint, tmp_path / "hf", to="llava-hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "llava" and "auto_map" not in config
+    assert not list((tmp_path / "hf").glob("*.py"))  # nothing of this package travels with it
+    exported = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    exported_processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert type(exported_processor) is LlavaProcessor
+    ours = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()
+    assert_same_outputs(exported, exported_processor, ours, AutoProcessor.from_pretrained(llava_checkpoint))
+
+
+def test_export_refuses_projectors_the_builtin_cannot_hold(tmp_path, checkpoints):
+    source = save_original(tmp_path / "original", checkpoints, "linear")
+    with pytest.raises(ValueError, match="projector_type 'linear' cannot be expressed"):
+        convert(source, tmp_path / "hf", to="llava-hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_failed_write_leaves_no_destination(tmp_path, llava_checkpoint, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(LlavaPluginProcessor, "save_pretrained", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert(llava_checkpoint, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # neither out nor a partial folder beside it
+
+
+def test_unknown_formats_and_unsupported_features_are_named(tmp_path, checkpoints):
+    with pytest.raises(ValueError, match="model_type 'llama'"):
+        convert(checkpoints["llama"], tmp_path / "out")
+    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu")
+    config = json.loads((source / "config.json").read_text()) | {"image_aspect_ratio": "anyres"}
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="image_aspect_ratio='anyres'.*any-resolution"):
+        convert(source, tmp_path / "out")
