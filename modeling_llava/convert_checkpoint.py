@@ -55,6 +55,14 @@ ORIGINAL_ONLY = {
     "tokenizer_model_max_length",
     "tokenizer_padding_side",
 }
+# Fields that mean the same in transformers' LlavaConfig and LlavaPluginConfig.
+SHARED_CONFIG_FIELDS = (
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "image_token_id",
+    "multimodal_projector_bias",
+    "tie_word_embeddings",
+)
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
 # Original fields that describe LLaVA-NeXT / v1-preview features this format has no place for.
 UNSUPPORTED = {
@@ -204,11 +212,7 @@ def load_llava_hf(source: Path) -> tuple[LlavaPluginForConditionalGeneration, Ll
         vision_config=hf_config.vision_config,
         text_config=hf_config.text_config,
         projector_type="mlp2x_gelu",
-        vision_feature_layer=hf_config.vision_feature_layer,
-        vision_feature_select_strategy=hf_config.vision_feature_select_strategy,
-        image_token_id=hf_config.image_token_id,
-        multimodal_projector_bias=hf_config.multimodal_projector_bias,
-        tie_word_embeddings=hf_config.tie_word_embeddings,
+        **{field: getattr(hf_config, field) for field in SHARED_CONFIG_FIELDS},
     )
     model = _assemble(LlavaPluginForConditionalGeneration, config, hf_model.state_dict(), hf_model.dtype)
     model.generation_config = hf_model.generation_config
@@ -269,13 +273,9 @@ def to_llava_hf(
     hf_config = LlavaConfig(
         vision_config=config.vision_config.to_dict(),
         text_config=config.text_config.to_dict(),
-        image_token_id=config.image_token_id,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_feature_layer=config.vision_feature_layer,
         image_seq_length=config.image_seq_length,
-        multimodal_projector_bias=config.multimodal_projector_bias,
-        tie_word_embeddings=config.tie_word_embeddings,
+        **{field: getattr(config, field) for field in SHARED_CONFIG_FIELDS},
     )
     hf_model = _assemble(LlavaForConditionalGeneration, hf_config, model.state_dict(), model.dtype)
     hf_model.generation_config = model.generation_config
