@@ -3,6 +3,8 @@
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +60,26 @@ def llava_checkpoint(tmp_path_factory, checkpoints, processor):
 def random_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))
+
+
+CONVERSATION = [
+    {"from": "human", "value": "<image>\nWhat is the colour of the square?"},
+    {"from": "gpt", "value": "The square is red."},
+    {"from": "human", "value": "Where is the blue circle?"},
+    {"from": "gpt", "value": "The blue circle is at the top left of the image."},
+]
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> dict[str, str]:
+    """Eight image conversations and one text-only record, in LLaVA JSON, with their image folder."""
+    root = tmp_path_factory.mktemp("train_data")
+    (root / "images").mkdir()
+    records = []
+    for index in range(8):
+        random_image(index).save(root / "images" / f"{index}.png")
+        records.append({"id": f"sample-{index}", "image": f"{index}.png", "conversations": CONVERSATION})
+    records.append({"id": "text-only", "conversations": CONVERSATION[:2]})
+    records[-1]["conversations"] = [{"from": "human", "value": "How many shapes are there?"}, CONVERSATION[1]]
+    (root / "data.json").write_text(json.dumps(records))
+    return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}

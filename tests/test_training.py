@@ -24,28 +24,6 @@ from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
 from trainers.train import build_model_and_processor, fill_global_batch, main, parse
 
-CONVERSATION = [
-    {"from": "human", "value": "<image>\nWhat is the colour of the square?"},
-    {"from": "gpt", "value": "The square is red."},
-    {"from": "human", "value": "Where is the blue circle?"},
-    {"from": "gpt", "value": "The blue circle is at the top left of the image."},
-]
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory) -> dict[str, str]:
-    """Eight image conversations and one text-only record, in LLaVA JSON, with their image folder."""
-    root = tmp_path_factory.mktemp("train_data")
-    (root / "images").mkdir()
-    records = []
-    for index in range(8):
-        random_image(index).save(root / "images" / f"{index}.png")
-        records.append({"id": f"sample-{index}", "image": f"{index}.png", "conversations": CONVERSATION})
-    records.append({"id": "text-only", "conversations": CONVERSATION[:2]})
-    records[-1]["conversations"] = [{"from": "human", "value": "How many shapes are there?"}, CONVERSATION[1]]
-    (root / "data.json").write_text(json.dumps(records))
-    return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
-
 
 def run_args(checkpoints, train_data, output_dir: Path, *extra: str) -> list[str]:
     return [

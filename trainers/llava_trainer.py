@@ -6,22 +6,28 @@
    so stage 2 can start from the backbones plus a few MB.
 3. A model card and `llava_run.json` (stage, sources, hyperparameters, progress) next to every checkpoint it saves,
    instead of TRL's text-generation card.
+4. Pushes during training that carry what makes a LLaVA repo loadable and described (remote code, card, run record,
+   projector artifact; Trainer copies only config and weights), to a `hub_revision` branch created when missing.
 
 Everything else (data collation, loss masking, PEFT wrapping, checkpointing, resuming) is TRL's and transformers'.
 """
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from trl import SFTTrainer
 
 from hub_cards.model_card import RUN_INFO_NAME, write_model_card
 
-from .projector_artifact import save_projector
+from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 
 PROJECTOR = "multi_modal_projector"
+# What a checkpoint holds besides config, weights and processor, copied to `output_dir` before an intermediate push.
+PUSHED_WITH_CHECKPOINT = {"README.md", RUN_INFO_NAME, WEIGHTS_NAME, CONFIG_NAME}
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -89,6 +95,19 @@ class LlavaSFTTrainer(SFTTrainer):
         if self.run_info is not None and self.is_world_process_zero():
             if (output_dir / "config.json").is_file() or (output_dir / "adapter_config.json").is_file():
                 self._write_run_info_and_card(output_dir)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        super().init_hf_repo(token, private)
+        if self.is_world_process_zero() and self.args.hub_revision:
+            token = token if token is not None else self.args.hub_token
+            HfApi().create_branch(self.hub_model_id, branch=self.args.hub_revision, token=token, exist_ok=True)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self.is_world_process_zero():
+            for path in Path(checkpoint_folder).iterdir():
+                if path.suffix == ".py" or path.name in PUSHED_WITH_CHECKPOINT:
+                    shutil.copy(path, Path(self.args.output_dir) / path.name)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _write_run_info_and_card(self, folder: Path) -> None:
         args = self.args
