@@ -86,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
 
+    # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
+    commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
+    commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
+
     args, rest = parser.parse_known_args(argv)
-    if args.command != "train" and rest:
+    if args.command not in ("train", "eval", "generate-data") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         info(args.path)
@@ -134,6 +138,14 @@ def main(argv: list[str] | None = None) -> None:
         except PushError as error:
             sys.exit(str(error))
         print(f"Pushed {args.folder} to {url}")
+    elif args.command == "eval":
+        from .evaluation import main as evaluate
+
+        evaluate(rest)
+    elif args.command == "generate-data":
+        from processing.instruction_data import main as generate_data
+
+        generate_data(rest)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from ..evaluation.generation import generate_greedy, user_turn
 from .world import WorldFiles, blank_image
 
 MAX_NEW_TOKENS = 16
@@ -55,29 +54,10 @@ def answer_questions(
     model, processor, images: list[Image.Image], questions: list[str], batch_size: int = 32, progress: bool = True
 ) -> list[str]:
     """Greedy answers to `questions[i]` about `images[i]`, generated in left-padded batches."""
-    answers = []
-    for start in tqdm(range(0, len(questions), batch_size), desc="answering", disable=not progress, leave=False):
-        batch_questions = questions[start : start + batch_size]
-        prompts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-                add_generation_prompt=True,
-            )
-            for question in batch_questions
-        ]
-        inputs = processor(
-            images=images[start : start + batch_size],
-            text=prompts,
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,  # the template already wrote the BOS
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
-    return answers
+    conversations = [user_turn(question, image=True) for question in questions]
+    return generate_greedy(
+        model, processor, conversations, images, batch_size, MAX_NEW_TOKENS, progress=progress, desc="answering"
+    )
 
 
 def heldout_accuracy(model_dir: str | Path, world: WorldFiles, blank: bool = False, progress: bool = True) -> Accuracy:

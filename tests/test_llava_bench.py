@@ -1,0 +1,172 @@
+"""LLaVA-Bench: score parsing, the relative score computed by hand from a scripted judge behind a real loopback server,
+retries of unreadable replies, the cache that makes a rerun free, and a local judge model's unreadable replies."""
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import random_image
+from tests.openai_server import ScriptedServer
+from trainers.cli import main as llava
+from trainers.evaluation.llava_bench import (
+    ANSWERS_NAME,
+    RESULTS_NAME,
+    LlavaBenchError,
+    load_questions,
+    parse_scores,
+)
+from trainers.tiny_backbones import save_tiny_language_model
+
+QUESTIONS = [
+    {"question_id": 0, "image": "001.jpg", "text": "What is on the table?", "category": "conv"},
+    {"question_id": 1, "image": "001.jpg", "text": "Describe the image in detail.", "category": "detail"},
+    {"question_id": 2, "image": "002.jpg", "text": "Why is the man running?", "category": "complex"},
+    {"question_id": 3, "image": "002.jpg", "text": "What colour is his shirt?", "category": "conv"},
+]
+# The judge's replies, per question, in the order it is asked: question 2's first reply is unreadable and asked again,
+# question 3 never gets a readable one (three attempts), so it is left out of the scores.
+JUDGE_REPLIES = {
+    "What is on the table?": ["8 6\nAnswer 2 misses the cup."],
+    "Describe the image in detail.": ["7 7\nBoth are fine."],
+    "Why is the man running?": ["Answer 1 is better.", "(9, 4.5)\nAnswer 2 guesses."],
+    "What colour is his shirt?": ["Both answers are good."] * 3,
+}
+# By hand: conversation 6/8, detail 7/7, complex 4.5/9; overall (6 + 7 + 4.5) / 3 over (8 + 7 + 9) / 3.
+EXPECTED = {"conversation": 75.0, "detail": 100.0, "complex": 50.0}
+EXPECTED_OVERALL = 100 * (17.5 / 3) / (24 / 3)
+
+
+def lines(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("llava-bench")
+    (root / "images").mkdir()
+    for seed, name in enumerate(["001.jpg", "002.jpg"]):
+        random_image(seed).save(root / "images" / name)
+    (root / "questions.jsonl").write_text(lines(QUESTIONS))
+    (root / "context.jsonl").write_text(
+        lines(
+            [
+                {"id": "001", "image": "001.jpg", "caption": "A cup and a plate on a wooden table."},
+                {"id": "002", "image": "002.jpg", "caption": ["A man in a red shirt runs.", "A bus is leaving."]},
+            ]
+        )
+    )
+    (root / "answers_gpt4.jsonl").write_text(
+        lines([{"question_id": q["question_id"], "text": f"Reference answer {q['question_id']}."} for q in QUESTIONS])
+    )
+    return root
+
+
+def scripted_judge():
+    asked: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def reply(body: dict) -> str:
+        question = re.search(r"\[Question\]\n(.*)\n", body["messages"][-1]["content"]).group(1)
+        with lock:
+            attempt = asked[question] = asked.get(question, -1) + 1
+        replies = JUDGE_REPLIES[question]
+        return replies[min(attempt, len(replies) - 1)]
+
+    return reply
+
+
+def flags(bench: Path, output: Path, *judge: str) -> list[str]:
+    return [
+        "--questions",
+        str(bench / "questions.jsonl"),
+        "--context",
+        str(bench / "context.jsonl"),
+        "--reference",
+        str(bench / "answers_gpt4.jsonl"),
+        "--output-dir",
+        str(output),
+        "--max-new-tokens",
+        "6",
+        "--device",
+        "cpu",
+        "--judge-cache",
+        str(output / "cache"),
+        *judge,
+    ]
+
+
+@pytest.mark.parametrize(
+    "review, expected",
+    [
+        ("8 6\nbecause", (8.0, 6.0)),
+        ("8, 6", (8.0, 6.0)),
+        ("  (7.5, 5)  \n", (7.5, 5.0)),
+        ("Scores: 8 6", None),
+        ("8\n6", None),
+        ("11 3", None),
+        ("", None),
+    ],
+)
+def test_score_parsing(review, expected):
+    assert parse_scores(review) == expected
+
+
+def test_missing_context_or_reference_is_named(bench, tmp_path):
+    (tmp_path / "refs.jsonl").write_text(json.dumps({"question_id": 0, "text": "x"}) + "\n")
+    with pytest.raises(LlavaBenchError, match=r"Question 1: no reference answer in .*refs.jsonl"):
+        load_questions(bench / "questions.jsonl", bench / "context.jsonl", tmp_path / "refs.jsonl")
+    (tmp_path / "context.jsonl").write_text(json.dumps({"image": "001.jpg", "caption": "c"}) + "\n")
+    with pytest.raises(LlavaBenchError, match=r"Question 2: no context for image '002.jpg'"):
+        load_questions(bench / "questions.jsonl", tmp_path / "context.jsonl", bench / "answers_gpt4.jsonl")
+
+
+def test_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(bench, llava_checkpoint, tmp_path):
+    with ScriptedServer(scripted_judge()) as server:
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-workers", "2"]
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        assert len(server.requests) == 1 + 1 + 2 + 3
+        results = json.loads((tmp_path / RESULTS_NAME).read_text())
+        assert results["categories"] == pytest.approx(EXPECTED)
+        assert results["overall"] == pytest.approx(EXPECTED_OVERALL)  # a ratio of means, not a mean of ratios
+        assert results["scores"]["conversation"] == {"reference": 8.0, "model": 6.0, "count": 1}
+        assert results["unparseable"] == [
+            {"question_id": "3", "category": "conversation", "replies": JUDGE_REPLIES["What colour is his shirt?"]}
+        ]
+        assert results["model_index"][0]["metric_value"] == round(EXPECTED_OVERALL, 1)
+
+        # The judge saw the context, the question, the reference as answer 1 and the model's answer as answer 2.
+        answers = [json.loads(line) for line in (tmp_path / ANSWERS_NAME).read_text().splitlines()]
+        asked = next(r for r in server.requests if "Why is the man running?" in r["messages"][-1]["content"])
+        content = asked["messages"][-1]["content"]
+        assert "A man in a red shirt runs.\nA bus is leaving." in content
+        assert f"[Answer 1]\nReference answer 2.\n[End of answer 1]\n\n[Answer 2]\n{answers[2]['text']}\n" in content
+        assert (asked["model"], asked["temperature"]) == ("judge-1", 0.2)
+
+        # Run again: every judge call, the unreadable ones included, comes from the cache.
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        assert len(server.requests) == 7
+        assert json.loads((tmp_path / RESULTS_NAME).read_text()) == results
+
+        # Losing one cached reply (an interrupted run) costs exactly that call again; a server error is retried.
+        cached = sorted((tmp_path / "cache").iterdir())
+        assert len(cached) == 7
+        detail = next(path for path in cached if "Describe the image" in path.read_text())
+        detail.unlink()
+        server.script("http500")
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        assert len(server.requests) == 9
+        assert json.loads((tmp_path / RESULTS_NAME).read_text()) == results
+
+
+def test_a_local_judge_whose_replies_are_unreadable_is_reported(bench, tokenizer, llava_checkpoint, tmp_path):
+    judge_model = save_tiny_language_model(tmp_path / "judge", tokenizer)
+    judge = ["--judge-model", str(judge_model), "--judge-max-tokens", "4", "--judge-attempts", "2"]
+    with pytest.raises(
+        LlavaBenchError, match=r"None of the 4 judgements has two readable scores.*questions 0, 1, 2, 3"
+    ):
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert len(list((tmp_path / "cache").iterdir())) == 4 * 2  # every attempt was made, and cached
+    assert not (tmp_path / RESULTS_NAME).exists()

@@ -1,0 +1,209 @@
+"""ScienceQA: LLaVA's prompt, answer extraction, the paper's columns computed by hand on a tiny release made here, and
+`llava eval scienceqa` end to end on the tiny checkpoint, feeding the model card."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import EvalResult
+
+from hub_cards.model_card import render_model_card
+from tests.conftest import random_image
+from trainers.cli import main as llava
+from trainers.evaluation.scienceqa import (
+    RESULTS_NAME,
+    ScienceQAError,
+    build_prompt,
+    extract_choice,
+    load_problems,
+    score,
+)
+
+
+def problem(subject, grade, hint, image, answer, question="Which is it?", choices=("cat", "dog", "fox")):
+    return {
+        "question": question,
+        "choices": list(choices),
+        "answer": answer,
+        "hint": hint,
+        "image": "image.png" if image else None,
+        "subject": subject,
+        "grade": f"grade{grade}",
+        "task": "closed choice",
+        "lecture": "",
+        "solution": "",
+        "split": "test",
+    }
+
+
+# pid: (subject, grade, hint, has image, answer). Columns each falls in, by ScienceQA's own scorer, in the comments.
+PROBLEMS = {
+    "p1": problem("natural science", 3, "Look at the picture.", True, 0),  # NAT TXT IMG G1-6
+    "p2": problem("natural science", 8, "", True, 1),  # NAT IMG G7-12
+    "p3": problem("social science", 5, "", False, 1),  # SOC NO G1-6
+    "p4": problem("social science", 11, "Read the text.", False, 0),  # SOC TXT G7-12
+    "p5": problem("language science", 2, "", False, 2),  # LAN NO G1-6
+    "p6": problem("language science", 9, "Some  text.", False, 0),  # LAN TXT G7-12
+    "p7": problem("natural science", 6, "", True, 1),  # NAT IMG G1-6 (image in the DIR/<split>/ layout)
+    "p8": problem("social science", 12, "A map.", True, 2),  # SOC TXT IMG G7-12
+}
+# What the model "said", and whether that is right: 4 of 8 correct, p4 and p6 unreadable (E is no option of 3).
+OUTPUTS = ["A", "(C)", "The answer is B.", "I am not sure.", "C. fox", "E", "B", "A"]
+EXPECTED_COLUMNS = {
+    "NAT": 2 / 3,  # p1 yes, p2 no, p7 yes
+    "SOC": 1 / 3,  # p3 yes, p4 no, p8 no
+    "LAN": 1 / 2,  # p5 yes, p6 no
+    "TXT": 1 / 4,  # p1 yes, p4 no, p6 no, p8 no
+    "IMG": 2 / 4,  # p1 yes, p2 no, p7 yes, p8 no
+    "NO": 2 / 2,  # p3 yes, p5 yes
+    "G1-6": 4 / 4,  # p1, p3, p5, p7
+    "G7-12": 0 / 4,  # p2, p4, p6, p8
+}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    """A tiny ScienceQA release: problems.json, pid_splits.json and an image per image problem."""
+    root = tmp_path_factory.mktemp("scienceqa")
+    (root / "problems.json").write_text(json.dumps({**PROBLEMS, "t1": problem("natural science", 1, "", False, 0)}))
+    (root / "pid_splits.json").write_text(json.dumps({"train": ["t1"], "test": list(PROBLEMS)}))
+    for seed, pid in enumerate(pid for pid, p in PROBLEMS.items() if p["image"]):
+        folder = root / ("test" if pid == "p7" else "images/test") / pid
+        folder.mkdir(parents=True)
+        random_image(seed).save(folder / "image.png")
+    return root
+
+
+def test_the_prompt_is_llavas_cqm_format_with_the_single_letter_instruction():
+    assert build_prompt(PROBLEMS["p1"]) == (
+        "Context: Look at the picture.\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    # No hint: the context is "N/A"; a double space collapses once, as in the original conversion.
+    assert build_prompt(PROBLEMS["p3"]).startswith("Context: N/A\nQuestion: Which is it?\n")
+    assert build_prompt(PROBLEMS["p6"]).startswith("Context: Some text.\n")
+
+
+def test_llavas_converted_question_file_gives_the_same_problems(release):
+    # Records as LLaVA's convert_sqa_to_llava writes them (CQM-A): the image marker after the text.
+    converted = [
+        {
+            "id": "p1",
+            "image": "p1/image.png",
+            "conversations": [
+                {
+                    "from": "human",
+                    "value": "Context: Look at the picture.\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox"
+                    "\n<image>",
+                },
+                {"from": "gpt", "value": "The answer is A."},
+            ],
+        },
+        {
+            "id": "p3",
+            "conversations": [
+                {"from": "human", "value": "Context: N/A\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox"},
+                {"from": "gpt", "value": "The answer is B."},
+            ],
+        },
+    ]
+    (release / "llava_test_CQM-A.json").write_text(json.dumps(converted))
+    from_file = load_problems(release / "llava_test_CQM-A.json", "test")
+    from_release = {p.pid: p for p in load_problems(release, "test")}
+    assert [p.pid for p in from_file] == ["p1", "p3"]
+    assert from_file == [from_release["p1"], from_release["p3"]]
+
+
+def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
+    problems = {p.pid: p for p in load_problems(release, "test")}
+    assert problems["p1"].image == release / "images/test/p1/image.png"
+    assert problems["p7"].image == release / "test/p7/image.png"
+    assert problems["p3"].image is None
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("A", 0),
+        ("(B)", 1),
+        ("C.", 2),
+        ("B. dog", 1),
+        ("(A) cat", 0),
+        ("C\nBecause foxes are red.", 2),
+        ("Answer: B", 1),
+        ("The answer is C.", 2),
+        ("So the answer is (A) since cats purr.", 0),
+        ("A dog.", None),  # the article "A", not an option
+        ("The answer is A. No wait, the answer is B.", None),
+        ("the answer is b", None),
+        ("D", None),  # a letter past the three choices
+        ("", None),
+    ],
+)
+def test_answer_extraction(output, expected):
+    assert extract_choice(output, num_choices=3) == expected
+
+
+def test_accuracy_and_columns_match_the_hand_count(release):
+    results = score(load_problems(release, "test"), OUTPUTS)
+    assert results["accuracy"] == 4 / 8
+    assert results["columns"] == pytest.approx(EXPECTED_COLUMNS)
+    assert results["column_counts"] == {
+        "NAT": 3,
+        "SOC": 3,
+        "LAN": 2,
+        "TXT": 4,
+        "IMG": 4,
+        "NO": 2,
+        "G1-6": 4,
+        "G7-12": 4,
+    }
+    assert results["unparseable"] == [{"pid": "p4", "output": "I am not sure."}, {"pid": "p6", "output": "E"}]
+    assert [p["choice"] for p in results["predictions"]] == ["A", "C", "B", None, "C", None, "B", "A"]
+
+
+def test_bad_data_is_named(release, tmp_path):
+    with pytest.raises(ScienceQAError, match=r"no split 'dev'; it has \['test', 'train'\]"):
+        load_problems(release, "dev")
+    shutil.copytree(release, tmp_path / "broken")
+    (tmp_path / "broken/images/test/p2/image.png").unlink()
+    with pytest.raises(ScienceQAError, match=r"Problem 'p2' has an image, but neither .*images/test/p2/image.png"):
+        load_problems(tmp_path / "broken", "test")
+    shutil.copy(release / "images/test/p2/image.png", tmp_path / "broken/images/test/p2/image.png")
+    problems = json.loads((release / "problems.json").read_text())
+    problems["p3"]["answer"] = 3
+    (tmp_path / "broken/problems.json").write_text(json.dumps(problems))
+    with pytest.raises(ScienceQAError, match=r"Problem 'p3': answer index 3 is not one of its 3 choices"):
+        load_problems(tmp_path / "broken", "test")
+
+
+def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_checkpoint, tmp_path):
+    model = tmp_path / "tiny-llava"
+    shutil.copytree(llava_checkpoint, model)  # results go to the model folder by default, where its card reads them
+    llava(["eval", "scienceqa", str(model), "--data", str(release), "--batch-size", "3", "--device", "cpu"])
+    results = json.loads((model / RESULTS_NAME).read_text())
+    assert not list(model.glob("*.tmp"))
+
+    assert results["num_questions"] == len(results["predictions"]) == 8
+    assert results["accuracy"] == sum(p["correct"] for p in results["predictions"]) / 8
+    rescored = score(load_problems(release, "test"), [p["output"] for p in results["predictions"]])
+    assert {key: results[key] for key in rescored} == rescored
+    [entry] = results["model_index"]
+    assert EvalResult(**entry).metric_value == round(100 * results["accuracy"], 2)
+    assert (entry["dataset_name"], entry["metric_type"], entry["dataset_split"]) == ("ScienceQA", "accuracy", "test")
+
+    card = render_model_card(model)
+    assert any(r.dataset_name == "ScienceQA" for r in card.data.eval_results)
+    assert f"{100 * results['accuracy']:.2f}%" in card.text
+
+
+@pytest.mark.slow
+def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tmp_path):
+    """`python -m trainers.cli eval scienceqa`, in a process where nothing registered the Auto classes beforehand."""
+    command = ["eval", "scienceqa", llava_checkpoint, "--data", str(release), "--output-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", *command], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "ScienceQA test: " in result.stdout and (tmp_path / RESULTS_NAME).is_file()

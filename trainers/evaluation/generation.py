@@ -1,0 +1,67 @@
+"""Batched greedy generation with a LLaVA checkpoint: how every evaluation, and the demo, get the model's answers.
+
+Each sample is one conversation (Hugging Face chat format) and at most one image; prompts go through the processor's
+chat template (`vicuna_v1` for this project's checkpoints), batches are left-padded so that every answer starts in
+the same column, and a batch may mix samples with and without an image (ScienceQA's text-only problems). Images may
+be given as paths: they are opened batch by batch, not all at once.
+"""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import modeling_llava  # noqa: F401  (registers the Auto classes)
+
+
+def load_llava(path: str | Path, device: str | None = None):
+    """The model (in eval mode, on `device`, default CUDA when present) and processor of a LLaVA checkpoint."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def user_turn(text: str, image: bool) -> list[dict]:
+    """A one-question conversation, the image (if any) before the text as LLaVA asks."""
+    return [{"role": "user", "content": ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]}]
+
+
+def generate_greedy(
+    model,
+    processor,
+    conversations: list[list[dict]],
+    images: list[Image.Image | str | Path | None],
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[str]:
+    """The greedy answer to each `conversations[i]` about `images[i]` (None: no image), stripped of whitespace."""
+    if len(conversations) != len(images):
+        raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
+    answers = []
+    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = conversations[start : start + batch_size]
+        prompts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in batch]
+        batch_images = [
+            [] if image is None else [image if isinstance(image, Image.Image) else Image.open(image).convert("RGB")]
+            for image in images[start : start + batch_size]
+        ]
+        inputs = processor(
+            images=batch_images if any(batch_images) else None,
+            text=prompts,
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,  # the template already wrote the BOS
+            return_tensors="pt",
+        ).to(model.device, dtype=model.dtype)
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+__all__ = ["generate_greedy", "load_llava", "user_turn"]

@@ -1,0 +1,289 @@
+"""`llava eval llava-bench`: LLaVA-Bench's relative score, the model's answers judged against reference answers.
+
+Data are LLaVA-Bench's files: questions (`{"question_id", "image", "text", "category"}` per line), image contexts
+(`{"id" or "image", "caption"}`: the textual stand-in for the image that the judge reads) and reference answers
+(`{"question_id", "text"}`), with the images in `--image-folder` (default: `images/` beside the questions). The
+model answers greedily; the judge (any OpenAI-compatible endpoint, or a local causal LM: `trainers/teacher.py`) sees
+the context, the question, the reference as answer 1 and the model's answer as answer 2, scores each 1-10 for
+helpfulness, relevance, accuracy and detail, and writes the two scores on its first line. A reply without them is
+asked again (`--judge-attempts` in all), then listed as unparseable and left out of the scores.
+
+As in the paper, a category's relative score is 100 x (mean model score) / (mean reference score), for conversation,
+detail and complex, and over all questions. Judge calls are cached on disk (`--judge-cache`): an interrupted run, run
+again, pays only for the calls it had not made (greedy answers come out the same). `OUTPUT/llava_bench_answers.jsonl`
+holds the answers; `OUTPUT/llava_bench_results.json` (written whole at the end) holds `overall`, `categories`
+(relative scores), `scores` (mean scores and counts), `unparseable`, `reviews` and `model_index` (`EvalResult` kwargs).
+"""
+
+import argparse
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..teacher import Message, Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
+
+RESULTS_NAME = "llava_bench_results.json"
+ANSWERS_NAME = "llava_bench_answers.jsonl"
+CATEGORIES = {"conv": "conversation", "conversation": "conversation", "detail": "detail", "complex": "complex"}
+JUDGE_SYSTEM = (
+    "You judge answers to questions about an image. You cannot see the image; a written description of it stands in "
+    "for it. You are fair and exact, and the order in which answers are shown never sways you."
+)
+JUDGE_TASK = (
+    "Rate how well each answer serves the user who asked the question about this image: its helpfulness, relevance, "
+    "accuracy (checked against the image description) and level of detail. Give each answer one overall score "
+    "from 1 to 10, higher being better.\n"
+    "Write the two scores, answer 1's then answer 2's, alone on the first line, separated by a space (for example: "
+    "7 5). From the second line on, explain the scores."
+)
+_SCORE_LINE = re.compile(r"^\s*\(?\s*(\d+(?:\.\d+)?)\s*[,\s]\s*(\d+(?:\.\d+)?)\s*\)?\s*$")
+
+
+class LlavaBenchError(ValueError):
+    """Data or judgements that cannot be scored; the message names the file, record or question."""
+
+
+@dataclass
+class Question:
+    """One benchmark question with what the judge needs beside the model's answer: the context and the reference."""
+
+    question_id: str
+    image: Path
+    text: str
+    category: str
+    context: str
+    reference: str
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file, blank lines skipped; a bad line is named by its number."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise LlavaBenchError(f"{str(path)!r} line {number} is not valid JSON: {error}") from error
+    return rows
+
+
+def load_questions(
+    questions: str | Path, context: str | Path, reference: str | Path, image_folder: str | Path | None = None
+) -> list[Question]:
+    """The benchmark's questions, each with its image path, image context and reference answer."""
+    image_folder = Path(image_folder) if image_folder else Path(questions).parent / "images"
+    contexts = {}
+    for row in read_jsonl(context):
+        caption = row["caption"]
+        text = "\n".join(caption) if isinstance(caption, list) else caption
+        contexts.update({str(row[key]): text for key in ("id", "image") if key in row})
+    references = {str(row["question_id"]): row["text"] for row in read_jsonl(reference)}
+    loaded = []
+    for row in read_jsonl(questions):
+        question_id, image = str(row["question_id"]), str(row["image"])
+        found = contexts.get(image, contexts.get(Path(image).stem))
+        if found is None:
+            raise LlavaBenchError(f"Question {question_id}: no context for image {image!r} in {str(context)!r}.")
+        if question_id not in references:
+            raise LlavaBenchError(f"Question {question_id}: no reference answer in {str(reference)!r}.")
+        if not (image_folder / image).is_file():
+            raise LlavaBenchError(f"Question {question_id}: image {str(image_folder / image)!r} does not exist.")
+        category = CATEGORIES.get(row["category"], row["category"])
+        loaded.append(
+            Question(question_id, image_folder / image, row["text"], category, found, references[question_id])
+        )
+    return loaded
+
+
+def judge_messages(question: Question, answer: str) -> list[Message]:
+    """What the judge reads: the image description, the question, the reference (1) and the model's answer (2)."""
+    content = (
+        f"[Image description]\n{question.context}\n\n[Question]\n{question.text}\n\n"
+        f"[Answer 1]\n{question.reference}\n[End of answer 1]\n\n[Answer 2]\n{answer}\n[End of answer 2]\n\n"
+        f"[Task]\n{JUDGE_TASK}"
+    )
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}]
+
+
+def parse_scores(review: str) -> tuple[float, float] | None:
+    """The two scores on a review's first line (`7 5`, `7, 5`, `(7.5, 5)`), or None when it has no such line."""
+    first_line = review.strip().split("\n", 1)[0]
+    match = _SCORE_LINE.match(first_line)
+    if not match:
+        return None
+    scores = float(match.group(1)), float(match.group(2))
+    return scores if all(0 <= score <= 10 for score in scores) else None
+
+
+def judge(teacher: Teacher, question: Question, answer: str, attempts: int = 3) -> dict:
+    """Asks the judge up to `attempts` times for a reply with two readable scores; keeps every reply."""
+    replies = []
+    for attempt in range(attempts):
+        replies.append(teacher.chat(judge_messages(question, answer), attempt=attempt))
+        scores = parse_scores(replies[-1])
+        if scores is not None:
+            break
+    return {
+        "question_id": question.question_id,
+        "category": question.category,
+        "answer": answer,
+        "scores": scores,
+        "replies": replies,
+    }
+
+
+def summarize(judgements: list[dict]) -> dict:
+    """Mean scores and relative score (100 x model / reference) per category and overall, over readable judgements."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for judgement in judgements:
+        if judgement["scores"] is not None:
+            groups.setdefault(judgement["category"], []).append(judgement["scores"])
+            groups.setdefault("overall", []).append(judgement["scores"])
+    scores, relative = {}, {}
+    for group, pairs in groups.items():
+        reference = sum(pair[0] for pair in pairs) / len(pairs)
+        model = sum(pair[1] for pair in pairs) / len(pairs)
+        scores[group] = {"reference": reference, "model": model, "count": len(pairs)}
+        if reference > 0:
+            relative[group] = 100 * model / reference
+    return {"overall": relative.pop("overall", None), "categories": relative, "scores": scores}
+
+
+def model_index(overall: float) -> list[dict]:
+    """`huggingface_hub.EvalResult` keyword arguments for the model card's `model-index`."""
+    return [
+        {
+            "task_type": "image-text-to-text",
+            "dataset_type": "liuhaotian/llava-bench-in-the-wild",
+            "dataset_name": "LLaVA-Bench (In-the-Wild)",
+            "metric_type": "relative_score",
+            "metric_name": "relative score (judge)",
+            "metric_value": round(overall, 1),
+        }
+    ]
+
+
+def _write(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    staging.replace(path)
+
+
+def evaluate(
+    model_path: str,
+    questions: list[Question],
+    teacher: Teacher,
+    output_dir: str | Path,
+    attempts: int = 3,
+    workers: int = 8,
+    batch_size: int = 8,
+    max_new_tokens: int = 1024,
+    device: str | None = None,
+) -> dict:
+    """Answers the questions, has the judge score them, writes the answers and `llava_bench_results.json`."""
+    from .generation import generate_greedy, load_llava, user_turn
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = load_llava(model_path, device)
+    answers = generate_greedy(
+        model,
+        processor,
+        [user_turn(question.text, image=True) for question in questions],
+        [question.image for question in questions],
+        batch_size,
+        max_new_tokens,
+        desc="answering",
+    )
+    rows = [
+        {"question_id": q.question_id, "prompt": q.text, "text": a, "model_id": str(model_path)}
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    _write(output_dir / ANSWERS_NAME, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    pairs = list(zip(questions, answers, strict=True))
+    judgements = list(chat_concurrently(lambda pair: judge(teacher, *pair, attempts), pairs, workers, "judging"))
+    order = {question.question_id: index for index, question in enumerate(questions)}
+    judgements.sort(key=lambda judgement: order[judgement["question_id"]])
+    unparseable = [j for j in judgements if j["scores"] is None]
+    summary = summarize(judgements)
+    if summary["overall"] is None:
+        raise LlavaBenchError(
+            f"None of the {len(judgements)} judgements has two readable scores on its first line (questions "
+            f"{', '.join(j['question_id'] for j in unparseable[:10])}); the first reply was: "
+            f"{unparseable[0]['replies'][0][:200]!r}."
+        )
+    results = {
+        "model": str(model_path),
+        "judge": teacher.backend.name,
+        **summary,
+        "num_questions": len(questions),
+        "unparseable": [{k: j[k] for k in ("question_id", "category", "replies")} for j in unparseable],
+        "reviews": [
+            {
+                "question_id": j["question_id"],
+                "category": j["category"],
+                "answer": j["answer"],
+                "reference_score": j["scores"][0],
+                "model_score": j["scores"][1],
+                "review": j["replies"][-1],
+            }
+            for j in judgements
+            if j["scores"] is not None
+        ],
+        "model_index": model_index(summary["overall"]),
+    }
+    _write(output_dir / RESULTS_NAME, json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def print_report(results: dict, teacher: Teacher, path: Path) -> None:
+    print(f"LLaVA-Bench relative score (judge {results['judge']}): {results['overall']:.1f}")
+    for category, value in results["categories"].items():
+        scores = results["scores"][category]
+        print(
+            f"  {category:<13}{value:6.1f}  ({scores['model']:.2f} / {scores['reference']:.2f}, {scores['count']} q.)"
+        )
+    if results["unparseable"]:
+        listed = ", ".join(item["question_id"] for item in results["unparseable"])
+        print(f"{len(results['unparseable'])} judge replies had no readable scores, left out: {listed}")
+    print(f"Judge calls: {teacher.calls} made, {teacher.cache_hits} from the cache. Written to {path}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="LLaVA checkpoint (folder or Hub id)")
+    parser.add_argument("--questions", required=True, help="questions.jsonl")
+    parser.add_argument("--context", required=True, help="context.jsonl: the image descriptions the judge reads")
+    parser.add_argument("--reference", required=True, help="reference answers (jsonl)")
+    parser.add_argument("--image-folder", help="default: images/ beside the questions file")
+    parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
+    parser.add_argument("--judge-attempts", type=int, default=3, help="asks per question while scores are unreadable")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--device", help="default: cuda when present, else cpu")
+    add_teacher_arguments(parser, "judge")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.output_dir is None and not Path(args.model).is_dir():
+        raise SystemExit(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
+    output_dir = Path(args.output_dir or args.model)
+    questions = load_questions(args.questions, args.context, args.reference, args.image_folder)
+    teacher = teacher_from_args(args, "judge")
+    results = evaluate(
+        args.model,
+        questions,
+        teacher,
+        output_dir,
+        args.judge_attempts,
+        args.judge_workers,
+        args.batch_size,
+        args.max_new_tokens,
+        args.device,
+    )
+    print_report(results, teacher, output_dir / RESULTS_NAME)
+
+
+__all__ = ["LlavaBenchError", "Question", "evaluate", "judge", "load_questions", "parse_scores", "summarize"]

@@ -1,0 +1,266 @@
+"""`llava eval scienceqa`: multiple-choice accuracy on ScienceQA, overall and in the columns of the LLaVA paper.
+
+Data: the ScienceQA release (`DIR/problems.json`, `DIR/pid_splits.json`, images at `DIR/images/<split>/<pid>/` or
+`DIR/<split>/<pid>/`), or LLaVA's converted question file (`llava_test_CQM-A.json`, a list of `{"id", "image",
+"conversations"}`) with the release's `problems.json` and `pid_splits.json` beside it. The prompt is LLaVA's
+(`CQM-A` conversion plus its single-prediction instruction): `Context: <hint or N/A>\\nQuestion: ...\\nOptions: (A)
+... (B) ...\\nAnswer with the option's letter from the given choices directly.`, the image first when the problem has
+one, in the checkpoint's chat template; answers come from batched greedy generation.
+
+An answer counts when its letter can be read (`A`, `(A)`, `A.`, `A. text`, `(A) text`, `Answer: A`, `The answer is
+A.`) and is the right one; an answer whose letter cannot be read, or names no option of the problem, counts as wrong
+and is listed. Columns follow ScienceQA's own scorer: subject NAT / SOC / LAN; context TXT (a hint), IMG (an image),
+NO (neither), so a problem with both counts in TXT and in IMG; grades G1-6 / G7-12.
+
+`OUTPUT/scienceqa_results.json` (written whole at the end, never half) holds:
+- `accuracy`: correct / questions, a fraction in [0, 1]; `num_questions`; `split`; `model`;
+- `columns`: `{"NAT": fraction, ...}` for every column that has questions; `column_counts`: questions per column;
+- `unparseable`: `[{"pid", "output"}]`; `predictions`: `[{"pid", "output", "choice", "answer", "correct"}]`
+  (`choice` and `answer` are letters, `choice` null when unreadable);
+- `model_index`: `[EvalResult kwargs]` for `huggingface_hub.EvalResult` (task, dataset "ScienceQA", metric
+  "accuracy", value in percent as the paper reports it).
+"""
+
+import argparse
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_NAME = "scienceqa_results.json"
+LETTERS = string.ascii_uppercase
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
+SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
+
+# The letter stays upper case, so that "a" in prose never counts. Leading: "A", "(A)", "A.", "A. text", "(A) text",
+# "A\ntext", "Answer: A"; else one letter in "The answer is A." (a reply that names two has no answer).
+_LEADING_LETTER = re.compile(r"^(?:Answer:\s*)?\(?([A-Z])(?:\)?\.?$|[.)]\s|\)?\.?\n)")
+_THE_ANSWER_IS = re.compile(r"[Tt]he answer is:?\s*\(?([A-Z])\b")
+
+
+class ScienceQAError(ValueError):
+    """Data that cannot be evaluated; the message names the file or problem and what is wrong."""
+
+
+@dataclass
+class Problem:
+    """One question as the model sees it (`prompt`, `image`) and as it is scored (`answer`, `columns`)."""
+
+    pid: str
+    prompt: str
+    image: Path | None
+    num_choices: int
+    answer: int
+    columns: tuple[str, ...]
+
+
+def build_prompt(problem: dict) -> str:
+    """LLaVA's ScienceQA question text (`CQM-A` format + the single-prediction instruction), without the image."""
+    context = problem.get("hint", "").strip() or "N/A"
+    options = " ".join(f"({LETTERS[i]}) {choice}" for i, choice in enumerate(problem["choices"]))
+    # The original conversion collapses double spaces once and strips, so the prompts match it byte for byte.
+    text = f"Context: {context}\nQuestion: {problem['question']}\nOptions: {options}\n".replace("  ", " ").strip()
+    return f"{text}\n{INSTRUCTION}"
+
+
+def problem_columns(problem: dict) -> tuple[str, ...]:
+    """The paper's columns a problem counts in (ScienceQA's scorer: a hint and an image count in both TXT and IMG)."""
+    has_text, has_image = bool(problem.get("hint", "").strip()), bool(problem.get("image"))
+    grade = int(problem["grade"].removeprefix("grade"))
+    columns = [SUBJECTS[problem["subject"]]]
+    if has_text:
+        columns.append("TXT")
+    if has_image:
+        columns.append("IMG")
+    if not (has_text or has_image):
+        columns.append("NO")
+    return (*columns, "G1-6" if grade <= 6 else "G7-12")
+
+
+def extract_choice(output: str, num_choices: int) -> int | None:
+    """The option index an answer names, or None when no letter can be read or it names no option."""
+    text = output.strip()
+    match = _LEADING_LETTER.match(text)
+    if match:
+        letter = match.group(1)
+    else:
+        letters = set(_THE_ANSWER_IS.findall(text))
+        if len(letters) != 1:
+            return None
+        letter = letters.pop()
+    index = LETTERS.index(letter)
+    return index if index < num_choices else None
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise ScienceQAError(f"{str(path)!r} does not exist: expected the ScienceQA release layout there.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ScienceQAError(f"{str(path)!r} is not valid JSON: {error}") from error
+
+
+def _image_path(root: Path, split: str, relative: str, pid: str) -> Path:
+    candidates = [root / "images" / split / relative, root / split / relative]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ScienceQAError(
+        f"Problem {pid!r} has an image, but neither {' nor '.join(repr(str(c)) for c in candidates)} exists."
+    )
+
+
+def _check(pid: str, problem: dict) -> None:
+    if problem.get("subject") not in SUBJECTS or not re.fullmatch(r"grade([1-9]|1[0-2])", str(problem.get("grade"))):
+        raise ScienceQAError(
+            f"Problem {pid!r}: subject {problem.get('subject')!r} / grade {problem.get('grade')!r} is not one of "
+            f"{sorted(SUBJECTS)} / grade1..grade12."
+        )
+    if not 0 <= problem["answer"] < len(problem["choices"]) <= len(LETTERS):
+        raise ScienceQAError(
+            f"Problem {pid!r}: answer index {problem['answer']} is not one of its {len(problem['choices'])} choices."
+        )
+
+
+def load_problems(data: str | Path, split: str = "test") -> list[Problem]:
+    """The problems of `split` in a release folder, or those of a LLaVA question file with the release beside it."""
+    data = Path(data)
+    root = data if data.is_dir() else data.parent
+    problems = _read_json(root / "problems.json")
+    if data.is_dir():
+        splits = _read_json(root / "pid_splits.json")
+        if split not in splits:
+            raise ScienceQAError(f"{str(root / 'pid_splits.json')!r} has no split {split!r}; it has {sorted(splits)}.")
+        records = [{"id": pid} for pid in splits[split]]
+    else:
+        records = _read_json(data)
+    loaded = []
+    for record in records:
+        pid = str(record["id"])
+        if pid not in problems:
+            raise ScienceQAError(f"Problem {pid!r} is not in {str(root / 'problems.json')!r}.")
+        problem = problems[pid]
+        _check(pid, problem)
+        if "conversations" in record:  # LLaVA's file: its own prompt text, the instruction added as its eval does
+            prompt = record["conversations"][0]["value"].replace("<image>", "").strip()
+            prompt = prompt if prompt.endswith(INSTRUCTION) else f"{prompt}\n{INSTRUCTION}"
+            image = record.get("image")
+        else:
+            prompt = build_prompt(problem)
+            image = f"{pid}/{problem['image']}" if problem.get("image") else None
+        image_path = _image_path(root, split, image, pid) if image else None
+        loaded.append(
+            Problem(pid, prompt, image_path, len(problem["choices"]), problem["answer"], problem_columns(problem))
+        )
+    return loaded
+
+
+def score(problems: list[Problem], outputs: list[str]) -> dict:
+    """Accuracy overall and per column, with every prediction and the unreadable ones listed."""
+    if len(problems) != len(outputs):
+        raise ValueError(f"Got {len(outputs)} outputs for {len(problems)} problems.")
+    predictions, correct = [], dict.fromkeys(COLUMNS, 0)
+    counts = dict.fromkeys(COLUMNS, 0)
+    for problem, output in zip(problems, outputs, strict=True):
+        choice = extract_choice(output, problem.num_choices)
+        hit = choice == problem.answer
+        for column in problem.columns:
+            counts[column] += 1
+            correct[column] += hit
+        predictions.append(
+            {
+                "pid": problem.pid,
+                "output": output,
+                "choice": None if choice is None else LETTERS[choice],
+                "answer": LETTERS[problem.answer],
+                "correct": hit,
+            }
+        )
+    total = len(predictions)
+    return {
+        "accuracy": sum(p["correct"] for p in predictions) / total if total else 0.0,
+        "columns": {column: correct[column] / counts[column] for column in COLUMNS if counts[column]},
+        "column_counts": counts,
+        "num_questions": total,
+        "unparseable": [{"pid": p["pid"], "output": p["output"]} for p in predictions if p["choice"] is None],
+        "predictions": predictions,
+    }
+
+
+def model_index(accuracy: float, split: str) -> list[dict]:
+    """`huggingface_hub.EvalResult` keyword arguments for the model card's `model-index`."""
+    return [
+        {
+            "task_type": "visual-question-answering",
+            "dataset_type": "derek-thomas/ScienceQA",
+            "dataset_name": "ScienceQA",
+            "dataset_split": split,
+            "metric_type": "accuracy",
+            "metric_value": round(100 * accuracy, 2),
+        }
+    ]
+
+
+def evaluate(
+    model_path: str,
+    data: str | Path,
+    output_dir: str | Path,
+    split: str = "test",
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    device: str | None = None,
+) -> dict:
+    """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
+    from .generation import generate_greedy, load_llava, user_turn
+
+    problems = load_problems(data, split)
+    model, processor = load_llava(model_path, device)
+    conversations = [user_turn(problem.prompt, image=problem.image is not None) for problem in problems]
+    outputs = generate_greedy(
+        model, processor, conversations, [p.image for p in problems], batch_size, max_new_tokens, desc="ScienceQA"
+    )
+    results = {"model": str(model_path), "split": split, **score(problems, outputs)}
+    results["model_index"] = model_index(results["accuracy"], split)
+    output = Path(output_dir) / RESULTS_NAME
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(output.name + ".tmp")
+    staging.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    staging.replace(output)
+    return results
+
+
+def print_report(results: dict, path: Path) -> None:
+    print(f"ScienceQA {results['split']}: {100 * results['accuracy']:.2f}% of {results['num_questions']} questions")
+    print("  ".join(f"{column} {100 * value:.2f}" for column, value in results["columns"].items()))
+    unparseable = [item["pid"] for item in results["unparseable"]]
+    if unparseable:
+        listed = ", ".join(unparseable[:20]) + (" ..." if len(unparseable) > 20 else "")
+        print(f"{len(unparseable)} answers named no option (counted wrong; all listed in the results): {listed}")
+    print(f"Written to {path}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="LLaVA checkpoint (folder or Hub id)")
+    parser.add_argument("--data", required=True, help="ScienceQA release folder, or LLaVA's converted question file")
+    parser.add_argument("--split", default="test", help="split of pid_splits.json (and the image folder's name)")
+    parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--device", help="default: cuda when present, else cpu")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.output_dir is None and not Path(args.model).is_dir():
+        raise SystemExit(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
+    output_dir = args.output_dir or args.model
+    results = evaluate(
+        args.model, args.data, output_dir, args.split, args.batch_size, args.max_new_tokens, args.device
+    )
+    print_report(results, Path(output_dir) / RESULTS_NAME)
+
+
+__all__ = ["Problem", "ScienceQAError", "build_prompt", "evaluate", "extract_choice", "load_problems", "score"]
