@@ -20,7 +20,9 @@ GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
 def reference_answer(model, processor, messages, image) -> str:
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[image] if image is not None else None, text=prompt, return_tensors="pt")
+    images = [image] if image is not None else None
+    inputs = processor(images=images, text=prompt, add_special_tokens=False, return_tensors="pt")
+    assert inputs["input_ids"][0, 1] != processor.tokenizer.bos_token_id  # one BOS, the template's
     with torch.no_grad():
         output = model.generate(**inputs, **GREEDY)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()

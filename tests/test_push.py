@@ -15,6 +15,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import transformers.utils.hub
 from huggingface_hub import ModelCard
 from peft import get_peft_model
 from safetensors.torch import load_file
@@ -70,6 +71,8 @@ def hub(tmp_path_factory):
         patch.setenv("HF_ENDPOINT", server.url)
         patch.setenv("HF_TOKEN", server.token)
         patch.setattr(huggingface_hub.constants, "ENDPOINT", server.url)
+        # transformers keeps one HfApi, made on first use with the endpoint of then; the Trainer pushes with it.
+        patch.setattr(transformers.utils.hub, "_hf_api", None)
         patch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(root / "hf_home" / "token"))
         yield server
 

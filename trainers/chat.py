@@ -61,7 +61,9 @@ class ChatSession:
         messages = [*self.messages, {"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         images = [self.image] if self.image is not None else None
-        inputs = self.processor(images=images, text=prompt, return_tensors="pt").to(self.model.device)
+        # The template already wrote the BOS token.
+        inputs = self.processor(images=images, text=prompt, add_special_tokens=False, return_tensors="pt")
+        inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
