@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration
+from trainers.evaluation.generation import decoding_kwargs
 from trainers.tiny_backbones import TINY_TEXT, TINY_VISION
 
 VOCAB_SIZE = 99
@@ -124,6 +125,18 @@ def test_generation_with_kv_cache_equals_without():
     assert torch.equal(
         model.generate(**inputs, **kwargs, use_cache=True), model.generate(**inputs, **kwargs, use_cache=False)
     )
+
+
+@pytest.mark.parametrize("images_per_sample", [(1, 2), (0, 1)], ids=["images", "text-only-and-image"])
+def test_static_cache_generation_is_token_identical_to_builtin_plain_generate(images_per_sample):
+    """The fast decoding `llava eval` uses on a GPU (`decoding_kwargs`) against the built-in model's plain generate."""
+    tester = LlavaPluginModelTester()
+    builtin, ours = models_with_shared_weights(tester)
+    inputs = tester.prepare_inputs(images_per_sample=images_per_sample)  # left-padded: the samples differ in length
+    kwargs = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": PAD_TOKEN_ID}
+    fast = decoding_kwargs(ours, static_cache=True)
+    assert fast == {"cache_implementation": "static"} and decoding_kwargs(ours) == {}  # on a CPU: off by default
+    assert torch.equal(ours.generate(**inputs, **kwargs, **fast), builtin.generate(**inputs, **kwargs))
 
 
 def test_batched_left_padded_generation_equals_one_by_one():

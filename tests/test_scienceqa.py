@@ -199,6 +199,12 @@ def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_che
     assert any(r.dataset_name == "ScienceQA" for r in card.data.eval_results)
     assert f"{100 * results['accuracy']:.2f}%" in card.text
 
+    # The static KV cache (the GPU default) decodes the same answers.
+    static = tmp_path / "static"
+    llava(["eval", "scienceqa", str(model), "--data", str(release), "--output-dir", str(static), "--static-cache"])
+    static_results = json.loads((static / RESULTS_NAME).read_text())
+    assert [p["output"] for p in static_results["predictions"]] == [p["output"] for p in results["predictions"]]
+
 
 @pytest.mark.slow
 def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tmp_path):

@@ -127,6 +127,8 @@ class LlavaSFTTrainer(SFTTrainer):
             "max length": args.max_length,
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
             "gradient checkpointing": args.gradient_checkpointing,
+            "padding-free batches": args.padding_free,
+            "attention": self.model.config.text_config._attn_implementation,
             "seed": args.seed,
         }
         progress = {"steps done": self.state.global_step, "epoch": round(self.state.epoch or 0.0, 4)}

@@ -20,6 +20,7 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.collator import LlavaDataCollator
 from processing.llava_data import convert_records, drop_overflowing, read_records
+from processing.padding_free import LlavaPaddingFreeCollator
 
 from .llava_trainer import LlavaSFTTrainer
 from .projector_artifact import load_projector
@@ -178,6 +179,8 @@ def main(
 ) -> LlavaSFTTrainer:
     stage = get_stage(stage_name)
     fill_global_batch(script_args, training_args)
+    # TRL's own `padding_free` switch, which TRL refuses for vision data: LlavaPaddingFreeCollator implements it.
+    padding_free, training_args.padding_free = training_args.padding_free, False
     model, processor = build_model_and_processor(script_args, model_args, stage)
     apply_freeze(model, stage)
     train_dataset, dropped = load_training_rows(script_args, processor, training_args.max_length, stage)
@@ -191,7 +194,7 @@ def main(
         train_dataset=train_dataset,
         processing_class=processor,
         # Length was dealt with above; the collator never truncates (that would cut through image tokens).
-        data_collator=LlavaDataCollator(
+        data_collator=(LlavaPaddingFreeCollator if padding_free else LlavaDataCollator)(
             processor=processor,
             assistant_only_loss=True,
             chat_template=CHAT_TEMPLATES[stage.template],
@@ -206,6 +209,7 @@ def main(
         projector_provenance=provenance,
         run_info=run_info(stage, script_args, model_args),
     )
+    trainer.args.padding_free = padding_free  # past TRL's check: the card and saved arguments tell the truth
     logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
 
     output_dir = Path(training_args.output_dir)

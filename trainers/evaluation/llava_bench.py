@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..teacher import Message, Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
+from .generation import add_decoding_arguments
 
 RESULTS_NAME = "llava_bench_results.json"
 ANSWERS_NAME = "llava_bench_answers.jsonl"
@@ -180,6 +181,7 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 1024,
     device: str | None = None,
+    static_cache: bool | None = None,
 ) -> dict:
     """Answers the questions, has the judge score them, writes the answers and `llava_bench_results.json`."""
     from .generation import generate_greedy, load_llava, user_turn
@@ -195,6 +197,7 @@ def evaluate(
         batch_size,
         max_new_tokens,
         desc="answering",
+        static_cache=static_cache,
     )
     rows = [
         {"question_id": q.question_id, "prompt": q.text, "text": a, "model_id": str(model_path)}
@@ -261,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-attempts", type=int, default=3, help="asks per question while scores are unreadable")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--device", help="default: cuda when present, else cpu")
+    add_decoding_arguments(parser)
     add_teacher_arguments(parser, "judge")
     parser.set_defaults(run=run)
 
@@ -282,6 +285,7 @@ def run(args: argparse.Namespace) -> None:
         args.batch_size,
         args.max_new_tokens,
         args.device,
+        args.static_cache,
     )
     print_report(results, teacher, output_dir / RESULTS_NAME)
 

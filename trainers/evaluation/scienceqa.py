@@ -28,6 +28,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from .generation import add_decoding_arguments
+
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -212,6 +214,7 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     device: str | None = None,
+    static_cache: bool | None = None,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
     from .generation import generate_greedy, load_llava, user_turn
@@ -220,7 +223,14 @@ def evaluate(
     model, processor = load_llava(model_path, device)
     conversations = [user_turn(problem.prompt, image=problem.image is not None) for problem in problems]
     outputs = generate_greedy(
-        model, processor, conversations, [p.image for p in problems], batch_size, max_new_tokens, desc="ScienceQA"
+        model,
+        processor,
+        conversations,
+        [p.image for p in problems],
+        batch_size,
+        max_new_tokens,
+        desc="ScienceQA",
+        static_cache=static_cache,
     )
     results = {"model": str(model_path), "split": split, **score(problems, outputs)}
     results["model_index"] = model_index(results["accuracy"], split)
@@ -249,7 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--device", help="default: cuda when present, else cpu")
+    add_decoding_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -258,7 +268,14 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
     output_dir = args.output_dir or args.model
     results = evaluate(
-        args.model, args.data, output_dir, args.split, args.batch_size, args.max_new_tokens, args.device
+        args.model,
+        args.data,
+        output_dir,
+        args.split,
+        args.batch_size,
+        args.max_new_tokens,
+        args.device,
+        args.static_cache,
     )
     print_report(results, Path(output_dir) / RESULTS_NAME)
 

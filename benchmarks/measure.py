@@ -1,0 +1,166 @@
+"""What the benchmark measures: step times, real and padded tokens, model FLOPs, peak memory.
+
+Everything is read off the model's backbone (`model.model`, the same module in the built-in Llava and ours), which
+TRL's fused LM head calls once per micro-batch on both sides, through PEFT too: a forward pre-hook sees each batch as
+the model gets it, whatever collator and dataloader workers made it.
+
+Model FLOPs count only non-padding tokens (so padding is waste, not work) and not the recomputation of gradient
+checkpointing, as MFU is usually defined (PaLM, appendix B). Per step, with `T` the real tokens, `n_i` the length of
+sample `i` and `I` the number of images:
+
+- language model, `N` its parameters without the input embeddings (the head included): `6 N T` when its weights
+  train (stage 2), `4 N T` when they are frozen but gradients still flow through it to the projector or the LoRA
+  adapters (stage 1, LoRA: forward + input gradients, no weight gradients), plus `6 N_lora T` for the adapters;
+- causal attention, `L` layers of width `d`: `6 L d sum(n_i^2)` (forward `2 L d n^2`: QK^T and AV over half the
+  square; backward twice that);
+- vision tower (frozen, no gradient): `I (2 N_vision P + 4 L_v d_v P^2)` over its `P` patches (577 for CLIP-L/336);
+- projector (always trained): `6 N_projector I S` over the `S` image tokens per image.
+
+MFU is those FLOPs per second over the GPU's dense bf16 peak (H100/H200: 989 TFLOPS).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+# Dense bf16 peak per GPU model, TFLOPS (the datasheets' "without sparsity" figures).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+
+
+def peak_flops(device: str, override_tflops: float | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of `device`, or `None` where unknown (a CPU): MFU is then not reported."""
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class ModelCounts:
+    """Parameter counts and widths of one LLaVA, by part, for the FLOPs formula."""
+
+    language_model: int
+    lora: int
+    vision: int
+    projector: int
+    text_layers: int
+    text_width: int
+    vision_layers: int
+    vision_width: int
+    vision_patches: int
+    image_tokens: int
+    language_model_trains: bool
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, config) -> "ModelCounts":
+        """Counts of `model` (plain or PEFT-wrapped; names are the same on both sides) under `config`."""
+        counts = {"language_model": 0, "lora": 0, "vision": 0, "projector": 0}
+        language_model_trains = False
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                counts["lora"] += parameter.numel()
+            elif "vision_tower" in name:
+                counts["vision"] += parameter.numel()
+            elif "multi_modal_projector" in name:
+                counts["projector"] += parameter.numel() if "original_module" not in name else 0
+            elif "embed_tokens" not in name:  # the LLM's layers and the head
+                counts["language_model"] += parameter.numel()
+                language_model_trains |= parameter.requires_grad
+        vision, text = config.vision_config, config.text_config
+        return cls(
+            **counts,
+            text_layers=text.num_hidden_layers,
+            text_width=text.hidden_size,
+            vision_layers=vision.num_hidden_layers,
+            vision_width=vision.hidden_size,
+            vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1,
+            image_tokens=config.image_seq_length,
+            language_model_trains=language_model_trains,
+        )
+
+    def training_flops(self, lengths: list[int], num_images: int) -> float:
+        """Model FLOPs of one training step over samples of `lengths` real tokens and `num_images` images."""
+        tokens = sum(lengths)
+        language_model = (6 if self.language_model_trains else 4) * self.language_model * tokens
+        attention = 6 * self.text_layers * self.text_width * sum(length**2 for length in lengths)
+        vision = num_images * (
+            2 * self.vision * self.vision_patches + 4 * self.vision_layers * self.vision_width * self.vision_patches**2
+        )
+        projector = 6 * self.projector * num_images * self.image_tokens
+        return language_model + 6 * self.lora * tokens + attention + vision + projector
+
+
+@dataclass
+class BatchRecorder:
+    """Forward pre-hook on the backbone: when each micro-batch started, its sample lengths, padded size and images."""
+
+    device: str
+    starts: list[float] = field(default_factory=list)
+    lengths: list[list[int]] = field(default_factory=list)
+    padded: list[int] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        synchronize(self.device)  # the previous step's kernels belong to the previous step
+        self.starts.append(time.perf_counter())
+        input_ids = kwargs["input_ids"]
+        if kwargs.get("attention_mask") is not None:
+            lengths = kwargs["attention_mask"].sum(-1).tolist()
+        elif kwargs.get("cu_seq_lens_q") is not None:  # a padding-free row
+            lengths = kwargs["cu_seq_lens_q"].diff().tolist()
+        else:
+            lengths = [input_ids.shape[-1]] * input_ids.shape[0]
+        self.lengths.append(lengths)
+        self.padded.append(input_ids.numel())
+        pixel_values = kwargs.get("pixel_values")
+        self.images.append(0 if pixel_values is None else pixel_values.shape[0])
+
+    def summary(self, warmup: int, counts: ModelCounts, peak: float | None) -> dict[str, float | None]:
+        """Throughput over the steps after `warmup`, timed from one step's first forward to the next one's.
+
+        The last step recorded only opens the last interval, so `n` recorded steps time `n - 1 - warmup` whole
+        steps (data loading, forward, backward and optimizer alike).
+        """
+        measured = slice(warmup, len(self.starts) - 1)
+        seconds = self.starts[-1] - self.starts[warmup]
+        lengths, padded, images = self.lengths[measured], self.padded[measured], self.images[measured]
+        real, samples = sum(map(sum, lengths)), sum(map(len, lengths))
+        flops = sum(counts.training_flops(step, count) for step, count in zip(lengths, images, strict=True))
+        return {
+            "steps": len(lengths),
+            "seconds": seconds,
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": real / seconds,
+            "padding_fraction": 1 - real / sum(padded),
+            "tflops_per_s": flops / seconds / 1e12,
+            "mfu": None if peak is None else flops / seconds / peak,
+        }
+
+
+class PeakMemory:
+    """Peak memory of a block: `torch.cuda.max_memory_allocated` on a GPU; on a CPU, `None` (no per-block peak)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.gib: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.device == "cuda":
+            self.gib = torch.cuda.max_memory_allocated() / 2**30
+
+
+__all__ = ["BatchRecorder", "ModelCounts", "PeakMemory", "peak_flops", "synchronize"]

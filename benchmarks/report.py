@@ -1,0 +1,72 @@
+"""The benchmark's record: results merged across runs on one device, and the Markdown table the README quotes."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+RATIOS = ("samples_per_s", "tokens_per_s", "peak_memory_gib")
+
+
+def with_ratios(case: dict[str, Any]) -> dict[str, Any]:
+    """The case with `ratio`: ours / baseline for throughput and peak memory (where both were measured)."""
+    ratio = {}
+    for key in RATIOS:
+        ours, baseline = case["ours"].get(key), case["baseline"].get(key)
+        ratio[key] = None if ours is None or not baseline else ours / baseline
+    return {**case, "ratio": ratio}
+
+
+def merge_results(path: Path, run: dict[str, Any], cases: dict[str, dict]) -> dict[str, Any]:
+    """The record at `path` with `cases` replaced or added, when it is of the same device and mode; else a new one.
+
+    The GPU run may be split into several commands (one case each); they add up in one record.
+    """
+    record = {"device": run["device"], "mode": run["mode"], "cases": {}}
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if (earlier.get("device"), earlier.get("mode")) == (run["device"], run["mode"]):
+            record = earlier
+    run_info = {key: value for key, value in run.items() if key not in ("device", "mode")}
+    for name, case in cases.items():
+        record["cases"][name] = {**with_ratios(case), **run_info}
+    return record
+
+
+def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown_table(record: dict[str, Any]) -> str:
+    """One row per side and case; the ratio column is ours / baseline in samples/s (and peak memory)."""
+    lines = [
+        f"Device: {record['device']} ({record['mode']} shapes)",
+        "",
+        "| case | side | samples/s | non-padding tokens/s | MFU | padding | peak memory | ours / baseline |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, case in record["cases"].items():
+        versions = ", ".join(f"{package} {version}" for package, version in case["versions"].items())
+        label = f"{name} ({case['llm']}, batch {case['batch_size']})"
+        ratio = case["ratio"]
+        summary = f"**{_number(ratio['samples_per_s'], '×', 2)}** samples/s"
+        if ratio["peak_memory_gib"] is not None:
+            summary += f", {_number(ratio['peak_memory_gib'], '×', 2)} memory"
+        if "same_tokens_fraction" in case:
+            summary += f", same tokens: {_percent(case['same_tokens_fraction'])}"
+        for side in ("baseline", "ours"):
+            result = case[side]
+            lines.append(
+                f"| {label if side == 'baseline' else ''} | {side} | {_number(result['samples_per_s'], digits=2)} | "
+                f"{_number(result['tokens_per_s'], digits=0)} | {_percent(result['mfu'])} | "
+                f"{_percent(result['padding_fraction'])} | {_number(result['peak_memory_gib'], ' GiB')} | "
+                f"{summary if side == 'ours' else ''} |"
+            )
+        lines.append(f"| | | | | | | | {case['date']}; {versions} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["markdown_table", "merge_results"]
