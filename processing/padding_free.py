@@ -36,6 +36,11 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .collator import LlavaDataCollator
 
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # older PyTorch: the per-sample SDPA path below serves everywhere
+    varlen_attn = None
+
 VARLEN_ATTENTION = "torch_varlen"
 
 
@@ -123,7 +128,7 @@ def varlen_attention_forward(
         )
     if cu_seq_lens_q is None:
         cu_seq_lens_q = sequence_boundaries(kwargs.get("position_ids"), query.shape[2], query.device)
-    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+    if varlen_attn is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
         # The flash kernel needs CUDA and half precision. Elsewhere: one causal SDPA call per sample, 4-D and with the
         # key/value heads repeated, the only form PyTorch's CPU flash kernel takes (else SDPA runs its slow math path).
         key, value = (repeat_kv(tensor, query.shape[1] // tensor.shape[1]) for tensor in (key, value))
@@ -135,8 +140,6 @@ def varlen_attention_forward(
             for start, end in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return torch.cat(samples, dim=2).transpose(1, 2), None
-
-    from torch.nn.attention.varlen import varlen_attn  # here: only this path needs it; older PyTorch lacks it
 
     if max_length_q is None:
         max_length_q = int(cu_seq_lens_q.diff().max())
