@@ -127,15 +127,22 @@ def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
     return rows, _hub_ids(projector.get("vision_tower"), projector.get("language_model"))
 
 
+def _benchmark_rows(
+    name: str, metric: str, number_format: str, overall: float, parts: dict[str, float]
+) -> list[dict[str, str]]:
+    """The card's table rows of one benchmark: its overall value, then one row per column or category."""
+    rows = [{"benchmark": name, "metric": metric, "value": number_format.format(overall)}]
+    return rows + [
+        {"benchmark": f"{name} ({part})", "metric": metric, "value": number_format.format(value)}
+        for part, value in parts.items()
+    ]
+
+
 def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], list[EvalResult]]:
     rows, results = [], []
     scienceqa = _read_json(folder / SCIENCEQA_RESULTS)
     if scienceqa is not None:
-        rows.append({"benchmark": "ScienceQA", "metric": "accuracy", "value": f"{100 * scienceqa['accuracy']:.2f}%"})
-        rows += [
-            {"benchmark": f"ScienceQA ({column})", "metric": "accuracy", "value": f"{100 * value:.2f}%"}
-            for column, value in scienceqa.get("columns", {}).items()
-        ]
+        rows += _benchmark_rows("ScienceQA", "accuracy", "{:.2%}", scienceqa["accuracy"], scienceqa.get("columns", {}))
         results.append(
             EvalResult(
                 task_type="visual-question-answering",
@@ -148,11 +155,9 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
         )
     bench = _read_json(folder / LLAVA_BENCH_RESULTS)
     if bench is not None:
-        rows.append({"benchmark": "LLaVA-Bench", "metric": "relative score", "value": f"{bench['overall']:.1f}"})
-        rows += [
-            {"benchmark": f"LLaVA-Bench ({category})", "metric": "relative score", "value": f"{value:.1f}"}
-            for category, value in bench.get("categories", {}).items()
-        ]
+        rows += _benchmark_rows(
+            "LLaVA-Bench", "relative score", "{:.1f}", bench["overall"], bench.get("categories", {})
+        )
         results.append(
             EvalResult(
                 task_type="image-text-to-text",
