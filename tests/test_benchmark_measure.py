@@ -11,6 +11,7 @@ import torch
 
 from benchmarks.measure import BatchRecorder, ModelCounts
 from benchmarks.report import markdown_table, merge_results
+from benchmarks.run import main as run_benchmark
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
 from processing.collator import LlavaDataCollator
 from processing.padding_free import LlavaPaddingFreeCollator
@@ -79,3 +80,22 @@ def test_ratios_and_merging_across_runs(tmp_path):
     other = merge_results(tmp_path / "results.json", run | {"device": "NVIDIA H100"}, {"lora": case})
     assert list(other["cases"]) == ["lora"]  # another device starts a new record
     assert "**2.50×** samples/s, 0.80× memory" in markdown_table(merged)
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_both_sides_end_to_end(tmp_path):
+    """`python -m benchmarks.run --device cpu --small` on one training case and generation, cut to a step or two."""
+    argv = ["--device", "cpu", "--small", "--cases", "stage2,generate", "--output", str(tmp_path)]
+    record = run_benchmark([*argv, "--steps", "2", "--warmup", "0", "--batch-size", "3"])
+    stage2 = record["cases"]["stage2"]
+    assert stage2["baseline"]["settings"]["collator"] == "DataCollatorForVisionLanguageModeling"
+    assert stage2["ours"]["settings"]["collator"] == "LlavaPaddingFreeCollator"
+    assert stage2["ours"]["padding_fraction"] == 0 < stage2["baseline"]["padding_fraction"]
+    # The same rows on both sides: the same real tokens per step.
+    assert stage2["ours"]["steps"] == stage2["baseline"]["steps"] == 2
+    ratio = stage2["ours"]["tokens_per_s"] / stage2["baseline"]["tokens_per_s"]
+    assert ratio == pytest.approx(stage2["ratio"]["samples_per_s"])
+    for batch in (1, 8):
+        assert record["cases"][f"generate-b{batch}"]["same_tokens_fraction"] == 1.0
+    assert json.loads((tmp_path / "results.json").read_text()) == record
+    assert "stage2 (1.1b, batch 3)" in (tmp_path / "results.md").read_text()
