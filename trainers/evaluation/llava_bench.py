@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..teacher import Message, Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
-from .generation import add_decoding_arguments
+from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "llava_bench_results.json"
 ANSWERS_NAME = "llava_bench_answers.jsonl"
@@ -184,8 +184,6 @@ def evaluate(
     static_cache: bool | None = None,
 ) -> dict:
     """Answers the questions, has the judge score them, writes the answers and `llava_bench_results.json`."""
-    from .generation import generate_greedy, load_llava, user_turn
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_llava(model_path, device)

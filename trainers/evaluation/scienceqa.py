@@ -28,7 +28,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from .generation import add_decoding_arguments
+from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
@@ -217,8 +217,6 @@ def evaluate(
     static_cache: bool | None = None,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
-    from .generation import generate_greedy, load_llava, user_turn
-
     problems = load_problems(data, split)
     model, processor = load_llava(model_path, device)
     conversations = [user_turn(problem.prompt, image=problem.image is not None) for problem in problems]
