@@ -1,19 +1,17 @@
 """Configuration of the LLaVA family (v1 linear projector, LLaVA-1.5 MLP projector and variants).
 
-A composite config in the style of transformers' `LlavaConfig`: any Transformers vision model config as
-`vision_config`, any causal language model config as `text_config`, plus the handful of fields that say how the two
-are wired. Everything that can be checked without building the model is checked here, so that a bad combination
-fails at config time with a message instead of deep inside a forward pass.
+A subclass of transformers' own `LlavaConfig`, so that sub-config handling, defaults and serialisation follow the
+user's transformers release instead of a copy frozen at one version (this file ships as remote code with every
+checkpoint). It adds LLaVA's projector types and derives `image_seq_length` from the vision tower; everything that
+can be checked without building the model is checked here, so that a bad combination fails at config time with a
+message instead of deep inside a forward pass.
 """
 
 import inspect
 import re
-from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers import MODEL_MAPPING, LlavaConfig, PreTrainedConfig
 
 # Vision towers whose sequence has no leading CLS token: dropping "the first token" there would drop a real patch.
 VISION_TOWERS_WITHOUT_CLS = frozenset({"siglip_vision_model"})
@@ -59,29 +57,20 @@ def image_seq_length_for(vision_config: PreTrainedConfig, vision_feature_select_
 
 
 @strict
-class LlavaPluginConfig(PreTrainedConfig):
+class LlavaPluginConfig(LlavaConfig):
     r"""
-    Configuration of [`LlavaPluginForConditionalGeneration`].
+    Configuration of [`LlavaPluginForConditionalGeneration`]: transformers' [`LlavaConfig`] plus the projector type.
+
+    Every field of [`LlavaConfig`] keeps its meaning (`vision_config` defaults to CLIP ViT-L/14 at 336 px, the tower
+    of LLaVA-1.5; `text_config` to Llama); the subclass adds what the original LLaVA has and the built-in lacks, and
+    checks at config time what would otherwise fail deep inside a forward pass.
 
     Args:
-        vision_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the vision tower; any model type whose `AutoModel` returns hidden states (CLIP, SigLIP, ...).
-            Defaults to CLIP ViT-L/14 at 336 px, the tower of LLaVA-1.5.
-        text_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the language model; any model type with an `AutoModel` decoder (Llama, Qwen2, Mistral, ...).
         projector_type (`str`, *optional*, defaults to `"mlp2x_gelu"`):
             `"linear"` (LLaVA v1), `"mlp2x_gelu"` (LLaVA-1.5), any `"mlpNx_gelu"`, or `"identity"` (no projector; the
             vision width must then equal the text width).
-        image_token_id (`int`, *optional*, defaults to 32000):
-            Id of the `<image>` placeholder token whose embeddings are replaced by image features.
         image_seq_length (`int`, *optional*):
             Image tokens per image. Derived from the vision config when not given; a given value must agree.
-        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
-            `"default"` drops the CLS token (the original's `patch`), `"full"` keeps it (the original's `cls_patch`).
-        vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
-            Hidden state(s) of the vision tower fed to the projector; several layers are concatenated on features.
-        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
-            Whether the projector's linear layers have a bias.
 
     Example:
 
@@ -95,39 +84,12 @@ class LlavaPluginConfig(PreTrainedConfig):
     ```"""
 
     model_type = "llava_plugin"
-    attribute_map = {"image_token_index": "image_token_id"}
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 336,
-                "projection_dim": 768,
-            },
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
 
-    vision_config: dict | PreTrainedConfig | None = None
-    text_config: dict | PreTrainedConfig | None = None
     projector_type: str = "mlp2x_gelu"
-    image_token_id: int = 32000
     image_seq_length: int | None = None
-    vision_feature_select_strategy: Literal["default", "full"] = "default"
-    vision_feature_layer: int | list[int] = -2
-    multimodal_projector_bias: bool = True
-    tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        # Checkpoints of some families record tying in the text config only (as transformers' LlavaConfig notes).
-        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
-            self.tie_word_embeddings = True
         self._check_vision_tower()
         self._check_projector()
         derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)

@@ -1,59 +1,28 @@
 """PyTorch LLaVA: a vision tower, a projector and a causal language model (Liu et al., "Visual Instruction Tuning").
 
-Mirrors transformers' `modeling_llava.py` module for module and weight for weight (`model.vision_tower`,
-`model.multi_modal_projector.linear_1/linear_2`, `model.language_model`, `lm_head`), so that a checkpoint of the
-built-in `LlavaForConditionalGeneration` loads 1:1. What it adds: LLaVA v1's single linear projector and the other
-projector types, an error that names the sample whose image tokens and features disagree, and `from_backbones`, which
-builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained LLM (the start of LLaVA's stage 1).
+Subclasses transformers' own Llava classes, so forward, generation plumbing and output classes are the user's
+transformers release, not a copy frozen at one version: this file ships as remote code with every checkpoint and must
+keep loading when transformers renames an internal. Weight names are the built-in's (`model.vision_tower`,
+`model.multi_modal_projector.linear_1/linear_2`, `model.language_model`, `lm_head`), so a checkpoint of
+`LlavaForConditionalGeneration` loads 1:1. What the plugin adds: LLaVA v1's single linear projector and the other
+projector types, an error that names the sample whose image tokens and features disagree, and `from_backbones`,
+which builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained LLM (the start of LLaVA's stage 1).
 """
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava.modeling_llava import (
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaPreTrainedModel,
+)
 from transformers.utils import logging
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS, LlavaPluginConfig, projector_depth
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class LlavaPluginModelOutputWithPast(BaseModelOutputWithPast):
-    r"""
-    image_hidden_states (`torch.FloatTensor` of shape `(num_images * image_seq_length, hidden_size)`, *optional*):
-        Projected image features that replaced the image tokens.
-    """
-
-    image_hidden_states: torch.FloatTensor | None = None
-
-
-@dataclass
-class LlavaPluginCausalLMOutputWithPast(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
-        Next-token prediction loss.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-        Scores of the language modeling head.
-    past_key_values (`Cache`, *optional*):
-        Key/value cache of the language model, for fast decoding.
-    image_hidden_states (`torch.FloatTensor` of shape `(num_images * image_seq_length, hidden_size)`, *optional*):
-        Projected image features that replaced the image tokens.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
-    image_hidden_states: torch.FloatTensor | None = None
 
 
 class LlavaPluginMultiModalProjector(nn.Module):
@@ -84,78 +53,45 @@ class LlavaPluginMultiModalProjector(nn.Module):
         return hidden_states
 
 
-class LlavaPluginPreTrainedModel(PreTrainedModel):
+class LlavaPluginPreTrainedModel(LlavaPreTrainedModel):
+    """The built-in's capability flags (SDPA, flash, flex, compile, gradient checkpointing), the plugin's config."""
+
     config: LlavaPluginConfig
     config_class = LlavaPluginConfig
-    base_model_prefix = "model"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-    _can_compile_fullgraph = True
-    _supports_attention_backend = True
 
 
-class LlavaPluginModel(LlavaPluginPreTrainedModel):
-    """LLaVA without a language modeling head: vision tower, projector and the LLM's decoder."""
+class LlavaPluginModel(LlavaPluginPreTrainedModel, LlavaModel):
+    """LLaVA without a language modeling head: vision tower, projector and the LLM's decoder.
+
+    `forward` and `get_image_features` are the built-in's; only the projector and the placeholder check differ.
+    """
 
     def __init__(self, config: LlavaPluginConfig):
-        super().__init__(config)
+        # The built-in's __init__ would build its fixed 2-layer projector; build the same modules with ours instead.
+        LlavaPreTrainedModel.__init__(self, config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = LlavaPluginMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    @merge_with_config_defaults
-    @can_return_tuple
-    @select_hidden_states("vision_feature_layer")
-    def get_image_features(
-        self,
-        pixel_values: torch.FloatTensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        **kwargs,
-    ) -> tuple | BaseModelOutputWithPooling:
-        """Encodes images and projects them into the LLM's embedding space.
-
-        Args:
-            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
-                Images as produced by the processor.
-
-        Returns:
-            The vision tower's output with `pooler_output` set to a list of `num_images` tensors of shape
-            `(image_seq_length, text_hidden_size)`.
-        """
-        image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
-        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else vision_feature_layer
-        selected = [image_outputs.hidden_states[layer] for layer in layers]
-        if vision_feature_select_strategy == "default":
-            # The original's "patch": drop the CLS token that leads CLIP's sequence.
-            selected = [hidden_state[:, 1:] for hidden_state in selected]
-        image_features = self.multi_modal_projector(torch.cat(selected, dim=-1))
-        image_outputs.pooler_output = list(image_features)
-        return image_outputs
-
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.BoolTensor:
         """Mask of the image-token positions, of shape `(batch_size, sequence_length, 1)`.
 
-        Raises a `ValueError` naming the first sample whose image tokens cannot be filled by the images given.
+        Before the built-in's batch-wide count check, raises a `ValueError` naming the first sample whose image
+        tokens cannot be filled by the images given (`image_features` is `(num_image_tokens, hidden_size)`).
         """
-        if input_ids is None:
-            image_embedding = self.get_input_embeddings()(
-                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            special_image_mask = (inputs_embeds == image_embedding).all(-1)
-        else:
-            special_image_mask = input_ids == self.config.image_token_id
-
         if not torch.compiler.is_compiling():
-            self._check_image_token_counts(special_image_mask.sum(-1).tolist(), image_features.shape[0])
-        return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
+            if input_ids is None:
+                image_embedding = self.get_input_embeddings()(
+                    torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+                )
+                image_tokens = (inputs_embeds == image_embedding).all(-1)
+            else:
+                image_tokens = input_ids == self.config.image_token_id
+            self._check_image_token_counts(image_tokens.sum(-1).tolist(), image_features.shape[0])
+        return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
 
     def _check_image_token_counts(self, tokens_per_sample: list[int], num_features: int) -> None:
         per_image = self.config.image_seq_length
@@ -175,60 +111,6 @@ class LlavaPluginModel(LlavaPluginPreTrainedModel):
                 f"{sum(tokens_per_sample)} image tokens in the batch (per sample: {tokens_per_sample})."
             )
 
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> tuple | LlavaPluginModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and mm_encoder_outputs is not None:
-            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
-
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        # generate() encodes the images once before prefill and hands them over as `mm_encoder_outputs`.
-        mm_encoder_outputs = mm_encoder_outputs if mm_encoder_outputs is not None else {}
-        if mm_encoder_outputs.get("image") is None and pixel_values is not None:
-            mm_encoder_outputs["image"] = self.get_image_features(
-                pixel_values=pixel_values,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                return_dict=True,
-            )
-
-        image_features = None
-        if mm_encoder_outputs.get("image") is not None:
-            image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
-        return LlavaPluginModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
-
 
 def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
     """The vision model of a bare vision checkpoint (`CLIPVisionModel`, ...) or of a full CLIP/SigLIP checkpoint."""
@@ -245,88 +127,17 @@ def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> Pr
         logging.set_verbosity(verbosity)
 
 
-class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, GenerationMixin):
-    """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub."""
+class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForConditionalGeneration):
+    """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub.
 
-    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
+    `forward`, `get_image_features` and generation are the built-in's; `from_backbones` is the plugin's.
+    """
 
     def __init__(self, config: LlavaPluginConfig):
-        super().__init__(config)
+        LlavaPreTrainedModel.__init__(self, config)
         self.model = LlavaPluginModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def get_image_features(
-        self,
-        pixel_values: torch.FloatTensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        **kwargs,
-    ) -> tuple | BaseModelOutputWithPooling:
-        return self.model.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
-        )
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        labels: torch.LongTensor | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> tuple | LlavaPluginCausalLMOutputWithPast:
-        r"""
-        Args:
-            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-                Token ids in which every image is a run of `image_seq_length` image tokens (the processor does this).
-            pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`, *optional*):
-                The images of the whole batch, in the order their image tokens appear.
-            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Targets for next-token prediction; -100 marks positions without loss (image tokens, prompts).
-        """
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            mm_encoder_outputs=mm_encoder_outputs,
-            **kwargs,
-        )
-        hidden_states = slice_logits_to_keep(outputs[0], logits_to_keep)
-        logits = self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
-        return LlavaPluginCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-        )
 
     @classmethod
     def from_backbones(
