@@ -1,9 +1,13 @@
-# The two commands of the README. Each sets up .venv on a fresh machine, then runs.
+# The two commands of the README. Each sets up its virtual environments on a fresh machine, then runs.
 # TORCH pins the CPU build that lies on this project's machines; on a GPU machine: make demo TORCH=torch
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+# The lowest supported release of every dependency (pyproject's lower bounds), for the second test run.
+MIN_VENV := .venv-min
+# The oldest transformers a checkpoint's remote code must load on, without this package.
+REMOTE_VENV := .venv-remote-code
 
 $(BIN)/llava: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,15 +16,35 @@ $(BIN)/llava: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test lint
+$(MIN_VENV)/bin/llava: pyproject.toml constraints-minimum.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/pip install --quiet -c constraints-minimum.txt torch
+	$(MIN_VENV)/bin/pip install --quiet -c constraints-minimum.txt -e ".[test]"
+	touch $@
+
+$(REMOTE_VENV)/ready: constraints-remote-code.txt
+	$(PYTHON) -m venv $(REMOTE_VENV)
+	$(REMOTE_VENV)/bin/pip install --quiet --upgrade pip
+	$(REMOTE_VENV)/bin/pip install --quiet -c constraints-remote-code.txt torch transformers pillow
+	touch $@
+
+.PHONY: setup demo test test-newest test-minimum lint
 setup: $(BIN)/llava
 
 demo: setup
 	$(BIN)/llava demo
 
-test: setup
+# The whole suite against the newest releases (slow tests included, remote code also on the oldest transformers),
+# then the fast part again against the lowest supported releases.
+test: test-newest test-minimum
+
+test-newest: setup $(REMOTE_VENV)/ready
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	LLAVA_REMOTE_CODE_PYTHON=$(CURDIR)/$(REMOTE_VENV)/bin/python $(BIN)/python -m pytest -q
+
+test-minimum: $(MIN_VENV)/bin/llava
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ which builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained 
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.models.llava.modeling_llava import (
     LlavaForConditionalGeneration,
@@ -58,6 +58,15 @@ class LlavaPluginPreTrainedModel(LlavaPreTrainedModel):
 
     config: LlavaPluginConfig
     config_class = LlavaPluginConfig
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers treats every class outside its package as custom code and then skips, while initialising
+        # missing weights, each module without parameters of its own: CLIP's attention and MLP blocks, whose
+        # `_init_weights` sets their layers' scales. The plugin initialises only through transformers' own
+        # `_init_weights` (the sub-models' included), so it takes the built-in path: a missing vision-tower weight
+        # gets CLIP's initialisation, exactly as when loaded into the built-in Llava.
+        return False
 
 
 class LlavaPluginModel(LlavaPluginPreTrainedModel, LlavaModel):
@@ -127,7 +136,7 @@ def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> Pr
         logging.set_verbosity(verbosity)
 
 
-class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForConditionalGeneration):
+class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForConditionalGeneration, GenerationMixin):
     """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub.
 
     `forward`, `get_image_features` and generation are the built-in's; `from_backbones` is the plugin's.

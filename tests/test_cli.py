@@ -11,6 +11,7 @@ from transformers import AutoModelForImageTextToText
 from trainers.demo.run import run_demo
 
 
+@pytest.mark.slow
 def test_info_describes_the_checkpoint_and_counts_parameters_per_part(llava_checkpoint):
     result = subprocess.run(
         [sys.executable, "-m", "trainers.cli", "info", llava_checkpoint], capture_output=True, text=True, check=True

@@ -1,6 +1,7 @@
 """Building from backbones, the Auto classes, `pipeline`, and remote-code loading without this package."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ QUESTION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the colour of the square?"}]}
 ]
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("text", ["llama", "qwen2"])
@@ -151,7 +153,33 @@ save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
 """
 
 
-def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoint, tmp_path):
+def remote_code_pythons() -> list:
+    """This interpreter, and one with the oldest transformers that a checkpoint's files must load on.
+
+    `make test` builds the second from `constraints-remote-code.txt` and names it in LLAVA_REMOTE_CODE_PYTHON.
+    """
+    floor = os.environ.get("LLAVA_REMOTE_CODE_PYTHON")
+    skip = pytest.mark.skip(reason="LLAVA_REMOTE_CODE_PYTHON is not set: `make test` builds that interpreter")
+    return [
+        pytest.param(sys.executable, id="this-transformers"),
+        pytest.param(floor, id="oldest-transformers", marks=[pytest.mark.slow] + ([] if floor else [skip])),
+    ]
+
+
+def pinned_version(constraints: Path, package: str) -> str:
+    pins = dict(line.split("==") for line in constraints.read_text().split() if "==" in line)
+    return pins[package]
+
+
+@pytest.mark.parametrize("python", remote_code_pythons())
+def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoint, tmp_path, python):
+    """A checkpoint saved here loads in a process that cannot import this package, with this interpreter's
+    transformers and with the oldest one supported for remote code: same logits and greedy tokens."""
+    if python != sys.executable:
+        version = subprocess.run(
+            [python, "-c", "import transformers; print(transformers.__version__)"], capture_output=True, text=True
+        ).stdout.strip()
+        assert version == pinned_version(REPO / "constraints-remote-code.txt", "transformers")
     image_path = tmp_path / "image.png"
     random_image(3).save(image_path)
     out = tmp_path / "remote.safetensors"
@@ -159,15 +187,7 @@ def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoin
     script.write_text(textwrap.dedent(REMOTE_SCRIPT))
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            llava_checkpoint,
-            str(image_path),
-            json.dumps(QUESTION),
-            json.dumps(GREEDY),
-            str(out),
-        ],
+        [python, str(script), llava_checkpoint, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -177,7 +197,7 @@ def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoin
     assert result.returncode == 0, result.stderr[-3000:]
     remote = load_file(out)
     logits, tokens = _reference_outputs(llava_checkpoint, image_path)
-    torch.testing.assert_close(remote["logits"], logits, atol=0, rtol=0)
+    torch.testing.assert_close(remote["logits"], logits, atol=1e-5, rtol=0)
     assert torch.equal(remote["tokens"], tokens)
 
 

@@ -4,6 +4,8 @@ The main reference is transformers' built-in `LlavaForConditionalGeneration` wit
 LLaVA-1.5 exactly); the language model alone, per-sample runs and hand-computed projections cover the rest.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,11 +15,12 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    PreTrainedModel,
     Qwen2Config,
     SiglipVisionConfig,
 )
 
-from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration
+from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration, LlavaPluginModel
 from trainers.evaluation.generation import decoding_kwargs
 from trainers.tiny_backbones import TINY_TEXT, TINY_VISION
 
@@ -297,3 +300,21 @@ def test_save_and_reload_uses_safetensors_only(tmp_path):
     inputs = tester.prepare_inputs()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("model_class", [LlavaPluginModel, LlavaPluginForConditionalGeneration])
+def test_missing_weights_get_the_initialisation_of_their_sub_model(model_class, monkeypatch):
+    """Weights a checkpoint lacks are initialised as a freshly built model initialises them, CLIP's attention and MLP
+    scales included (transformers' `test_can_init_all_missing_weights`): every module's init is seeded alike."""
+    initialize = PreTrainedModel._initialize_weights
+
+    def seeded(*args, **kwargs):
+        torch.manual_seed(0)
+        initialize(*args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    config = LlavaPluginModelTester().get_config()
+    built = model_class(copy.deepcopy(config)).state_dict()
+    loaded = model_class.from_pretrained(None, config=copy.deepcopy(config), state_dict={}).state_dict()
+    assert loaded.keys() == built.keys()
+    assert [name for name in built if not torch.equal(built[name], loaded[name])] == []
