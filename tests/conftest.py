@@ -3,17 +3,20 @@
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
 
+import io
 import json
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import modeling_llava  # noqa: F401  (registers the Auto classes)
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
-from trainers.tiny_backbones import save_tiny_language_model, save_tiny_vision, train_tokenizer
+from trainers.tiny_backbones import TINY_TEXT, save_tiny_language_model, save_tiny_vision, train_tokenizer
 
 CORPUS = [
     VICUNA_V1_SYSTEM,
@@ -39,6 +42,35 @@ def checkpoints(tmp_path_factory, tokenizer):
         "llama": str(save_tiny_language_model(root / "llama", tokenizer, "llama")),
         "qwen2": str(save_tiny_language_model(root / "qwen2", tokenizer, "qwen2")),
     }
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_llama(tmp_path_factory) -> tuple[str, sentencepiece.SentencePieceProcessor]:
+    """A tiny Llama whose tokenizer is only `tokenizer.model` + `tokenizer_config.json`, as the original LLaVA and
+    many Vicuna checkpoints ship it, and the SentencePiece model itself as the reference."""
+    folder = tmp_path_factory.mktemp("sentencepiece-llama")
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4),
+        model_writer=proto,
+        model_type="bpe",
+        vocab_size=400,
+        byte_fallback=True,  # as Llama's: 256 byte pieces, so no text falls back to <unk>
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(proto.getvalue())
+    tokenizer_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
+    tokenizer_config |= {"unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    spm = sentencepiece.SentencePieceProcessor(model_proto=proto.getvalue())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=spm.vocab_size(), bos_token_id=1, eos_token_id=2, **TINY_TEXT)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder), spm
 
 
 @pytest.fixture(scope="session")

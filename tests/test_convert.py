@@ -37,9 +37,20 @@ SENTINEL = -200  # the original's IMAGE_TOKEN_INDEX
 PROMPT = "USER: What is the colour of the square? ASSISTANT:"
 
 
-def save_original(folder: Path, checkpoints, projector_type: str, dtype=torch.float32, vision: str | None = None):
-    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, tower named only."""
-    llm = LlamaForCausalLM.from_pretrained(checkpoints["llama"], dtype=torch.float32)
+def save_original(
+    folder: Path,
+    checkpoints,
+    projector_type: str,
+    dtype=torch.float32,
+    vision: str | None = None,
+    text: str | None = None,
+):
+    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, tower named only.
+
+    `text` is the Llama (weights and tokenizer files) it starts from; the session's BPE Llama by default.
+    """
+    text = text or checkpoints["llama"]
+    llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
     torch.manual_seed(1)
     width = llm.config.hidden_size
     if projector_type == "linear":
@@ -71,8 +82,8 @@ def save_original(folder: Path, checkpoints, projector_type: str, dtype=torch.fl
         "tune_mm_mlp_adapter": False,
     }
     (folder / "config.json").write_text(json.dumps(config))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(Path(checkpoints["llama"]) / name, folder / name)
+    for tokenizer_file in Path(text).glob("tokenizer*"):
+        shutil.copy(tokenizer_file, folder / tokenizer_file.name)
     return folder
 
 
@@ -134,6 +145,21 @@ def test_original_checkpoint_converts_with_equal_logits(tmp_path, checkpoints, p
         logits = model(**inputs).logits
     vocab = reference.shape[-1]
     torch.testing.assert_close(logits[..., :vocab], reference, atol=1e-5, rtol=1e-5)
+
+
+def test_an_original_checkpoint_with_a_tokenizer_model_only_converts(tmp_path, checkpoints, sentencepiece_llama):
+    text, spm = sentencepiece_llama
+    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", text=text)
+    assert sorted(path.name for path in source.glob("tokenizer*")) == ["tokenizer.model", "tokenizer_config.json"]
+    convert(source, tmp_path / "plugin")
+    model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "plugin")
+    assert processor.tokenizer(PROMPT)["input_ids"] == [spm.bos_id()] + spm.encode(PROMPT)
+    assert model.config.image_token_id == processor.image_token_id == spm.vocab_size()
+    inputs = processor(images=random_image(2), text="<image>\n" + PROMPT, return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == (
+        inputs["input_ids"].shape[1] + 3
+    )
 
 
 def test_original_settings_and_shards_and_dtype_carry_over(tmp_path, checkpoints):

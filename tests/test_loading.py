@@ -67,6 +67,25 @@ def test_from_backbones_keeps_both_backbones_and_adds_the_image_token(checkpoint
     assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id is not None
 
 
+SENTENCE = "What is the colour of the square? Zebra 42!"
+
+
+def test_a_tokenizer_model_only_llm_loads_and_tokenizes_as_sentencepiece(checkpoints, sentencepiece_llama):
+    text, spm = sentencepiece_llama
+    assert sorted(path.name for path in Path(text).glob("tokenizer*")) == ["tokenizer.model", "tokenizer_config.json"]
+    processor = LlavaPluginProcessor.from_backbones(checkpoints["clip"], text)
+    model = LlavaPluginForConditionalGeneration.from_backbones(checkpoints["clip"], text)
+
+    assert processor.tokenizer(SENTENCE)["input_ids"] == [spm.bos_id()] + spm.encode(SENTENCE)
+    assert model.config.image_token_id == processor.image_token_id == spm.vocab_size()  # one new row: <image>
+    assert model.get_input_embeddings().num_embeddings == spm.vocab_size() + 1
+
+    inputs = processor(images=random_image(0), text="<image>\n" + SENTENCE, return_tensors="pt")
+    assert (inputs["input_ids"] == processor.image_token_id).sum() == model.config.image_seq_length
+    tokens = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert tokens.shape == (1, inputs["input_ids"].shape[1] + 4)
+
+
 def test_from_backbones_with_siglip_keeps_every_patch(checkpoints):
     model = LlavaPluginForConditionalGeneration.from_backbones(
         checkpoints["siglip"], checkpoints["llama"], projector_type="linear"
