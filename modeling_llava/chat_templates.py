@@ -1,13 +1,16 @@
 """The two prompt formats of LLaVA, as Jinja chat templates.
 
 `VICUNA_V1` renders byte for byte what the original repository's `conv_vicuna_v1.get_prompt()` renders (system
-prompt, ` USER: ... ASSISTANT: ...</s>` turns, generation prompt `ASSISTANT:`); `PLAIN` is stage 1's format: the
-image, then the caption and a newline, the user's words dropped as the original's `preprocess_plain` does. Both wrap
-assistant text in `{% generation %}` so that `return_assistant_tokens_mask` (TRL's `assistant_only_loss`) leaves
-loss on the answers and their end-of-sequence token only.
+prompt, ` USER: ... ASSISTANT: ...</s>` turns, an empty turn as a bare `USER:` / `ASSISTANT:`, generation prompt
+`ASSISTANT:`); `PLAIN` is stage 1's format: the image, then the caption and a newline, the user's words dropped as the
+original's `preprocess_plain` does. Both wrap assistant text in `{% generation %}` so that
+`return_assistant_tokens_mask` (TRL's `assistant_only_loss`) leaves loss on the answers and their end-of-sequence
+token only.
 
 Message content may be a string (LLaVA JSON, with `<image>` written in it) or a list of `{"type": "image"}` /
-`{"type": "text", "text": ...}` items (the Hugging Face format), each image item rendering as `<image>\n`.
+`{"type": "text", "text": ...}` items (the Hugging Face format). A turn's images render first, each as `<image>`
+followed by a newline when anything follows, then its text: the original's `preprocess_multimodal` moves the image to
+the start of the turn that wrote it (`<image>\n` + text, stripped).
 """
 
 VICUNA_V1_SYSTEM = (
@@ -18,9 +21,13 @@ VICUNA_V1_SYSTEM = (
 _RENDER_CONTENT = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{- content -}}"
-    "{%- else -%}{%- for item in content -%}"
-    "{%- if item.type == 'image' -%}{{- '<image>\\n' -}}{%- elif item.type == 'text' -%}{{- item.text -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
+    "{%- else -%}"
+    "{%- set text = content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') -%}"
+    "{%- for item in content if item.type == 'image' -%}"
+    "{{- '<image>' -}}{%- if text or not loop.last -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- text -}}"
+    "{%- endif -%}"
     "{%- endmacro -%}"
 )
 
@@ -31,9 +38,12 @@ VICUNA_V1 = (
     "{%- endif -%}"
     "{{- bos_token + system + ' ' -}}"
     "{%- for message in messages -%}"
-    "{%- if message.role == 'user' -%}{{- 'USER: ' + render(message.content) + ' ' -}}"
+    "{%- set content = render(message.content) -%}"
+    "{%- if message.role == 'user' -%}"
+    "{%- if content -%}{{- 'USER: ' + content + ' ' -}}{%- else -%}{{- 'USER:' -}}{%- endif -%}"
     "{%- elif message.role == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}{%- generation -%}{{- ' ' + render(message.content) + eos_token -}}{%- endgeneration -%}"
+    "{{- 'ASSISTANT:' -}}"
+    "{%- if content -%}{%- generation -%}{{- ' ' + content + eos_token -}}{%- endgeneration -%}{%- endif -%}"
     "{%- else -%}{{- raise_exception('vicuna_v1 knows the roles system, user and assistant, not ' + message.role) -}}"
     "{%- endif -%}"
     "{%- endfor -%}"

@@ -2,12 +2,13 @@
 
 It lives beside the model because transformers ships remote code from one flat folder; `processing/` re-exports it.
 Images go through transformers' `LlavaImageProcessor`: CLIP's resize and center crop by default, LLaVA-1.5's
-"pad" mode (pad to a square with the mean colour, then resize) with `do_pad=True`. Each `<image>` in the text becomes
-`image_seq_length` image tokens, the number of features the vision tower gives, computed by the same function the
-config uses.
+"pad" mode (pad to a square with the mean colour, then resize) with `do_pad=True`. Text is tokenized as the original
+LLaVA's `tokenizer_image_token` does: BOS once, then each piece between `<image>` markers as a fresh text, with
+`image_seq_length` image tokens (the number of features the vision tower gives, computed by the same function the
+config uses) in place of each marker.
 """
 
-from transformers import AutoConfig, AutoTokenizer, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.utils import is_torchvision_available
 
@@ -15,6 +16,18 @@ from .chat_templates import CHAT_TEMPLATES
 from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS, image_seq_length_for
 
 IMAGE_TOKEN = "<image>"
+# The text keyword arguments `__call__` honours; everything else goes to the image processor.
+TEXT_KWARGS = (
+    "add_special_tokens",
+    "padding",
+    "padding_side",
+    "pad_to_multiple_of",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_attention_mask",
+    "return_offsets_mapping",
+)
 # Same preprocessing either way; the torchvision backend is faster where torchvision is installed.
 if is_torchvision_available():
     from transformers.models.llava.image_processing_llava import LlavaImageProcessor as IMAGE_PROCESSOR_CLASS
@@ -72,8 +85,84 @@ class LlavaPluginProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
+        """Images as transformers' Llava processor prepares them, text tokenized as the original LLaVA tokenizes it.
+
+        A `<image>` marker becomes `image_seq_length` image tokens, and the text between markers is tokenized piece by
+        piece, each as a fresh text (the original's `tokenizer_image_token`), after one BOS. Tokenizing the whole
+        expanded text instead gives other ids wherever a tokenizer treats text after a special token unlike the start
+        of a text (non-legacy Llama tokenizers drop the `▁` there), and every released LLaVA was trained on the
+        original's ids. A BOS the chat template wrote is that one BOS. Offsets (`return_offsets_mapping`) point into
+        the text as given; image tokens and the BOS have empty offsets.
+        """
+        if text is None:
+            return super().__call__(images=images, **kwargs)
+        texts = [text] if isinstance(text, str) else list(text)
+        text_kwargs = kwargs.pop("text_kwargs", {}) | {key: kwargs.pop(key) for key in TEXT_KWARGS if key in kwargs}
+        if kwargs.pop("sanitize_control_tokens", False):
+            raise ValueError(
+                "sanitize_control_tokens is not supported: LLaVA reads special-token text (such as </s>) in prompts "
+                "as the special token, as the original does."
+            )
+        kwargs.pop("return_text_replacement_offsets", None)  # offsets already point into the text as given
+        self.validate_inputs(images=images, text=texts)
+        data = dict(super().__call__(images=images, **kwargs)) if images is not None else {}
+
+        add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        encoded = [self.encode_prompt(sample, add_special_tokens) for sample in texts]
+        if text_kwargs.get("truncation") and text_kwargs.get("max_length") is not None:
+            keep = slice(None, text_kwargs["max_length"])
+            if self.tokenizer.truncation_side == "left":
+                keep = slice(-text_kwargs["max_length"], None)
+            encoded = [(ids[keep], offsets[keep]) for ids, offsets in encoded]
+        padded = self.tokenizer.pad(
+            {"input_ids": [ids for ids, _ in encoded]},
+            padding=text_kwargs.get("padding", False),
+            max_length=text_kwargs.get("max_length"),
+            pad_to_multiple_of=text_kwargs.get("pad_to_multiple_of"),
+            padding_side=text_kwargs.get("padding_side"),
+            return_attention_mask=text_kwargs.get("return_attention_mask", True),
+        )
+        data.update(padded)
+        if text_kwargs.get("return_offsets_mapping"):
+            side = text_kwargs.get("padding_side") or self.tokenizer.padding_side
+            width = max(len(ids) for ids in padded["input_ids"])
+            filler = [[(0, 0)] * (width - len(offsets)) for _, offsets in encoded]
+            data["offset_mapping"] = [
+                fill + offsets if side == "left" else offsets + fill
+                for (_, offsets), fill in zip(encoded, filler, strict=True)
+            ]
+        return BatchFeature(data=data, tensor_type=text_kwargs.get("return_tensors"))
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length
+
+    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of one prompt as the original's `tokenizer_image_token` builds them, with offsets into `text`.
+
+        The BOS comes first, once: the one the chat template wrote at the start of `text`, else the one the tokenizer
+        adds to a fresh text when `add_special_tokens`. Then each piece between `<image>` markers is tokenized on its
+        own, without special tokens, and the markers become runs of `image_seq_length` image tokens.
+        """
+        bos = self.tokenizer.bos_token
+        start = 0
+        ids, offsets = [], []
+        if bos is not None and text.startswith(bos):
+            start = len(bos)
+            ids, offsets = [self.tokenizer.bos_token_id], [(0, 0)]
+        elif add_special_tokens:
+            ids = self.tokenizer("", add_special_tokens=True)["input_ids"]  # what the tokenizer opens a text with
+            offsets = [(0, 0)] * len(ids)
+        for index, piece in enumerate(text[start:].split(self.image_token)):
+            if index:
+                ids += [self.image_token_id] * self.image_seq_length
+                offsets += [(0, 0)] * self.image_seq_length
+            if piece:
+                tokens = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                ids += tokens["input_ids"]
+                offsets += [(begin + start, end + start) for begin, end in tokens["offset_mapping"]]
+            start += len(piece) + len(self.image_token)
+        return ids, offsets
 
     def validate_inputs(self, images=None, text=None, **kwargs) -> None:
         """Per-sample check when images come nested per sample (`[[img], [img, img]]`), then the generic checks."""

@@ -52,38 +52,43 @@ def _as_list_content(
 ) -> list[dict[str, Any]]:
     """The messages with list content, holding one `{"type": "image"}` item per image.
 
-    List content keeps its image items where they are. From string content every `<image>` is taken out (and that
-    text stripped, as the original `preprocess_multimodal` does) and the images go to the start of the first user
-    turn, which is also where TRL puts the images of a row that writes no placeholder (allowed unless
-    `placeholders_required`). Rows in this one shape render the same in `sample_length` as in the collator, and mix
-    in one `datasets.Dataset`.
+    List content keeps its image items where they are. From string content every `<image>` is taken out, that text
+    stripped, and the image put at the start of the same turn, as the original `preprocess_multimodal` does (the chat
+    templates render a turn's images first). Images that no placeholder places go to the start of the first user
+    turn, as TRL puts them (allowed unless `placeholders_required`). Rows in this one shape render the same in
+    `sample_length` as in the collator, and mix in one `datasets.Dataset`.
     """
-    placeholders, listed, normalized = 0, 0, []
-    for message in messages:
+    placeholders, normalized = 0, []
+    for turn, message in enumerate(messages):
         content = message.get("content")
         if isinstance(content, str):
-            placeholders += content.count(IMAGE_TOKEN)
-            text = content.replace(IMAGE_TOKEN, "").strip() if IMAGE_TOKEN in content else content
-            content = [{"type": "text", "text": text}]
+            markers = content.count(IMAGE_TOKEN)
+            if markers and message["role"] != "user":
+                raise DataError(
+                    f"Record {record_id!r}: turn {turn} ({message['role']}) holds {IMAGE_TOKEN}; images belong in "
+                    "user turns (image tokens are never trained on)."
+                )
+            text = content.replace(IMAGE_TOKEN, "").strip() if markers else content
+            content = [{"type": "image"} for _ in range(markers)] + [{"type": "text", "text": text}]
         elif isinstance(content, list) and all(isinstance(item, dict) for item in content):
             # A Hub dataset's content items carry every key of the column, the missing ones as None.
             content = [{key: value for key, value in item.items() if value is not None} for item in content]
-            listed += sum(item.get("type") == "image" for item in content)
         else:
             raise DataError(
                 f"Record {record_id!r}: a {message['role']} turn's content must be a string or a list of "
                 f"{{'type': ...}} items, got {type(content).__name__}."
             )
+        placeholders += sum(item.get("type") == "image" for item in content)
         normalized.append({**message, "content": content})
-    placeholders += listed
     if placeholders != num_images and (placeholders or placeholders_required):
         raise DataError(
             f"Record {record_id!r}: {placeholders} {IMAGE_TOKEN} placeholders in the text but {num_images} images; "
             f"write one per image."
         )
-    first_user = next(index for index, message in enumerate(normalized) if message["role"] == "user")
-    images = [{"type": "image"} for _ in range(num_images - listed)]
-    normalized[first_user] = {**normalized[first_user], "content": images + normalized[first_user]["content"]}
+    if not placeholders and num_images:
+        first_user = next(index for index, message in enumerate(normalized) if message["role"] == "user")
+        images = [{"type": "image"} for _ in range(num_images)]
+        normalized[first_user] = {**normalized[first_user], "content": images + normalized[first_user]["content"]}
     return normalized
 
 
@@ -91,11 +96,9 @@ def from_llava_record(record: dict[str, Any], index: int, image_folder: str | Pa
     """Converts one original LLaVA record into a training row.
 
     The text is kept as written. Like the original `preprocess_multimodal`, each `<image>` is taken out of its turn,
-    which is then stripped, and the image rendered first (as `<image>\\n`). Unlike it, the image always goes to the
-    first human turn (the original leaves it at the start of whichever turn wrote it; LLaVA's data writes it in the
-    first, sometimes at the end of the text), so that image tokens never sit in an answer. A record with `"image"`
-    must write the marker: the original's `preprocess_plain` asserts it, and its `preprocess_v1` would silently train
-    on the text alone.
+    which is then stripped, and the image rendered at the start of that turn (as `<image>\\n`); an answer may not hold
+    one. A record with `"image"` must write the marker: the original's `preprocess_plain` asserts it, and its
+    `preprocess_v1` would silently train on the text alone.
     """
     record_id = str(record.get("id", f"#{index}"))
     conversations = record.get("conversations")

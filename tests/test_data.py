@@ -83,11 +83,10 @@ LLAVA_RECORDS = {
         {"image": "b.png", "conversations": [human(f"{Q1}\n<image>"), gpt(A1)]},
         [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1)],
     ),
-    # The original would leave this image at the start of the third turn; LLaVA's data never writes it there and
-    # the reader puts it in the first human turn (see `from_llava_record`).
+    # The original's preprocess_multimodal moves the image to the start of the turn that wrote it.
     "image-in-later-turn": (
         {"image": "a.png", "conversations": [human(Q1), gpt(A1), human(f"{Q2} <image>"), gpt(A2)]},
-        [("USER", f"<image>\n{Q1}"), ("ASSISTANT", A1), ("USER", Q2), ("ASSISTANT", A2)],
+        [("USER", Q1), ("ASSISTANT", A1), ("USER", f"<image>\n{Q2}"), ("ASSISTANT", A2)],
     ),
     "text-only": (
         {"conversations": [human(Q3), gpt(A3 + "\n")]},
