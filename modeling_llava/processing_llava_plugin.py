@@ -46,6 +46,10 @@ def tokenizer_with_image_token(text_checkpoint: str, **kwargs):
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    if getattr(tokenizer, "legacy", None) is not None:
+        # Llama's `legacy` decides the text after a special token (`</s>USER` vs `</s>▁USER`); transformers does not
+        # write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize differently.
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     return tokenizer
 
 

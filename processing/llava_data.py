@@ -193,14 +193,10 @@ class OverflowReport:
 
 
 def sample_length(row: dict[str, Any], processor, chat_template: str | None = None) -> int:
-    """Exact token count of a row after image expansion, without opening its images.
-
-    `<image>` is one special token, so the rendered text tokenizes to its final ids with each image counted once;
-    the processor later writes `image_seq_length` tokens for it.
-    """
+    """Exact token count of a row after image expansion, without opening its images: the collator's own
+    tokenization (`LlavaPluginProcessor.encode_prompt`) of the rendered text."""
     text = processor.apply_chat_template(row["messages"], chat_template=chat_template, tokenize=False)
-    num_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-    return num_tokens + text.count(processor.image_token) * (processor.image_seq_length - 1)
+    return len(processor.encode_prompt(text, add_special_tokens=False)[0])
 
 
 def drop_overflowing(

@@ -56,6 +56,8 @@ def sentencepiece_llama(tmp_path_factory) -> tuple[str, sentencepiece.SentencePi
         model_type="bpe",
         vocab_size=400,
         byte_fallback=True,  # as Llama's: 256 byte pieces, so no text falls back to <unk>
+        normalization_rule_name="identity",  # as Llama's: text is not normalised, spaces not collapsed
+        remove_extra_whitespaces=False,
         unk_id=0,
         bos_id=1,
         eos_id=2,

@@ -1,0 +1,267 @@
+"""Token ids and labels against the original LLaVA's preprocessing, for legacy, non-legacy and no-key Llama tokenizers.
+
+The reference is written here from the original's description and runs on SentencePiece itself, not on transformers'
+tokenizers: the conversation is rendered as `conv_vicuna_v1.get_prompt()` renders it (an empty turn as a bare
+`ROLE:`), each `<image>` moved to the start of its turn (`preprocess_multimodal`), then tokenized as
+`tokenizer_image_token` does: BOS once, every piece between `<image>` markers as a fresh text, read as the original's
+slow Llama tokenizer reads it (`</s>`/`<s>` are special tokens; after one, a legacy tokenizer starts a fresh text,
+with SentencePiece's `▁` prefix, a non-legacy one continues without it). Labels: per round, the user part up to
+`ASSISTANT:` is masked and the answer with its `</s>` supervised; for `plain`, the image is masked and the caption
+with its newline supervised.
+"""
+
+import json
+import re
+import shutil
+
+import pytest
+import sentencepiece
+from datasets import Dataset
+from sentencepiece import sentencepiece_model_pb2
+
+from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor
+from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
+from processing.collator import LlavaDataCollator
+from processing.llava_data import read_records, sample_length
+from processing.padding_free import LlavaPaddingFreeCollator
+from tests.conftest import random_image
+
+IGNORE = -100
+SPECIAL = re.compile(r"(</s>|<s>)")
+LEGACY_MODES = {"legacy-true": True, "legacy-false": False, "no-legacy-key": None}
+Q1, A1 = "What is the colour of the square?", "The square is red."
+Q2, A2 = "Where is the blue circle?", "The blue circle is at the top left of the image."
+UNICODE = "Où est le cercle ẞ? 🟦 — «ça»"
+
+
+def human(value: str) -> dict:
+    return {"from": "human", "value": value}
+
+
+def gpt(value: str) -> dict:
+    return {"from": "gpt", "value": value}
+
+
+RECORDS = {
+    "multi-turn": {"image": "a.png", "conversations": [human(f"<image>\n{Q1}"), gpt(A1), human(Q2), gpt(A2)]},
+    "image-at-end": {"image": "a.png", "conversations": [human(f"{Q1}\n<image>"), gpt(A1)]},
+    "image-in-later-turn": {"image": "a.png", "conversations": [human(Q1), gpt(A1), human(f"<image> {Q2}"), gpt(A2)]},
+    "text-only": {"conversations": [human(Q1), gpt(A1), human(Q2), gpt(A2)]},
+    "empty-answer": {"image": "a.png", "conversations": [human(f"<image>\n{Q1}"), gpt(""), human(Q2), gpt(A2)]},
+    "empty-user-turn": {"image": "a.png", "conversations": [human("<image>"), gpt(A1), human(""), gpt(A2)]},
+    "unicode-byte-fallback": {
+        "image": "a.png",
+        "conversations": [human(f"<image>\n{UNICODE}"), gpt(f"{A1} {UNICODE}")],
+    },
+    "special-token-text-in-answer": {
+        "image": "a.png",
+        "conversations": [human(f"<image>\n{Q1}"), gpt("It reads </s> and <s> and </s > here."), human(Q2), gpt(A2)],
+    },
+}
+# A text piece that starts with a space: SentencePiece (the original's slow tokenizer) still writes its `▁` prefix,
+# giving `▁`, `▁word`; transformers' fast Llama tokenizer writes none, giving `▁word`. Hit after an image-only user
+# turn (`USER: <image> ASSISTANT:`) and, for legacy tokenizers, after special-token text followed by a space.
+SPACE_LED_PIECE = "a piece starting with a space gets no second ▁ from transformers' fast Llama tokenizer"
+KNOWN_DEVIATIONS = {
+    ("empty-user-turn", "legacy-true"),
+    ("empty-user-turn", "legacy-false"),
+    ("empty-user-turn", "no-legacy-key"),
+    ("special-token-text-in-answer", "legacy-true"),
+}
+CAPTIONS = {
+    "caption": {"image": "a.png", "conversations": [human("<image>\nDescribe it."), gpt("A red square, top left.")]},
+    "unicode-caption": {"image": "a.png", "conversations": [human("Describe it.\n<image>"), gpt(UNICODE)]},
+}
+
+
+class OriginalLlava:
+    """The original's rendering, `tokenizer_image_token` and label masks, on SentencePiece (see module docstring)."""
+
+    def __init__(self, proto: bytes, legacy: bool, image_token_id: int, image_seq_length: int):
+        self.fresh = sentencepiece.SentencePieceProcessor(model_proto=proto)
+        model = sentencepiece_model_pb2.ModelProto()
+        model.ParseFromString(proto)
+        model.normalizer_spec.add_dummy_prefix = False
+        self.continued = sentencepiece.SentencePieceProcessor(model_proto=model.SerializeToString())
+        self.legacy = legacy
+        self.image = [image_token_id] * image_seq_length
+        self.special = {"<s>": self.fresh.bos_id(), "</s>": self.fresh.eos_id()}
+
+    @staticmethod
+    def multimodal(value: str) -> str:
+        """`preprocess_multimodal`: the image to the start of its turn."""
+        if "<image>" not in value:
+            return value
+        return ("<image>\n" + value.replace("<image>", "").strip()).strip()
+
+    def vicuna_v1_segments(self, conversations: list[dict], generation_prompt: bool) -> list[tuple[str, bool]]:
+        """`conv_vicuna_v1.get_prompt()`, cut into (text, supervised) segments: answers and their `</s>` are.
+
+        Cuts fall before a space or at a special token, where SentencePiece never merges across, and neighbours
+        with the same supervision are joined, so the cuts change no id (the test checks it against the whole text).
+        """
+        segments, separator = [(VICUNA_V1_SYSTEM, False)], " "
+        for index, turn in enumerate(conversations):
+            role, value = ("USER", "ASSISTANT")[index % 2], self.multimodal(turn["value"])
+            if not value:
+                segments.append((f"{separator}{role}:", False))
+                separator = ""
+            elif role == "USER":
+                segments.append((f"{separator}USER: {value}", False))
+                separator = " "
+            else:
+                segments += [(f"{separator}ASSISTANT:", False), (f" {value}</s>", True)]
+                separator = ""
+        if generation_prompt:
+            segments.append((f"{separator}ASSISTANT:", False))
+        joined = [segments[0]]
+        for text, supervised in segments[1:]:
+            if supervised == joined[-1][1]:
+                joined[-1] = (joined[-1][0] + text, supervised)
+            else:
+                joined.append((text, supervised))
+        return joined
+
+    @staticmethod
+    def plain_segments(conversations: list[dict]) -> list[tuple[str, bool]]:
+        """`preprocess_plain`: the image alone, then the caption and the separator `\\n`."""
+        return [("<image>", False), (conversations[1]["value"] + "\n", True)]
+
+    def encode(self, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+        """Ids and labels. Each `<image>`-separated piece is a fresh text; inside it, the text after a special token
+        is fresh (legacy) or continues (non-legacy), any other segment boundary continues the text."""
+        ids, labels = [self.fresh.bos_id()], [IGNORE]
+        fresh = True
+        for text, supervised in segments:
+            for index, piece in enumerate(text.split("<image>")):
+                if index:
+                    ids += self.image
+                    labels += [IGNORE] * len(self.image)
+                    fresh = True
+                for part in SPECIAL.split(piece):
+                    if part in self.special:
+                        new, fresh = [self.special[part]], self.legacy
+                    elif part:
+                        new, fresh = (self.fresh if fresh else self.continued).encode(part), False
+                    else:
+                        continue
+                    ids += new
+                    labels += new if supervised else [IGNORE] * len(new)
+        return ids, labels
+
+    def tokenizer_image_token(self, prompt: str) -> list[int]:
+        """The original's function itself: BOS, then every piece tokenized alone, one image run between pieces."""
+        ids = [self.fresh.bos_id()]
+        for index, piece in enumerate(prompt.split("<image>")):
+            if index:
+                ids += self.image
+            ids += self.encode([(piece, False)])[0][1:]
+        return ids
+
+
+@pytest.fixture(scope="module")
+def setups(tmp_path_factory, checkpoints, sentencepiece_llama) -> dict:
+    """Per legacy mode: a processor built from the SentencePiece Llama's `tokenizer.model` and its reference."""
+    text, _ = sentencepiece_llama
+    proto = open(f"{text}/tokenizer.model", "rb").read()
+    result = {}
+    for name, legacy in LEGACY_MODES.items():
+        folder = tmp_path_factory.mktemp(name)
+        shutil.copy(f"{text}/tokenizer.model", folder)
+        config = json.loads(open(f"{text}/tokenizer_config.json").read())
+        config.pop("legacy")
+        if legacy is not None:
+            config["legacy"] = legacy
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        processor = LlavaPluginProcessor.from_backbones(checkpoints["clip"], str(folder))
+        # No key: transformers 5 reads such a Llama tokenizer as non-legacy.
+        reference = OriginalLlava(proto, bool(legacy), processor.image_token_id, processor.image_seq_length)
+        result[name] = (processor, reference)
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("original-data")
+    (root / "images").mkdir()
+    random_image(0).save(root / "images" / "a.png")
+    records = [{"id": name, **record} for name, record in {**RECORDS, **CAPTIONS}.items()]
+    (root / "data.json").write_text(json.dumps(records))
+    return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
+
+
+def unpadded(batch: dict, index: int) -> tuple[list[int], list[int]]:
+    keep = batch["attention_mask"][index].bool()
+    return batch["input_ids"][index][keep].tolist(), batch["labels"][index][keep].tolist()
+
+
+def collate(processor, rows: list[dict], template: str, padding_free: bool = False) -> dict:
+    """Rows through `Dataset.from_list` and the training collator, as `trainers/train.py` builds them."""
+    collator_class = LlavaPaddingFreeCollator if padding_free else LlavaDataCollator
+    collator = collator_class(processor=processor, assistant_only_loss=True, chat_template=CHAT_TEMPLATES[template])
+    return collator(list(Dataset.from_list(rows)))
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+@pytest.mark.parametrize("name", RECORDS)
+def test_vicuna_v1_training_ids_and_labels_are_the_originals(setups, data, mode, name, request):
+    if (name, mode) in KNOWN_DEVIATIONS:
+        request.applymarker(pytest.mark.xfail(reason=SPACE_LED_PIECE, strict=True))
+    processor, original = setups[mode]
+    row = next(row for row in read_records(**data) if row["id"] == name)
+    expected_ids, expected_labels = original.encode(original.vicuna_v1_segments(RECORDS[name]["conversations"], False))
+    prompt = original.vicuna_v1_segments(RECORDS[name]["conversations"], False)
+    assert original.tokenizer_image_token("".join(text for text, _ in prompt)) == expected_ids  # the reference agrees
+
+    ids, labels = unpadded(collate(processor, [row], "vicuna_v1"), 0)
+    assert ids == expected_ids
+    assert labels == expected_labels
+    assert sample_length(row, processor) == len(expected_ids)
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+def test_plain_training_ids_and_labels_are_the_originals(setups, data, mode):
+    processor, original = setups[mode]
+    rows = [row for row in read_records(**data) if row["id"] in CAPTIONS]
+    batch = collate(processor, rows, "plain")
+    for index, row in enumerate(rows):
+        expected = original.encode(original.plain_segments(CAPTIONS[row["id"]]["conversations"]))
+        assert unpadded(batch, index) == expected
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+def test_padding_free_rows_hold_the_same_ids_and_labels(setups, data, mode):
+    processor, original = setups[mode]
+    exact = {name for name in RECORDS if (name, mode) not in KNOWN_DEVIATIONS}
+    rows = [row for row in read_records(**data) if row["id"] in exact]
+    batch = collate(processor, rows, "vicuna_v1", padding_free=True)
+    bounds = batch["cu_seq_lens_q"].tolist()
+    for index, row in enumerate(rows):
+        ids, labels = original.encode(original.vicuna_v1_segments(RECORDS[row["id"]]["conversations"], False))
+        start, end = bounds[index], bounds[index + 1]
+        assert batch["input_ids"][0, start:end].tolist() == ids
+        assert batch["labels"][0, start:end].tolist() == [IGNORE] + labels[1:]  # each sample's first label: none
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+@pytest.mark.parametrize("name", ["multi-turn", "image-in-later-turn", "text-only", "unicode-byte-fallback"])
+def test_inference_prompts_are_the_originals(setups, data, mode, name):
+    """What `llava chat`, `llava eval` and the pipeline feed the model: the rendered prompt through the processor."""
+    processor, original = setups[mode]
+    row = next(row for row in read_records(**data) if row["id"] == name)
+    history = row["messages"][:-1]  # ask the last question
+    expected, _ = original.encode(original.vicuna_v1_segments(RECORDS[name]["conversations"][:-1], True))
+    prompt = processor.apply_chat_template(history, add_generation_prompt=True)
+    images = [random_image(0)] if row["images"] else None
+    assert processor(images=images, text=prompt)["input_ids"] == [expected]
+    assert processor(images=images, text=prompt, add_special_tokens=False)["input_ids"] == [expected]  # one BOS
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+def test_ids_are_the_same_after_saving_and_reloading_the_processor(setups, tmp_path, mode):
+    processor, original = setups[mode]
+    prompt = "".join(text for text, _ in original.vicuna_v1_segments(RECORDS["multi-turn"]["conversations"], True))
+    processor.save_pretrained(tmp_path)
+    reloaded = LlavaPluginProcessor.from_pretrained(tmp_path)
+    assert reloaded.encode_prompt(prompt) == processor.encode_prompt(prompt)
+    assert reloaded.encode_prompt(prompt)[0] == original.tokenizer_image_token(prompt)
