@@ -161,13 +161,21 @@ def load_original(
     processor.chat_template = {"default": CHAT_TEMPLATES[template], **CHAT_TEMPLATES}
 
     converted: dict[str, torch.Tensor] = {}
+    # The original's trainer saves the tower it trained with (`model.vision_tower.vision_tower.vision_model.*`, as
+    # its transformers named CLIP's weights); those are the weights to use, `mm_vision_tower` only names its shape.
     embedded_tower = {k: v for k, v in weights.items() if k.startswith("model.vision_tower.vision_tower.")}
     tower_weights = embedded_tower or {
         f"model.vision_tower.vision_tower.{k}": v for k, v in tower.state_dict().items()
     }
+    tower_keys = set(tower.state_dict())
     for name, tensor in {**weights, **tower_weights}.items():
+        if name.endswith((".position_ids", ".rotary_emb.inv_freq")):
+            continue  # buffers that the transformers of the original's day saved; today's models rebuild them
         if name.startswith("model.vision_tower.vision_tower."):
-            converted["model.vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")] = tensor
+            key = name.removeprefix("model.vision_tower.vision_tower.")
+            if key not in tower_keys and key.removeprefix("vision_model.") in tower_keys:
+                key = key.removeprefix("vision_model.")  # today's CLIPVisionModel names them without the prefix
+            converted["model.vision_tower." + key] = tensor
         elif name.startswith("model.mm_projector."):
             # nn.Sequential(Linear, GELU, Linear, ...): linear k sits at index 2 (k - 1); `linear` has no index.
             match = re.match(r"model\.mm_projector\.(?:(\d+)\.)?(weight|bias)$", name)

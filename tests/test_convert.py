@@ -44,10 +44,13 @@ def save_original(
     dtype=torch.float32,
     vision: str | None = None,
     text: str | None = None,
+    tower: CLIPVisionModel | None = None,
 ):
-    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, tower named only.
+    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, the tower named.
 
-    `text` is the Llama (weights and tokenizer files) it starts from; the session's BPE Llama by default.
+    `text` is the Llama (weights and tokenizer files) it starts from; the session's BPE Llama by default. With
+    `tower`, its weights are saved too, as the original's trainer writes them (`model.vision_tower.vision_tower.*`,
+    with the `position_ids` buffer the transformers of its day saved, as also each layer's rotary `inv_freq`).
     """
     text = text or checkpoints["llama"]
     llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
@@ -66,6 +69,15 @@ def save_original(
             "model.mm_projector.2.bias": torch.randn(width) / 4,
         }
     weights = {name: tensor.to(dtype) for name, tensor in {**llm.state_dict(), **projector}.items()}
+    if tower is not None:
+        prefix = "model.vision_tower.vision_tower.vision_model."  # CLIP's weight names in the original's day
+        weights |= {prefix + k.removeprefix("vision_model."): v.to(dtype) for k, v in tower.state_dict().items()}
+        positions = tower.config.image_size // tower.config.patch_size
+        weights["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(
+            positions**2 + 1
+        )[None]
+        for layer in range(llm.config.num_hidden_layers):
+            weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
     folder.mkdir(parents=True)
     save_torch_state_dict(weights, folder, max_shard_size="20KB")
     config = llm.config.to_dict() | {
@@ -88,14 +100,24 @@ def save_original(
 
 
 def original_reference_logits(folder: Path, clip: str, pixel_values: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """The original LLaVA's forward, written out: tower layer -2 without CLS, mm_projector, splice at -200."""
+    """The original LLaVA's forward, written out: tower layer -2 without CLS, mm_projector, splice at -200.
+
+    The tower is the checkpoint's own where it holds one, else the one at `clip`."""
     config = json.loads((folder / "config.json").read_text())
     weights = {}
     for file in sorted(folder.glob("*.safetensors")):
         weights.update(load_file(file))
     llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if not k.startswith("mm_")})).eval()
-    llm.load_state_dict({k: v.float() for k, v in weights.items() if "mm_projector" not in k})
     tower = CLIPVisionModel.from_pretrained(clip).eval()
+    prefix = "model.vision_tower.vision_tower.vision_model."
+    embedded = {k.removeprefix(prefix): v.float() for k, v in weights.items() if k.startswith(prefix)}
+    if embedded:
+        names = set(tower.state_dict())
+        tower.load_state_dict(
+            {(k if k in names else f"vision_model.{k}"): v for k, v in embedded.items() if "position_ids" not in k}
+        )
+    language = {k: v.float() for k, v in weights.items() if "mm_projector" not in k and "vision_tower" not in k}
+    llm.load_state_dict({k: v for k, v in language.items() if "inv_freq" not in k})
     if config["mm_projector_type"] == "linear":
         projector = nn.Linear(32, llm.config.hidden_size)
     else:
@@ -118,9 +140,15 @@ def expand2square(image: Image.Image, mean: list[float]) -> Image.Image:
     return square
 
 
+@pytest.mark.parametrize("with_tower", [False, True], ids=["tower-named", "tower-in-checkpoint"])
 @pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear"])
-def test_original_checkpoint_converts_with_equal_logits(tmp_path, checkpoints, projector_type):
-    source = save_original(tmp_path / "original", checkpoints, projector_type)
+def test_original_checkpoint_converts_with_equal_logits(tmp_path, checkpoints, projector_type, with_tower):
+    """With the tower's weights in the checkpoint (a tower trained apart from `mm_vision_tower`'s), those are used."""
+    tower = None
+    if with_tower:
+        torch.manual_seed(7)
+        tower = CLIPVisionModel(CLIPVisionModel.from_pretrained(checkpoints["clip"]).config)
+    source = save_original(tmp_path / "original", checkpoints, projector_type, tower=tower)
     assert detect_format(source) == "original"
     convert(source, tmp_path / "plugin")
     model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
