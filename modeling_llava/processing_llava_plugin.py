@@ -46,10 +46,6 @@ def tokenizer_with_image_token(text_checkpoint: str, **kwargs):
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    if getattr(tokenizer, "legacy", None) is not None:
-        # Llama's `legacy` decides the text after a special token (`</s>USER` vs `</s>▁USER`); transformers does not
-        # write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize differently.
-        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     return tokenizer
 
 
@@ -87,6 +83,13 @@ class LlavaPluginProcessor(ProcessorMixin):
                 f"it with `extra_special_tokens={{'image_token': {self.image_token!r}}}`."
             )
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        if getattr(tokenizer, "legacy", None) is not None:
+            # Llama's `legacy` decides the text after a special token (`</s>USER` vs `</s>▁USER`); transformers does
+            # not write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize otherwise.
+            tokenizer.init_kwargs["legacy"] = tokenizer.legacy
+        # A tokenizer that writes `▁` before a text but not a second one before a text that starts with a space
+        # (transformers' fast Llama tokenizers; SentencePiece, which the original ran, writes both).
+        self._collapses_leading_space = tokenizer.tokenize("a") == tokenizer.tokenize(" a")
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
@@ -162,9 +165,15 @@ class LlavaPluginProcessor(ProcessorMixin):
                 ids += [self.image_token_id] * self.image_seq_length
                 offsets += [(0, 0)] * self.image_seq_length
             if piece:
-                tokens = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+                # A fresh text starting with a space gets SentencePiece's `▁` and then the space's own; give the
+                # space twice to a tokenizer that would fold them, and map offsets back onto `text`.
+                shift = int(self._collapses_leading_space and piece.startswith(" "))
+                tokens = self.tokenizer(" " * shift + piece, add_special_tokens=False, return_offsets_mapping=True)
                 ids += tokens["input_ids"]
-                offsets += [(begin + start, end + start) for begin, end in tokens["offset_mapping"]]
+                offsets += [
+                    (max(begin - shift, 0) + start, max(end - shift, 0) + start)
+                    for begin, end in tokens["offset_mapping"]
+                ]
             start += len(piece) + len(self.image_token)
         return ids, offsets
 

@@ -104,9 +104,10 @@ def test_each_image_marker_becomes_image_seq_length_tokens(checkpoints, vision, 
 
     assert processor.image_seq_length == image_tokens
     assert len(out["pixel_values"]) == 3
+    # One run of image tokens per marker; the text ids around them: test_original_tokenization.py.
     for text, ids in zip(texts, out["input_ids"], strict=True):
-        expected = expand_image_ids(processor.tokenizer(text).input_ids, processor.image_token_id, image_tokens)
-        assert ids == expected
+        runs = "".join("i" if token == processor.image_token_id else "." for token in ids).split(".")
+        assert [len(run) for run in runs if run] == [image_tokens] * text.count("<image>")
 
 
 def test_nested_images_per_sample_expand_like_a_flat_list(processor):
