@@ -1,9 +1,11 @@
 """`llava convert`: original LLaVA and llava-hf checkpoints in, this plugin's and llava-hf out, with equal logits.
 
-The tests build tiny checkpoints of each format themselves. References: an original-LLaVA checkpoint is run by a
-reimplementation of the original's forward written here from plain Llama / CLIP / nn.Sequential modules (features of
-the second-to-last layer, CLS dropped, spliced at the -200 sentinel); a llava-hf checkpoint by transformers' built-in
-`LlavaForConditionalGeneration`; pixels by CLIP's own image processor after the original's `expand2square`.
+The tests build tiny checkpoints of each format themselves, the original's in its own key layout and config fields.
+References: an original-LLaVA checkpoint is run by a reimplementation of the original's forward written here from
+plain Llama / CLIP / nn.Sequential modules (features of `mm_vision_select_layer`, CLS dropped, spliced at the -200
+sentinel) on ids from the original's preprocessing (`tests/original_llava.py`, on SentencePiece); a llava-hf
+checkpoint by transformers' built-in `LlavaForConditionalGeneration`; pixels by CLIP's own image processor, after the
+original's `expand2square` where the checkpoint pads.
 """
 
 import json
@@ -32,6 +34,7 @@ from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, 
 from modeling_llava.convert_checkpoint import convert, detect_format
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
 from tests.conftest import random_image
+from tests.original_llava import OriginalLlava
 
 SENTINEL = -200  # the original's IMAGE_TOKEN_INDEX
 PROMPT = "USER: What is the colour of the square? ASSISTANT:"
@@ -45,12 +48,17 @@ def save_original(
     vision: str | None = None,
     text: str | None = None,
     tower: CLIPVisionModel | None = None,
+    select_layer: int = -2,
+    pad: bool = True,
+    safetensors: bool = True,
 ):
     """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, the tower named.
 
     `text` is the Llama (weights and tokenizer files) it starts from; the session's BPE Llama by default. With
     `tower`, its weights are saved too, as the original's trainer writes them (`model.vision_tower.vision_tower.*`,
     with the `position_ids` buffer the transformers of its day saved, as also each layer's rotary `inv_freq`).
+    LLaVA v1 is `projector_type="linear", select_layer=-1, pad=False`; LLaVA-1.5 the defaults. `safetensors=False`
+    writes sharded `pytorch_model-*.bin` files, as the original's older checkpoints are.
     """
     text = text or checkpoints["llama"]
     llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
@@ -79,16 +87,16 @@ def save_original(
         for layer in range(llm.config.num_hidden_layers):
             weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
     folder.mkdir(parents=True)
-    save_torch_state_dict(weights, folder, max_shard_size="20KB")
+    save_torch_state_dict(weights, folder, max_shard_size="20KB", safe_serialization=safetensors)
     config = llm.config.to_dict() | {
         "model_type": "llava_llama",
         "architectures": ["LlavaLlamaForCausalLM"],
         "mm_vision_tower": vision or checkpoints["clip"],
         "mm_projector_type": projector_type,
         "mm_hidden_size": 32,
-        "mm_vision_select_layer": -2,
+        "mm_vision_select_layer": select_layer,
         "mm_vision_select_feature": "patch",
-        "image_aspect_ratio": "pad",
+        "image_aspect_ratio": "pad" if pad else "square",
         "mm_use_im_start_end": False,
         "mm_use_im_patch_token": False,
         "tune_mm_mlp_adapter": False,
@@ -100,13 +108,16 @@ def save_original(
 
 
 def original_reference_logits(folder: Path, clip: str, pixel_values: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """The original LLaVA's forward, written out: tower layer -2 without CLS, mm_projector, splice at -200.
+    """The original LLaVA's forward, written out: the tower's `mm_vision_select_layer` without CLS, mm_projector,
+    splice at -200.
 
     The tower is the checkpoint's own where it holds one, else the one at `clip`."""
     config = json.loads((folder / "config.json").read_text())
     weights = {}
     for file in sorted(folder.glob("*.safetensors")):
         weights.update(load_file(file))
+    for file in sorted(folder.glob("pytorch_model*.bin")):
+        weights.update(torch.load(file, weights_only=True))
     llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if not k.startswith("mm_")})).eval()
     tower = CLIPVisionModel.from_pretrained(clip).eval()
     prefix = "model.vision_tower.vision_tower.vision_model."
@@ -126,7 +137,8 @@ def original_reference_logits(folder: Path, clip: str, pixel_values: torch.Tenso
         {k.removeprefix("model.mm_projector."): v.float() for k, v in weights.items() if "mm_" in k}
     )
     with torch.no_grad():
-        features = tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        features = tower(pixel_values, output_hidden_states=True).hidden_states[config["mm_vision_select_layer"]]
+        features = features[:, 1:]
         position = ids.index(SENTINEL)
         text = llm.get_input_embeddings()(torch.tensor([ids[:position] + ids[position + 1 :]]))
         embeds = torch.cat([text[:, :position], projector(features), text[:, position:]], dim=1)
@@ -140,39 +152,56 @@ def expand2square(image: Image.Image, mean: list[float]) -> Image.Image:
     return square
 
 
-@pytest.mark.parametrize("with_tower", [False, True], ids=["tower-named", "tower-in-checkpoint"])
-@pytest.mark.parametrize("projector_type", ["mlp2x_gelu", "linear"])
-def test_original_checkpoint_converts_with_equal_logits(tmp_path, checkpoints, projector_type, with_tower):
-    """With the tower's weights in the checkpoint (a tower trained apart from `mm_vision_tower`'s), those are used."""
+ORIGINAL_LAYOUTS = {
+    "v1-linear-last-layer-bin": {"projector_type": "linear", "select_layer": -1, "pad": False, "safetensors": False},
+    "v1.5-mlp-pad": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True},
+    "v1.5-tower-in-checkpoint": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "tower": True},
+}
+
+
+@pytest.mark.parametrize("layout", ORIGINAL_LAYOUTS.values(), ids=ORIGINAL_LAYOUTS.keys())
+def test_original_layouts_convert_end_to_end(tmp_path, checkpoints, sentencepiece_llama, layout):
+    """A conversation through the original (its preprocessing, on SentencePiece, into its forward) and through the
+    converted plugin's own processor and model: equal ids, logits and greedy tokens. The Llama ships
+    `tokenizer.model` only and reads non-legacy, as LLaVA-1.5's does."""
+    text, spm = sentencepiece_llama
+    layout = dict(layout)
     tower = None
-    if with_tower:
+    if layout.pop("tower", False):
         torch.manual_seed(7)
         tower = CLIPVisionModel(CLIPVisionModel.from_pretrained(checkpoints["clip"]).config)
-    source = save_original(tmp_path / "original", checkpoints, projector_type, tower=tower)
-    assert detect_format(source) == "original"
+    source = save_original(tmp_path / "original", checkpoints, text=text, tower=tower, **layout)
     convert(source, tmp_path / "plugin")
     model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "plugin")
-    assert (model.config.projector_type, model.config.vision_feature_layer) == (projector_type, -2)
-    assert model.config.vision_feature_select_strategy == "default"
+
+    question = "What is the colour of the square?"
+    original = OriginalLlava(spm.serialized_model_proto(), legacy=False, image_token_id=SENTINEL, image_seq_length=1)
+    segments = original.vicuna_v1_segments([{"from": "human", "value": f"{question}\n<image>"}], True)
+    original_ids = original.tokenizer_image_token("".join(part for part, _ in segments))
 
     image = random_image(3, size=(40, 52))
     clip_processor = CLIPImageProcessor.from_pretrained(checkpoints["clip"])
-    expected_pixels = clip_processor(expand2square(image, clip_processor.image_mean), return_tensors="pt")
-    inputs = processor(images=image, text="<image>\n" + PROMPT, return_tensors="pt")
-    torch.testing.assert_close(inputs["pixel_values"], expected_pixels["pixel_values"], atol=1e-6, rtol=0)
+    square = expand2square(image, clip_processor.image_mean) if layout["pad"] else image
+    pixel_values = clip_processor(square, return_tensors="pt")["pixel_values"]
+    messages = [{"role": "user", "content": [{"type": "text", "text": question}, {"type": "image"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    torch.testing.assert_close(inputs["pixel_values"], pixel_values, atol=1e-6, rtol=0)
+    image_run = [model.config.image_token_id] * model.config.image_seq_length
+    position = original_ids.index(SENTINEL)
+    assert inputs["input_ids"][0].tolist() == original_ids[:position] + image_run + original_ids[position + 1 :]
 
-    text_ids = processor.tokenizer("\n" + PROMPT, add_special_tokens=False)["input_ids"]
-    bos = [processor.tokenizer.bos_token_id] if processor.tokenizer.bos_token_id is not None else []
-    reference = original_reference_logits(
-        source, checkpoints["clip"], inputs["pixel_values"], bos + [SENTINEL] + text_ids
-    )
-    image_ids = [model.config.image_token_id] * model.config.image_seq_length
-    assert inputs["input_ids"][0].tolist() == bos + image_ids + text_ids
+    greedy = []
     with torch.no_grad():
         logits = model(**inputs).logits
-    vocab = reference.shape[-1]
-    torch.testing.assert_close(logits[..., :vocab], reference, atol=1e-5, rtol=1e-5)
+        for _ in range(4):
+            reference = original_reference_logits(source, checkpoints["clip"], pixel_values, original_ids + greedy)
+            greedy.append(int(reference[0, -1].argmax()))
+        generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    reference = original_reference_logits(source, checkpoints["clip"], pixel_values, original_ids)
+    torch.testing.assert_close(logits[..., : reference.shape[-1]], reference, atol=1e-4, rtol=1e-4)
+    assert generated[0, inputs["input_ids"].shape[1] :].tolist() == greedy
 
 
 def test_an_original_checkpoint_with_a_tokenizer_model_only_converts(tmp_path, checkpoints, sentencepiece_llama):

@@ -1,33 +1,24 @@
 """Token ids and labels against the original LLaVA's preprocessing, for legacy, non-legacy and no-key Llama tokenizers.
 
-The reference is written here from the original's description and runs on SentencePiece itself, not on transformers'
-tokenizers: the conversation is rendered as `conv_vicuna_v1.get_prompt()` renders it (an empty turn as a bare
-`ROLE:`), each `<image>` moved to the start of its turn (`preprocess_multimodal`), then tokenized as
-`tokenizer_image_token` does: BOS once, every piece between `<image>` markers as a fresh text, read as the original's
-slow Llama tokenizer reads it (`</s>`/`<s>` are special tokens; after one, a legacy tokenizer starts a fresh text,
-with SentencePiece's `▁` prefix, a non-legacy one continues without it). Labels: per round, the user part up to
-`ASSISTANT:` is masked and the answer with its `</s>` supervised; for `plain`, the image is masked and the caption
-with its newline supervised.
+The reference (`tests/original_llava.py`) is written from the original's description and runs on SentencePiece
+itself. Every path that tokenizes is compared with it: the training collators (padded and padding-free), the
+prompts that `llava chat`, `llava eval` and the pipeline build through the processor, `sample_length`, and the
+processor after saving and reloading.
 """
 
 import json
-import re
 import shutil
 
 import pytest
-import sentencepiece
 from datasets import Dataset
-from sentencepiece import sentencepiece_model_pb2
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor
-from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
 from processing.collator import LlavaDataCollator
 from processing.llava_data import read_records, sample_length
 from processing.padding_free import LlavaPaddingFreeCollator
 from tests.conftest import random_image
+from tests.original_llava import IGNORE, OriginalLlava
 
-IGNORE = -100
-SPECIAL = re.compile(r"(</s>|<s>)")
 LEGACY_MODES = {"legacy-true": True, "legacy-false": False, "no-legacy-key": None}
 Q1, A1 = "What is the colour of the square?", "The square is red."
 Q2, A2 = "Where is the blue circle?", "The blue circle is at the top left of the image."
@@ -69,92 +60,6 @@ CAPTIONS = {
     "caption": {"image": "a.png", "conversations": [human("<image>\nDescribe it."), gpt("A red square, top left.")]},
     "unicode-caption": {"image": "a.png", "conversations": [human("Describe it.\n<image>"), gpt(UNICODE)]},
 }
-
-
-class OriginalLlava:
-    """The original's rendering, `tokenizer_image_token` and label masks, on SentencePiece (see module docstring)."""
-
-    def __init__(self, proto: bytes, legacy: bool, image_token_id: int, image_seq_length: int):
-        self.fresh = sentencepiece.SentencePieceProcessor(model_proto=proto)
-        model = sentencepiece_model_pb2.ModelProto()
-        model.ParseFromString(proto)
-        model.normalizer_spec.add_dummy_prefix = False
-        self.continued = sentencepiece.SentencePieceProcessor(model_proto=model.SerializeToString())
-        self.legacy = legacy
-        self.image = [image_token_id] * image_seq_length
-        self.special = {"<s>": self.fresh.bos_id(), "</s>": self.fresh.eos_id()}
-
-    @staticmethod
-    def multimodal(value: str) -> str:
-        """`preprocess_multimodal`: the image to the start of its turn. The original knows one image per sample; a
-        turn with several puts each first the same way (`<image>\\n` apiece)."""
-        if "<image>" not in value:
-            return value
-        return ("<image>\n" * value.count("<image>") + value.replace("<image>", "").strip()).strip()
-
-    def vicuna_v1_segments(self, conversations: list[dict], generation_prompt: bool) -> list[tuple[str, bool]]:
-        """`conv_vicuna_v1.get_prompt()`, cut into (text, supervised) segments: answers and their `</s>` are.
-
-        Cuts fall before a space or at a special token, where SentencePiece never merges across, and neighbours
-        with the same supervision are joined, so the cuts change no id (the test checks it against the whole text).
-        """
-        segments, separator = [(VICUNA_V1_SYSTEM, False)], " "
-        for index, turn in enumerate(conversations):
-            role, value = ("USER", "ASSISTANT")[index % 2], self.multimodal(turn["value"])
-            if not value:
-                segments.append((f"{separator}{role}:", False))
-                separator = ""
-            elif role == "USER":
-                segments.append((f"{separator}USER: {value}", False))
-                separator = " "
-            else:
-                segments += [(f"{separator}ASSISTANT:", False), (f" {value}</s>", True)]
-                separator = ""
-        if generation_prompt:
-            segments.append((f"{separator}ASSISTANT:", False))
-        joined = [segments[0]]
-        for text, supervised in segments[1:]:
-            if supervised == joined[-1][1]:
-                joined[-1] = (joined[-1][0] + text, supervised)
-            else:
-                joined.append((text, supervised))
-        return joined
-
-    @staticmethod
-    def plain_segments(conversations: list[dict]) -> list[tuple[str, bool]]:
-        """`preprocess_plain`: the image alone, then the caption and the separator `\\n`."""
-        return [("<image>", False), (conversations[1]["value"] + "\n", True)]
-
-    def encode(self, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
-        """Ids and labels. Each `<image>`-separated piece is a fresh text; inside it, the text after a special token
-        is fresh (legacy) or continues (non-legacy), any other segment boundary continues the text."""
-        ids, labels = [self.fresh.bos_id()], [IGNORE]
-        fresh = True
-        for text, supervised in segments:
-            for index, piece in enumerate(text.split("<image>")):
-                if index:
-                    ids += self.image
-                    labels += [IGNORE] * len(self.image)
-                    fresh = True
-                for part in SPECIAL.split(piece):
-                    if part in self.special:
-                        new, fresh = [self.special[part]], self.legacy
-                    elif part:
-                        new, fresh = (self.fresh if fresh else self.continued).encode(part), False
-                    else:
-                        continue
-                    ids += new
-                    labels += new if supervised else [IGNORE] * len(new)
-        return ids, labels
-
-    def tokenizer_image_token(self, prompt: str) -> list[int]:
-        """The original's function itself: BOS, then every piece tokenized alone, one image run between pieces."""
-        ids = [self.fresh.bos_id()]
-        for index, piece in enumerate(prompt.split("<image>")):
-            if index:
-                ids += self.image
-            ids += self.encode([(piece, False)])[0][1:]
-        return ids
 
 
 @pytest.fixture(scope="module")
