@@ -14,6 +14,7 @@ from transformers.utils import is_torchvision_available
 
 from .chat_templates import CHAT_TEMPLATES
 from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS, image_seq_length_for
+from .prompt_tokenization import encode_prompt, folds_leading_space
 
 IMAGE_TOKEN = "<image>"
 # The text keyword arguments `__call__` honours; everything else goes to the image processor.
@@ -87,9 +88,7 @@ class LlavaPluginProcessor(ProcessorMixin):
             # Llama's `legacy` decides the text after a special token (`</s>USER` vs `</s>▁USER`); transformers does
             # not write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize otherwise.
             tokenizer.init_kwargs["legacy"] = tokenizer.legacy
-        # A tokenizer that writes `▁` before a text but not a second one before a text that starts with a space
-        # (transformers' fast Llama tokenizers; SentencePiece, which the original ran, writes both).
-        self._collapses_leading_space = tokenizer.tokenize("a") == tokenizer.tokenize(" a")
+        self._folds_leading_space = folds_leading_space(tokenizer)
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
@@ -145,37 +144,17 @@ class LlavaPluginProcessor(ProcessorMixin):
         return self.image_token * self.image_seq_length
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids of one prompt as the original's `tokenizer_image_token` builds them, with offsets into `text`.
-
-        The BOS comes first, once: the one the chat template wrote at the start of `text`, else the one the tokenizer
-        adds to a fresh text when `add_special_tokens`. Then each piece between `<image>` markers is tokenized on its
-        own, without special tokens, and the markers become runs of `image_seq_length` image tokens.
-        """
-        bos = self.tokenizer.bos_token
-        start = 0
-        ids, offsets = [], []
-        if bos is not None and text.startswith(bos):
-            start = len(bos)
-            ids, offsets = [self.tokenizer.bos_token_id], [(0, 0)]
-        elif add_special_tokens:
-            ids = self.tokenizer("", add_special_tokens=True)["input_ids"]  # what the tokenizer opens a text with
-            offsets = [(0, 0)] * len(ids)
-        for index, piece in enumerate(text[start:].split(self.image_token)):
-            if index:
-                ids += [self.image_token_id] * self.image_seq_length
-                offsets += [(0, 0)] * self.image_seq_length
-            if piece:
-                # A fresh text starting with a space gets SentencePiece's `▁` and then the space's own; give the
-                # space twice to a tokenizer that would fold them, and map offsets back onto `text`.
-                shift = int(self._collapses_leading_space and piece.startswith(" "))
-                tokens = self.tokenizer(" " * shift + piece, add_special_tokens=False, return_offsets_mapping=True)
-                ids += tokens["input_ids"]
-                offsets += [
-                    (max(begin - shift, 0) + start, max(end - shift, 0) + start)
-                    for begin, end in tokens["offset_mapping"]
-                ]
-            start += len(piece) + len(self.image_token)
-        return ids, offsets
+        """Ids of one prompt as the original's `tokenizer_image_token` builds them, with offsets into `text` (see
+        `prompt_tokenization.encode_prompt`)."""
+        return encode_prompt(
+            self.tokenizer,
+            text,
+            self.image_token,
+            self.image_token_id,
+            self.image_seq_length,
+            add_special_tokens=add_special_tokens,
+            folds_space=self._folds_leading_space,
+        )
 
     def validate_inputs(self, images=None, text=None, **kwargs) -> None:
         """Per-sample check when images come nested per sample (`[[img], [img, img]]`), then the generic checks."""

@@ -118,7 +118,7 @@ def test_auto_classes_load_the_plugin(llava_checkpoint):
 def test_checkpoint_ships_its_code_and_auto_map(llava_checkpoint):
     files = {path.name for path in Path(llava_checkpoint).iterdir()}
     assert {"configuration_llava_plugin.py", "modeling_llava_plugin.py", "processing_llava_plugin.py"} <= files
-    assert "chat_templates.py" in files  # imported by the processor module, so copied with it
+    assert {"chat_templates.py", "prompt_tokenization.py"} <= files  # imported by the processor, so copied with it
     auto_map = json.loads((Path(llava_checkpoint) / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageTextToText"] == "modeling_llava_plugin.LlavaPluginForConditionalGeneration"
     processor_config = json.loads((Path(llava_checkpoint) / "processor_config.json").read_text())

@@ -50,12 +50,6 @@ RECORDS = {
         "conversations": [human(f"<image>\n{Q1}"), gpt("It reads </s> and <s> and </s > here."), human(Q2), gpt(A2)],
     },
 }
-# Text that starts with a space right after a special token, in legacy mode: SentencePiece (the original's slow
-# tokenizer) writes its `▁` prefix and then the space's own (`▁`, `▁and`); transformers' fast Llama tokenizer folds
-# them (`▁and`). The processor handles that at the start of a piece (after BOS or an image, as in an image-only user
-# turn); inside a piece it is the tokenizer's own reading, which the processor does not redo.
-SPACE_AFTER_SPECIAL_TOKEN = "legacy: text after a special token that starts with a space gets one ▁, not two"
-KNOWN_DEVIATIONS = {("special-token-text-in-answer", "legacy-true")}
 CAPTIONS = {
     "caption": {"image": "a.png", "conversations": [human("<image>\nDescribe it."), gpt("A red square, top left.")]},
     "unicode-caption": {"image": "a.png", "conversations": [human("Describe it.\n<image>"), gpt(UNICODE)]},
@@ -108,9 +102,7 @@ def collate(processor, rows: list[dict], template: str, padding_free: bool = Fal
 
 @pytest.mark.parametrize("mode", LEGACY_MODES)
 @pytest.mark.parametrize("name", RECORDS)
-def test_vicuna_v1_training_ids_and_labels_are_the_originals(setups, data, mode, name, request):
-    if (name, mode) in KNOWN_DEVIATIONS:
-        request.applymarker(pytest.mark.xfail(reason=SPACE_AFTER_SPECIAL_TOKEN, strict=True))
+def test_vicuna_v1_training_ids_and_labels_are_the_originals(setups, data, mode, name):
     processor, original = setups[mode]
     row = next(row for row in read_records(**data) if row["id"] == name)
     expected_ids, expected_labels = original.encode(original.vicuna_v1_segments(RECORDS[name]["conversations"], False))
@@ -136,8 +128,7 @@ def test_plain_training_ids_and_labels_are_the_originals(setups, data, mode):
 @pytest.mark.parametrize("mode", LEGACY_MODES)
 def test_padding_free_rows_hold_the_same_ids_and_labels(setups, data, mode):
     processor, original = setups[mode]
-    exact = {name for name in RECORDS if (name, mode) not in KNOWN_DEVIATIONS}
-    rows = [row for row in read_records(**data) if row["id"] in exact]
+    rows = [row for row in read_records(**data) if row["id"] in RECORDS]
     batch = collate(processor, rows, "vicuna_v1", padding_free=True)
     bounds = batch["cu_seq_lens_q"].tolist()
     for index, row in enumerate(rows):
