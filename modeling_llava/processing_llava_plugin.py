@@ -111,6 +111,7 @@ class LlavaPluginProcessor(ProcessorMixin):
                 "as the special token, as the original does."
             )
         kwargs.pop("return_text_replacement_offsets", None)  # offsets already point into the text as given
+        images, texts, _, _ = self.prepare_inputs_layout(images=images, text=texts)  # fetches paths and URLs
         self.validate_inputs(images=images, text=texts)
         data = dict(super().__call__(images=images, **kwargs)) if images is not None else {}
 

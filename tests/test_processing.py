@@ -120,6 +120,20 @@ def test_nested_images_per_sample_expand_like_a_flat_list(processor):
         np.testing.assert_array_equal(nested[key], flat[key])
 
 
+def test_image_paths_are_read_like_images(processor, tmp_path):
+    """TRL's collator hands the processor the image paths of each sample, nested per sample."""
+    texts = ["<image>\nOne image.", "<image> and <image>\nTwo images."]
+    images = [random_image(seed) for seed in range(3)]
+    paths = []
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"{index}.png")
+        paths.append(str(tmp_path / f"{index}.png"))
+    from_paths = processor(text=texts, images=[paths[:1], paths[1:]], padding=True, return_tensors="np")
+    from_images = processor(text=texts, images=[images[:1], images[1:]], padding=True, return_tensors="np")
+    for key in from_images:
+        np.testing.assert_array_equal(from_paths[key], from_images[key])
+
+
 def test_text_without_images_is_only_tokenized(processor):
     out = processor(text=[Q1, Q2])
     assert "pixel_values" not in out
