@@ -4,10 +4,14 @@ A card is rendered from `templates/llava_card.md` through `ModelCard.from_templa
 (`pipeline_tag`, `library_name`, `base_model`, `datasets`, `license`, tags and, when evaluation results sit in the
 folder, `model-index`). Everything in it is read from the folder itself: the config or adapter/projector config, the
 safetensors headers (parameter counts, without loading weights), `llava_run.json` (written by the trainer: stage and
-hyperparameters) and the evaluation result files. So a card can be rendered for any folder at any time, and the
-trainer simply re-renders it at each save.
+hyperparameters) and the evaluation result files. So a card can be rendered for any folder at any time: the trainer
+re-renders it at each save, `llava eval` after each result, `llava push` before each upload.
+
+A written card ends with a comment holding the SHA-256 of the text above it. A README.md without that comment, or
+whose text no longer matches it, was written or edited by hand, and is never replaced unless asked (`overwrite`).
 """
 
+import hashlib
 import json
 import math
 import re
@@ -24,6 +28,8 @@ SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+CARD_NAME = "README.md"
+_CARD_HASH = re.compile(r"\n<!-- llava-plugin card sha256:([0-9a-f]{64}) -->\n$")
 
 Kind = Literal["checkpoint", "adapter", "projector"]
 
@@ -226,15 +232,56 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     )
 
 
-def write_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
-    """Renders the folder's card and writes it to `folder/README.md`."""
-    path = Path(folder) / "README.md"
-    render_model_card(folder, repo_id, license).save(path)
+def card_text(card: ModelCard) -> str:
+    """The card's text with the comment that tells a generated card from a hand-edited one."""
+    text = str(card)
+    return f"{text}\n<!-- llava-plugin card sha256:{hashlib.sha256(text.encode()).hexdigest()} -->\n"
+
+
+def card_is_generated(folder: str | Path) -> bool:
+    """Whether `folder/README.md` is missing or exactly as this project last wrote it (safe to regenerate)."""
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        return True
+    text = path.read_text()
+    match = _CARD_HASH.search(text)
+    return match is not None and hashlib.sha256(text[: match.start()].encode()).hexdigest() == match.group(1)
+
+
+def write_model_card(
+    folder: str | Path, repo_id: str | None = None, license: str | None = None, overwrite: bool = False
+) -> Path | None:
+    """Renders the folder's card into `folder/README.md`; leaves a hand-edited card alone (None) unless `overwrite`."""
+    if not (overwrite or card_is_generated(folder)):
+        return None
+    path = Path(folder) / CARD_NAME
+    staging = path.with_name(f".{CARD_NAME}.tmp")
+    staging.write_text(card_text(render_model_card(folder, repo_id, license)))
+    staging.replace(path)
     return path
 
 
+def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
+    """Rewrites a checkpoint's card so that its `model-index` holds the new results; says what happened."""
+    try:
+        folder_kind(folder)
+    except ValueError:
+        return f"No model card updated: {str(folder)!r} is not a saved checkpoint, adapter or projector."
+    path = write_model_card(folder, overwrite=overwrite)
+    if path is None:
+        return (
+            f"{str(Path(folder) / CARD_NAME)!r} was edited by hand and is left as it is; --overwrite-card "
+            "regenerates it with these results."
+        )
+    return f"Model card updated with these results: {path}"
+
+
 __all__ = [
+    "CARD_NAME",
     "RUN_INFO_NAME",
+    "card_is_generated",
+    "card_text",
+    "refresh_card_after_eval",
     "describe_checkpoint",
     "folder_kind",
     "parameter_counts",

@@ -3,8 +3,9 @@
 Everything goes up in one commit through `huggingface_hub.HfApi.create_commit`, so a repo never holds half a push.
 A folder is checked before anything is sent: it must be one of the three things this project saves, and a full
 checkpoint must carry `auto_map` and its code, without which it would not load with `trust_remote_code=True` on the
-Hub. A folder without a README.md gets the card of `hub_cards.model_card`, rendered in memory: pushing never writes,
-moves or deletes anything in the local folder.
+Hub. The card goes up freshly rendered from the run record and every evaluation result in the folder (in memory:
+pushing never writes, moves or deletes anything in the local folder), unless the folder's README.md was edited by
+hand: that one goes up as it is, unless `overwrite_card`.
 """
 
 import json
@@ -14,7 +15,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from .model_card import folder_kind, render_model_card
+from .model_card import CARD_NAME, card_is_generated, card_text, folder_kind, render_model_card
 
 # What transformers' `Trainer.push_to_hub` leaves out of a training output folder (intermediate `checkpoint-N`
 # folders, `_`-prefixed scratch), plus what no model repo wants.
@@ -101,6 +102,7 @@ def push_to_hub(
     revision: str | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    overwrite_card: bool = False,
 ) -> str:
     """Uploads a saved folder to the model repo `repo_id` in one commit and returns the commit's URL.
 
@@ -118,6 +120,8 @@ def push_to_hub(
             Default: `HF_TOKEN`, else the token saved by `hf auth login`.
         commit_message (`str`, *optional*):
             Default: "Upload {kind} with llava push".
+        overwrite_card (`bool`):
+            Upload a freshly rendered card even where the folder's README.md was edited by hand.
     """
     folder = Path(folder)
     kind = check_folder(folder)
@@ -125,10 +129,12 @@ def push_to_hub(
     token = token or get_token()
     if token is None:
         raise PushError(f"Cannot push to {repo_id!r}: no Hugging Face token: set HF_TOKEN or run `hf auth login`.")
+    if overwrite_card or card_is_generated(folder):
+        files.pop(CARD_NAME, None)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files.items()]
-    if not (folder / "README.md").is_file():
-        card = str(render_model_card(folder, repo_id=repo_id))
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    if CARD_NAME not in files:
+        card = card_text(render_model_card(folder, repo_id=repo_id))
+        operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode()))
 
     api = HfApi(token=token)
     target = f"{repo_id!r}" + (f" (branch {revision!r})" if revision else "")

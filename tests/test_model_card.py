@@ -11,7 +11,15 @@ import pytest
 from huggingface_hub import ModelCard
 from peft import get_peft_model
 
-from hub_cards.model_card import RUN_INFO_NAME, folder_kind, render_model_card, write_model_card
+from hub_cards.model_card import (
+    RUN_INFO_NAME,
+    card_is_generated,
+    card_text,
+    folder_kind,
+    refresh_card_after_eval,
+    render_model_card,
+    write_model_card,
+)
 from modeling_llava import LlavaPluginForConditionalGeneration
 from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
@@ -111,3 +119,22 @@ def test_a_folder_of_something_else_is_refused(tmp_path, checkpoints):
         render_model_card(checkpoints["llama"])
     with pytest.raises(ValueError, match="none of what this project saves"):
         render_model_card(tmp_path)
+
+
+def test_a_card_edited_by_hand_is_never_rewritten_unless_asked(tmp_path, llava_checkpoint):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(llava_checkpoint, folder)
+    assert card_is_generated(folder)  # no card yet: one may be written
+    path = write_model_card(folder)
+    assert path.read_text() == card_text(render_model_card(folder)) and card_is_generated(folder)
+
+    path.write_text(path.read_text().replace("## ", "## Edited by hand: ", 1))
+    edited = path.read_text()
+    assert not card_is_generated(folder)
+    assert write_model_card(folder) is None and path.read_text() == edited
+    assert "edited by hand" in refresh_card_after_eval(folder)
+    assert write_model_card(folder, overwrite=True) == path and card_is_generated(folder)
+
+    path.write_text("# My own card\n")  # written without this project: no hash comment
+    assert not card_is_generated(folder)
+    assert "not a saved checkpoint" in refresh_card_after_eval(tmp_path)

@@ -21,7 +21,13 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from trl import ModelConfig
 
-from hub_cards.model_card import RUN_INFO_NAME, render_model_card
+from hub_cards.model_card import (
+    RUN_INFO_NAME,
+    SCIENCEQA_RESULTS,
+    card_text,
+    render_model_card,
+    write_model_card,
+)
 from hub_cards.push import PushError, files_to_push, push_to_hub
 from modeling_llava import LlavaPluginForConditionalGeneration
 from tests.conftest import random_image
@@ -112,7 +118,7 @@ def test_push_uploads_the_folder_byte_for_byte_and_the_rendered_card(hub, folder
     assert not (folders[kind] / "README.md").exists()
 
     card = remote["README.md"].decode()
-    assert card == str(render_model_card(folders[kind], repo_id=pushed[kind]))
+    assert card == card_text(render_model_card(folders[kind], repo_id=pushed[kind]))
     metadata = ModelCard(card).data
     assert metadata.pipeline_tag == "image-text-to-text"
     assert metadata.library_name == LIBRARY[kind]
@@ -232,3 +238,26 @@ def test_training_with_push_to_hub_pushes_loadable_described_checkpoints(hub, ch
     assert ModelCard(final["README.md"].decode()).data.pipeline_tag == "image-text-to-text"
     assert json.loads(final[RUN_INFO_NAME])["progress"]["steps done"] == 2
     assert "config.json" not in hub.files("tester/stage1-run", "main")  # everything went to the branch
+
+
+def test_push_sends_a_card_with_every_result_and_keeps_one_edited_by_hand(hub, llava_checkpoint, tmp_path):
+    """Train -> eval -> push: the pushed card is rendered from the folder as it is now, results included."""
+    folder = tmp_path / "trained"
+    shutil.copytree(llava_checkpoint, folder)
+    write_model_card(folder)  # what training leaves: a generated card, no results yet
+    results = {"split": "test", "accuracy": 0.625, "columns": {"NAT": 0.5, "Average": 0.625}}
+    (folder / SCIENCEQA_RESULTS).write_text(json.dumps(results))  # what `llava eval scienceqa` adds
+
+    llava(["push", str(folder), "tester/with-results"])
+    card = hub.files("tester/with-results")["README.md"].decode()
+    assert card == card_text(render_model_card(folder, repo_id="tester/with-results"))
+    assert [(r.dataset_name, r.metric_value) for r in ModelCard(card).data.eval_results] == [("ScienceQA", 62.5)]
+
+    edited = (folder / "README.md").read_text().replace("## ", "## Edited by hand: ", 1)
+    (folder / "README.md").write_text(edited)
+    llava(["push", str(folder), "tester/edited"])
+    assert hub.files("tester/edited")["README.md"].decode() == edited
+    llava(["push", str(folder), "tester/overwritten", "--overwrite-card"])
+    expected = card_text(render_model_card(folder, repo_id="tester/overwritten"))
+    assert hub.files("tester/overwritten")["README.md"].decode() == expected
+    assert (folder / "README.md").read_text() == edited  # pushing never writes the local folder

@@ -8,17 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import EvalResult
+from huggingface_hub import EvalResult, ModelCard
 
-from hub_cards.model_card import render_model_card
+from hub_cards.model_card import card_text, render_model_card
 from tests.conftest import random_image
 from trainers.cli import main as llava
 from trainers.evaluation.scienceqa import (
     RESULTS_NAME,
     ScienceQAError,
     build_prompt,
-    extract_choice,
+    lenient_choice,
     load_problems,
+    paper_choice,
     score,
 )
 
@@ -49,19 +50,24 @@ PROBLEMS = {
     "p6": problem("language science", 9, "Some  text.", False, 0),  # LAN TXT G7-12
     "p7": problem("natural science", 6, "", True, 1),  # NAT IMG G1-6 (image in the DIR/<split>/ layout)
     "p8": problem("social science", 12, "A map.", True, 2),  # SOC TXT IMG G7-12
+    "p9": problem("natural science", 4, " ", False, 1),  # NAT TXT G1-6: a whitespace hint is text to the scorer
 }
-# What the model "said", and whether that is right: 4 of 8 correct, p4 and p6 unreadable (E is no option of 3).
-OUTPUTS = ["A", "(C)", "The answer is B.", "I am not sure.", "C. fox", "E", "B", "A"]
+# What the model "said". Paper mode (eval_science_qa.py's three rules) reads p1 "A", p3 (one "The answer is B."), p5
+# ("C. "), p7 "B", p8 "A"; it cannot read p2 "(C)", p4, p6 ("E" is no option of 3) nor p9 "(B)". Right: p1, p3, p5,
+# p7: 4 of 9. The lenient reading also reads p2 (C, wrong) and p9 (B, right): 5 of 9.
+OUTPUTS = ["A", "(C)", "The answer is B.", "I am not sure.", "C. fox", "E", "B", "A", "The answer is (B)."]
 EXPECTED_COLUMNS = {
-    "NAT": 2 / 3,  # p1 yes, p2 no, p7 yes
+    "NAT": 2 / 4,  # p1 yes, p2 no, p7 yes, p9 no
     "SOC": 1 / 3,  # p3 yes, p4 no, p8 no
     "LAN": 1 / 2,  # p5 yes, p6 no
-    "TXT": 1 / 4,  # p1 yes, p4 no, p6 no, p8 no
+    "TXT": 1 / 5,  # p1 yes, p4 no, p6 no, p8 no, p9 no
     "IMG": 2 / 4,  # p1 yes, p2 no, p7 yes, p8 no
-    "NO": 2 / 2,  # p3 yes, p5 yes
-    "G1-6": 4 / 4,  # p1, p3, p5, p7
+    "NO": 2 / 2,  # p3 yes, p5 yes (p9's hint is whitespace, so not NO)
+    "G1-6": 4 / 5,  # p1, p3, p5, p7 yes; p9 no
     "G7-12": 0 / 4,  # p2, p4, p6, p8
+    "Average": 4 / 9,
 }
+EXPECTED_LENIENT = EXPECTED_COLUMNS | {"NAT": 3 / 4, "TXT": 2 / 5, "G1-6": 5 / 5, "Average": 5 / 9}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +131,33 @@ def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
 
 
 @pytest.mark.parametrize(
+    "output, num_choices, expected",
+    [
+        ("A", 3, 0),
+        ("  A\n", 3, 0),  # the original's generator strips the answer before its scorer reads it
+        ("A. apple", 3, 0),
+        ("A.apple", 3, None),
+        ("a", 3, None),
+        ("A) apple", 3, None),
+        ("(A)", 3, None),
+        ("Answer: A", 3, None),
+        ("C", 2, None),  # past the choices
+        ("E", 5, 4),
+        ("The answer is B.", 3, 1),
+        ("Think twice. The answer is B!", 3, 1),  # any one character after the letter
+        ("The answer is B", 3, None),  # ... but one is needed
+        ("The answer is (B).", 3, None),
+        ("the answer is B.", 3, None),
+        ("The answer is A. Again, the answer is A. The answer is A.", 3, None),  # two matches, even agreeing
+        ("The answer is E.", 3, None),
+        ("C\nBecause foxes are red.", 3, None),
+    ],
+)
+def test_paper_mode_reads_answers_as_the_original_scorer(output, num_choices, expected):
+    assert paper_choice(output, num_choices) == expected
+
+
+@pytest.mark.parametrize(
     "output, expected",
     [
         ("A", 0),
@@ -143,26 +176,34 @@ def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
         ("", None),
     ],
 )
-def test_answer_extraction(output, expected):
-    assert extract_choice(output, num_choices=3) == expected
+def test_lenient_reading(output, expected):
+    assert lenient_choice(output, num_choices=3) == expected
 
 
-def test_accuracy_and_columns_match_the_hand_count(release):
+def test_paper_accuracy_and_columns_match_the_hand_count(release):
     results = score(load_problems(release, "test"), OUTPUTS)
-    assert results["accuracy"] == 4 / 8
+    assert results["accuracy"] == 4 / 9
     assert results["columns"] == pytest.approx(EXPECTED_COLUMNS)
     assert results["column_counts"] == {
-        "NAT": 3,
+        "NAT": 4,
         "SOC": 3,
         "LAN": 2,
-        "TXT": 4,
+        "TXT": 5,
         "IMG": 4,
         "NO": 2,
-        "G1-6": 4,
+        "G1-6": 5,
         "G7-12": 4,
+        "Average": 9,
     }
-    assert results["unparseable"] == [{"pid": "p4", "output": "I am not sure."}, {"pid": "p6", "output": "E"}]
-    assert [p["choice"] for p in results["predictions"]] == ["A", "C", "B", None, "C", None, "B", "A"]
+    unreadable = {"p2": "(C)", "p4": "I am not sure.", "p6": "E", "p9": "The answer is (B)."}
+    assert results["unparseable"] == [{"pid": pid, "output": output} for pid, output in unreadable.items()]
+    assert [p["choice"] for p in results["predictions"]] == ["A", None, "B", None, "C", None, "B", "A", None]
+
+
+def test_lenient_scores_are_their_own(release):
+    results = score(load_problems(release, "test"), OUTPUTS, lenient_choice)
+    assert results["accuracy"] == 5 / 9
+    assert results["columns"] == pytest.approx(EXPECTED_LENIENT)
 
 
 def test_bad_data_is_named(release, tmp_path):
@@ -183,25 +224,39 @@ def test_bad_data_is_named(release, tmp_path):
 def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_checkpoint, tmp_path):
     model = tmp_path / "tiny-llava"
     shutil.copytree(llava_checkpoint, model)  # results go to the model folder by default, where its card reads them
-    llava(["eval", "scienceqa", str(model), "--data", str(release), "--batch-size", "3", "--device", "cpu"])
+    command = ["eval", "scienceqa", str(model), "--data", str(release), "--batch-size", "3", "--device", "cpu"]
+    llava([*command, "--max-new-tokens", "12", "--lenient"])
     results = json.loads((model / RESULTS_NAME).read_text())
     assert not list(model.glob("*.tmp"))
 
-    assert results["num_questions"] == len(results["predictions"]) == 8
-    assert results["accuracy"] == sum(p["correct"] for p in results["predictions"]) / 8
-    rescored = score(load_problems(release, "test"), [p["output"] for p in results["predictions"]])
+    assert results["scoring"] == "paper" and results["num_questions"] == len(results["predictions"]) == 9
+    assert results["accuracy"] == sum(p["correct"] for p in results["predictions"]) / 9
+    outputs = [p["output"] for p in results["predictions"]]
+    rescored = score(load_problems(release, "test"), outputs)
     assert {key: results[key] for key in rescored} == rescored
+    lenient = score(load_problems(release, "test"), outputs, lenient_choice)
+    assert results["lenient"] == {key: value for key, value in lenient.items() if key != "predictions"}
     [entry] = results["model_index"]
     assert EvalResult(**entry).metric_value == round(100 * results["accuracy"], 2)
     assert (entry["dataset_name"], entry["metric_type"], entry["dataset_split"]) == ("ScienceQA", "accuracy", "test")
 
-    card = render_model_card(model)
-    assert any(r.dataset_name == "ScienceQA" for r in card.data.eval_results)
+    card = ModelCard.load(model / "README.md")  # the checkpoint's own card, updated in place
+    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [
+        ("ScienceQA", round(100 * results["accuracy"], 2))
+    ]
     assert f"{100 * results['accuracy']:.2f}%" in card.text
+    assert (model / "README.md").read_text() == card_text(render_model_card(model))
+
+    edited = (model / "README.md").read_text().replace("## ", "## Edited by hand: ", 1)
+    (model / "README.md").write_text(edited)
+    llava([*command, "--max-new-tokens", "4"])
+    assert (model / "README.md").read_text() == edited  # a card edited by hand is left alone ...
+    llava([*command, "--max-new-tokens", "4", "--overwrite-card"])
+    assert (model / "README.md").read_text() == card_text(render_model_card(model))  # ... unless asked
 
     # The static KV cache (the GPU default) decodes the same answers.
     static = tmp_path / "static"
-    llava(["eval", "scienceqa", str(model), "--data", str(release), "--output-dir", str(static), "--static-cache"])
+    llava([*command, "--max-new-tokens", "12", "--output-dir", str(static), "--static-cache"])
     static_results = json.loads((static / RESULTS_NAME).read_text())
     assert [p["output"] for p in static_results["predictions"]] == [p["output"] for p in results["predictions"]]
 
@@ -210,6 +265,7 @@ def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_che
 def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tmp_path):
     """`python -m trainers.cli eval scienceqa`, in a process where nothing registered the Auto classes beforehand."""
     command = ["eval", "scienceqa", llava_checkpoint, "--data", str(release), "--output-dir", str(tmp_path)]
+    command += ["--max-new-tokens", "8"]
     result = subprocess.run([sys.executable, "-m", "trainers.cli", *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "ScienceQA test: " in result.stdout and (tmp_path / RESULTS_NAME).is_file()
+    assert "ScienceQA test (paper mode): " in result.stdout and (tmp_path / RESULTS_NAME).is_file()

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     push_parser.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
     push_parser.add_argument("--private", action="store_true", help="create the repo private (if it is created)")
     push_parser.add_argument("--revision", help="branch to commit to, created from main if missing")
+    push_parser.add_argument(
+        "--overwrite-card", action="store_true", help="upload a freshly rendered card even over one edited by hand"
+    )
 
     convert_parser = commands.add_parser(
         "convert",
@@ -134,7 +137,13 @@ def main(argv: list[str] | None = None) -> None:
         from hub_cards.push import PushError, push_to_hub
 
         try:
-            url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
+            url = push_to_hub(
+                args.folder,
+                args.repo_id,
+                private=args.private,
+                revision=args.revision,
+                overwrite_card=args.overwrite_card,
+            )
         except PushError as error:
             sys.exit(str(error))
         print(f"Pushed {args.folder} to {url}")

@@ -7,18 +7,23 @@ Data: the ScienceQA release (`DIR/problems.json`, `DIR/pid_splits.json`, images 
 ... (B) ...\\nAnswer with the option's letter from the given choices directly.`, the image first when the problem has
 one, in the checkpoint's chat template; answers come from batched greedy generation.
 
-An answer counts when its letter can be read (`A`, `(A)`, `A.`, `A. text`, `(A) text`, `Answer: A`, `The answer is
-A.`) and is the right one; an answer whose letter cannot be read, or names no option of the problem, counts as wrong
-and is listed. Columns follow ScienceQA's own scorer: subject NAT / SOC / LAN; context TXT (a hint), IMG (an image),
-NO (neither), so a problem with both counts in TXT and in IMG; grades G1-6 / G7-12.
+Paper mode (the default) scores as the original release does, so the number stands beside the paper's: greedy
+answers of up to 1024 new tokens (LLaVA-1.5's `sqa.sh`), read by `eval_science_qa.py`'s rules only (the whole answer
+is a letter A-E; or it starts with `X. `; or `The answer is X` followed by one character occurs exactly once), a
+letter past the problem's choices or an unreadable answer counting wrong; columns as ScienceQA's own scorer
+(`tools/evaluate_acc.py`) defines them: subject NAT / SOC / LAN; context TXT (a non-empty hint, whitespace
+included), IMG (an image), NO (neither), so a problem with both counts in TXT and in IMG; grades G1-6 / G7-12;
+Average over all. `--lenient` adds a separately labelled result read by a tolerant parser (`(A)`, `A.`,
+`Answer: A`, `the answer is (A)`, ...); every answer paper mode could not read is listed.
 
 `OUTPUT/scienceqa_results.json` (written whole at the end, never half) holds:
-- `accuracy`: correct / questions, a fraction in [0, 1]; `num_questions`; `split`; `model`;
-- `columns`: `{"NAT": fraction, ...}` for every column that has questions; `column_counts`: questions per column;
+- `scoring`: `"paper"`; `accuracy`: correct / questions, a fraction in [0, 1]; `num_questions`; `split`; `model`;
+- `columns`: `{"NAT": fraction, ..., "Average": fraction}` for every column that has questions; `column_counts`;
 - `unparseable`: `[{"pid", "output"}]`; `predictions`: `[{"pid", "output", "choice", "answer", "correct"}]`
   (`choice` and `answer` are letters, `choice` null when unreadable);
 - `model_index`: `[EvalResult kwargs]` for `huggingface_hub.EvalResult` (task, dataset "ScienceQA", metric
-  "accuracy", value in percent as the paper reports it).
+  "accuracy", value in percent as the paper reports it);
+- with `--lenient`: `lenient`, the same scores read by the tolerant parser.
 """
 
 import argparse
@@ -28,12 +33,18 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub_cards.model_card import refresh_card_after_eval
+
 from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
-COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
+COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Average")
+# eval_science_qa.py's options; ScienceQA problems have at most five choices.
+PAPER_OPTIONS = "ABCDE"
+# Verbatim from eval_science_qa.py: the "." is any one character, and it must be there.
+_PAPER_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 
 # The letter stays upper case, so that "a" in prose never counts. Leading: "A", "(A)", "A.", "A. text", "(A) text",
@@ -68,8 +79,9 @@ def build_prompt(problem: dict) -> str:
 
 
 def problem_columns(problem: dict) -> tuple[str, ...]:
-    """The paper's columns a problem counts in (ScienceQA's scorer: a hint and an image count in both TXT and IMG)."""
-    has_text, has_image = bool(problem.get("hint", "").strip()), bool(problem.get("image"))
+    """The paper's columns a problem counts in, as ScienceQA's scorer decides them: a hint (any non-empty string, even
+    whitespace, which the prompt shows as N/A) and an image count in both TXT and IMG; NO is neither."""
+    has_text, has_image = bool(problem.get("hint")), bool(problem.get("image"))
     grade = int(problem["grade"].removeprefix("grade"))
     columns = [SUBJECTS[problem["subject"]]]
     if has_text:
@@ -78,11 +90,24 @@ def problem_columns(problem: dict) -> tuple[str, ...]:
         columns.append("IMG")
     if not (has_text or has_image):
         columns.append("NO")
-    return (*columns, "G1-6" if grade <= 6 else "G7-12")
+    return (*columns, "G1-6" if grade <= 6 else "G7-12", "Average")
 
 
-def extract_choice(output: str, num_choices: int) -> int | None:
-    """The option index an answer names, or None when no letter can be read or it names no option."""
+def paper_choice(output: str, num_choices: int) -> int | None:
+    """The option index as the original's `eval_science_qa.py` reads it from the stripped answer, else None."""
+    text = output.strip()
+    if text in PAPER_OPTIONS:
+        letter = text
+    elif len(text) >= 3 and text[0] in PAPER_OPTIONS and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        found = _PAPER_ANSWER_IS.findall(text)
+        letter = found[0] if len(found) == 1 else None  # two matches fail even when they agree
+    return PAPER_OPTIONS.index(letter) if letter and letter in PAPER_OPTIONS[:num_choices] else None
+
+
+def lenient_choice(output: str, num_choices: int) -> int | None:
+    """The option index an answer names by a tolerant reading (`--lenient`), or None."""
     text = output.strip()
     match = _LEADING_LETTER.match(text)
     if match:
@@ -160,14 +185,14 @@ def load_problems(data: str | Path, split: str = "test") -> list[Problem]:
     return loaded
 
 
-def score(problems: list[Problem], outputs: list[str]) -> dict:
+def score(problems: list[Problem], outputs: list[str], read_choice=paper_choice) -> dict:
     """Accuracy overall and per column, with every prediction and the unreadable ones listed."""
     if len(problems) != len(outputs):
         raise ValueError(f"Got {len(outputs)} outputs for {len(problems)} problems.")
     predictions, correct = [], dict.fromkeys(COLUMNS, 0)
     counts = dict.fromkeys(COLUMNS, 0)
     for problem, output in zip(problems, outputs, strict=True):
-        choice = extract_choice(output, problem.num_choices)
+        choice = read_choice(output, problem.num_choices)
         hit = choice == problem.answer
         for column in problem.columns:
             counts[column] += 1
@@ -212,9 +237,10 @@ def evaluate(
     output_dir: str | Path,
     split: str = "test",
     batch_size: int = 8,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 1024,
     device: str | None = None,
     static_cache: bool | None = None,
+    lenient: bool = False,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
     problems = load_problems(data, split)
@@ -230,8 +256,10 @@ def evaluate(
         desc="ScienceQA",
         static_cache=static_cache,
     )
-    results = {"model": str(model_path), "split": split, **score(problems, outputs)}
+    results = {"model": str(model_path), "split": split, "scoring": "paper", **score(problems, outputs)}
     results["model_index"] = model_index(results["accuracy"], split)
+    if lenient:
+        results["lenient"] = {k: v for k, v in score(problems, outputs, lenient_choice).items() if k != "predictions"}
     output = Path(output_dir) / RESULTS_NAME
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(output.name + ".tmp")
@@ -241,12 +269,17 @@ def evaluate(
 
 
 def print_report(results: dict, path: Path) -> None:
-    print(f"ScienceQA {results['split']}: {100 * results['accuracy']:.2f}% of {results['num_questions']} questions")
+    print(
+        f"ScienceQA {results['split']} (paper mode): {100 * results['accuracy']:.2f}% of "
+        f"{results['num_questions']} questions"
+    )
     print("  ".join(f"{column} {100 * value:.2f}" for column, value in results["columns"].items()))
     unparseable = [item["pid"] for item in results["unparseable"]]
     if unparseable:
         listed = ", ".join(unparseable[:20]) + (" ..." if len(unparseable) > 20 else "")
-        print(f"{len(unparseable)} answers named no option (counted wrong; all listed in the results): {listed}")
+        print(f"{len(unparseable)} answers paper mode could not read (counted wrong; all in the results): {listed}")
+    if "lenient" in results:
+        print(f"Lenient reading (not the paper's scoring): {100 * results['lenient']['accuracy']:.2f}%")
     print(f"Written to {path}")
 
 
@@ -256,7 +289,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split of pid_splits.json (and the image folder's name)")
     parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="default: the original evaluation's 1024")
+    parser.add_argument("--lenient", action="store_true", help="also score with a tolerant parser (labelled apart)")
+    parser.add_argument("--overwrite-card", action="store_true", help="regenerate a model card edited by hand")
     add_decoding_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -274,8 +309,19 @@ def run(args: argparse.Namespace) -> None:
         args.max_new_tokens,
         args.device,
         args.static_cache,
+        args.lenient,
     )
     print_report(results, Path(output_dir) / RESULTS_NAME)
+    print(refresh_card_after_eval(output_dir, args.overwrite_card))
 
 
-__all__ = ["Problem", "ScienceQAError", "build_prompt", "evaluate", "extract_choice", "load_problems", "score"]
+__all__ = [
+    "Problem",
+    "ScienceQAError",
+    "build_prompt",
+    "evaluate",
+    "lenient_choice",
+    "load_problems",
+    "paper_choice",
+    "score",
+]
