@@ -26,6 +26,7 @@ RUN_INFO_NAME = "llava_run.json"
 # Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
+OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CARD_NAME = "README.md"
@@ -148,7 +149,8 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
     rows, results = [], []
     scienceqa = _read_json(folder / SCIENCEQA_RESULTS)
     if scienceqa is not None:
-        rows += _benchmark_rows("ScienceQA", "accuracy", "{:.2%}", scienceqa["accuracy"], scienceqa.get("columns", {}))
+        metric = f"accuracy ({scienceqa.get('scoring', 'lenient')} scoring)"
+        rows += _benchmark_rows("ScienceQA", metric, "{:.2%}", scienceqa["accuracy"], scienceqa.get("columns", {}))
         results.append(
             EvalResult(
                 task_type="visual-question-answering",
@@ -161,9 +163,11 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
         )
     bench = _read_json(folder / LLAVA_BENCH_RESULTS)
     if bench is not None:
-        rows += _benchmark_rows(
-            "LLaVA-Bench", "relative score", "{:.1f}", bench["overall"], bench.get("categories", {})
+        metric = (
+            f"relative score ({bench.get('scoring', 'strict')} scoring, judge {bench.get('judge', '?')}, "
+            f"judge prompts: {bench.get('judge_prompts', OWN_JUDGE_PROMPTS)})"
         )
+        rows += _benchmark_rows("LLaVA-Bench", metric, "{:.1f}", bench["overall"], bench.get("categories", {}))
         results.append(
             EvalResult(
                 task_type="image-text-to-text",

@@ -1,5 +1,6 @@
-"""LLaVA-Bench: score parsing, the relative score computed by hand from a scripted judge behind a real loopback server,
-retries of unreadable replies, the cache that makes a rerun free, and a local judge model's unreadable replies."""
+"""LLaVA-Bench: score parsing, the relative score computed by hand from a scripted judge behind a real loopback server
+(paper mode, as the original scripts score, and strict mode with its retries), the cache that makes a rerun free, and
+a local judge model's unreadable replies."""
 
 import json
 import re
@@ -16,6 +17,7 @@ from trainers.evaluation.llava_bench import (
     RESULTS_NAME,
     LlavaBenchError,
     load_questions,
+    paper_scores,
     parse_scores,
 )
 from trainers.tiny_backbones import save_tiny_language_model
@@ -64,7 +66,7 @@ def bench(tmp_path_factory) -> Path:
     return root
 
 
-def scripted_judge():
+def scripted_judge(replies_by_question: dict[str, list[str]] = JUDGE_REPLIES):
     asked: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -72,10 +74,29 @@ def scripted_judge():
         question = re.search(r"\[Question\]\n(.*)\n", body["messages"][-1]["content"]).group(1)
         with lock:
             attempt = asked[question] = asked.get(question, -1) + 1
-        replies = JUDGE_REPLIES[question]
+        replies = replies_by_question[question]
         return replies[min(attempt, len(replies) - 1)]
 
     return reply
+
+
+# A rule file in the release's format; the prompts are this test's own words.
+RULES = {
+    key: {"role": "Assistant", "prompt": f"Rate both ({key}). First line: two scores, separated by a space."}
+    for key in ("llava_bench_conv", "llava_bench_detail", "llava_bench_complex", "default")
+}
+# Paper mode asks once per question and reads the first line as the original's parse_score does.
+PAPER_REPLIES = {
+    "What is on the table?": ["8 6\nAnswer 2 misses the cup."],  # (8, 6)
+    "Describe the image in detail.": ["7,7\nBoth are fine."],  # a comma is a space: (7, 7)
+    "Why is the man running?": ["8, 9\nComma and space."],  # three parts: (-1, -1), averaged in
+    "What colour is his shirt?": ["9 4.5"],  # (9, 4.5)
+}
+# By hand, means rounded to 3 decimals, then 100 x model / reference rounded to 1: conversation (6 + 4.5) / 2 = 5.25
+# over (8 + 9) / 2 = 8.5 -> 61.8; detail 7 / 7 -> 100.0; complex -1 / -1 -> 100.0; overall, the four pooled:
+# (6 + 7 - 1 + 4.5) / 4 = 4.125 over (8 + 7 - 1 + 9) / 4 = 5.75 -> 71.7.
+PAPER_EXPECTED = {"conversation": 61.8, "detail": 100.0, "complex": 100.0}
+PAPER_OVERALL = 71.7
 
 
 def flags(bench: Path, output: Path, *judge: str) -> list[str]:
@@ -110,8 +131,71 @@ def flags(bench: Path, output: Path, *judge: str) -> list[str]:
         ("", None),
     ],
 )
-def test_score_parsing(review, expected):
+def test_strict_score_parsing(review, expected):
     assert parse_scores(review) == expected
+
+
+@pytest.mark.parametrize(
+    "review, expected",
+    [
+        ("8 9\nbecause", (8.0, 9.0)),
+        ("8,9", (8.0, 9.0)),
+        ("8.5 9", (8.5, 9.0)),
+        ("10 7.", (10.0, 7.0)),
+        ("8 9\r", (8.0, 9.0)),
+        ("8, 9", (-1.0, -1.0)),  # the comma becomes a space: three parts
+        ("8 9 ", (-1.0, -1.0)),
+        (" 8 9", (-1.0, -1.0)),
+        ("7  8", (-1.0, -1.0)),
+        ("8\t9", (-1.0, -1.0)),
+        ("8/10 9/10", (-1.0, -1.0)),
+        ("Assistant 1: 8", (-1.0, -1.0)),
+        ("", (-1.0, -1.0)),
+    ],
+)
+def test_paper_score_parsing_is_the_originals(review, expected):
+    assert paper_scores(review) == expected
+
+
+def test_paper_mode_scores_as_the_original_scripts(bench, llava_checkpoint, tmp_path):
+    (tmp_path / "rule.json").write_text(json.dumps(RULES))
+    with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--rules", str(tmp_path / "rule.json")]
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        assert len(server.requests) == 4  # one reply per question, readable or not
+        results = json.loads((tmp_path / RESULTS_NAME).read_text())
+        rule_file = str(tmp_path / "rule.json")
+        assert (results["scoring"], results["judge_prompts"]) == ("paper", f"rule file {rule_file!r}")
+        assert results["categories"] == PAPER_EXPECTED
+        assert results["overall"] == PAPER_OVERALL
+        assert results["scores"]["complex"] == {"reference": -1.0, "model": -1.0, "count": 1}
+        assert [item["question_id"] for item in results["unparseable"]] == ["2"]
+
+        # The judge read exactly the original's messages: its system line, the rule's role and prompt.
+        answers = [json.loads(line) for line in (tmp_path / ANSWERS_NAME).read_text().splitlines()]
+        asked = next(r for r in server.requests if "Why is the man running?" in r["messages"][-1]["content"])
+        assert asked["messages"][0] == {
+            "role": "system",
+            "content": "You are a helpful and precise assistant for checking the quality of the answer.",
+        }
+        assert asked["messages"][1]["content"] == (
+            "[Context]\nA man in a red shirt runs.\nA bus is leaving.\n\n[Question]\nWhy is the man running?\n\n"
+            "[Assistant 1]\nReference answer 2.\n\n[End of Assistant 1]\n\n"
+            f"[Assistant 2]\n{answers[2]['text']}\n\n[End of Assistant 2]\n\n"
+            f"[System]\n{RULES['llava_bench_complex']['prompt']}\n\n"
+        )
+
+
+def test_without_a_rule_file_the_results_say_whose_prompts_judged(bench, llava_checkpoint, tmp_path):
+    with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1"]
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert json.loads((tmp_path / RESULTS_NAME).read_text())["judge_prompts"] == "llava-plugin's own"
+    (tmp_path / "rule.json").write_text(json.dumps({"llava_bench_conv": RULES["llava_bench_conv"]}))
+    judge = ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "judge-1"]  # never called: the rules fail first
+    judge += ["--rules", str(tmp_path / "rule.json")]
+    with pytest.raises(LlavaBenchError, match=r"rule.json' has no 'llava_bench_detail' entry"):
+        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
 
 
 def test_missing_context_or_reference_is_named(bench, tmp_path):
@@ -123,9 +207,9 @@ def test_missing_context_or_reference_is_named(bench, tmp_path):
         load_questions(bench / "questions.jsonl", tmp_path / "context.jsonl", bench / "answers_gpt4.jsonl")
 
 
-def test_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(bench, llava_checkpoint, tmp_path):
+def test_strict_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(bench, llava_checkpoint, tmp_path):
     with ScriptedServer(scripted_judge()) as server:
-        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-workers", "2"]
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-workers", "2", "--scoring", "strict"]
         llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
         assert len(server.requests) == 1 + 1 + 2 + 3
         results = json.loads((tmp_path / RESULTS_NAME).read_text())
@@ -164,6 +248,7 @@ def test_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(bench, ll
 def test_a_local_judge_whose_replies_are_unreadable_is_reported(bench, tokenizer, llava_checkpoint, tmp_path):
     judge_model = save_tiny_language_model(tmp_path / "judge", tokenizer)
     judge = ["--judge-model", str(judge_model), "--judge-max-tokens", "4", "--judge-attempts", "2"]
+    judge += ["--scoring", "strict"]
     with pytest.raises(
         LlavaBenchError, match=r"None of the 4 judgements has two readable scores.*questions 0, 1, 2, 3"
     ):

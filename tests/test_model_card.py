@@ -79,18 +79,18 @@ def test_local_backbone_paths_stay_out_of_the_metadata(checkpoint, checkpoints):
 
 
 def test_evaluation_results_become_model_index(checkpoint):
-    (checkpoint / "scienceqa_results.json").write_text(
-        json.dumps({"accuracy": 0.9092, "columns": {"NAT": 0.9036, "IMG": 0.8805}, "split": "test"})
-    )
-    (checkpoint / "llava_bench_results.json").write_text(
-        json.dumps({"overall": 85.1, "categories": {"conversation": 83.1, "detail": 75.3, "complex": 96.5}})
-    )
+    scienceqa = {"accuracy": 0.9092, "columns": {"NAT": 0.9036, "IMG": 0.8805}, "split": "test", "scoring": "paper"}
+    (checkpoint / "scienceqa_results.json").write_text(json.dumps(scienceqa))
+    bench = {"overall": 85.1, "categories": {"conversation": 83.1, "detail": 75.3, "complex": 96.5}}
+    bench |= {"scoring": "paper", "judge": "gpt-4-0314", "judge_prompts": "rule file 'rule.json'"}
+    (checkpoint / "llava_bench_results.json").write_text(json.dumps(bench))
     path = write_model_card(checkpoint, repo_id="someone/llava-test")
     reloaded = ModelCard.load(path)  # what the Hub parses: the metadata block of README.md
     results = {result.dataset_name: result.metric_value for result in reloaded.data.eval_results}
     assert results == {"ScienceQA": 90.92, "LLaVA-Bench (In-the-Wild)": 85.1}
-    assert "| ScienceQA (IMG) | accuracy | 88.05% |" in reloaded.text
-    assert "| LLaVA-Bench (complex) | relative score | 96.5 |" in reloaded.text
+    assert "| ScienceQA (IMG) | accuracy (paper scoring) | 88.05% |" in reloaded.text
+    judged = "relative score (paper scoring, judge gpt-4-0314, judge prompts: rule file 'rule.json')"
+    assert f"| LLaVA-Bench (complex) | {judged} | 96.5 |" in reloaded.text
 
 
 def test_adapter_and_projector_cards(tmp_path, llava_checkpoint, checkpoints):

@@ -5,14 +5,23 @@ Data are LLaVA-Bench's files: questions (`{"question_id", "image", "text", "cate
 (`{"question_id", "text"}`), with the images in `--image-folder` (default: `images/` beside the questions). The
 model answers greedily; the judge (any OpenAI-compatible endpoint, or a local causal LM: `trainers/teacher.py`) sees
 the context, the question, the reference as answer 1 and the model's answer as answer 2, scores each 1-10 for
-helpfulness, relevance, accuracy and detail, and writes the two scores on its first line. A reply without them is
-asked again (`--judge-attempts` in all), then listed as unparseable and left out of the scores.
+helpfulness, relevance, accuracy and detail, and writes the two scores on its first line.
 
-As in the paper, a category's relative score is 100 x (mean model score) / (mean reference score), for conversation,
-detail and complex, and over all questions. Judge calls are cached on disk (`--judge-cache`): an interrupted run, run
-again, pays only for the calls it had not made (greedy answers come out the same). `OUTPUT/llava_bench_answers.jsonl`
-holds the answers; `OUTPUT/llava_bench_results.json` (written whole at the end) holds `overall`, `categories`
-(relative scores), `scores` (mean scores and counts), `unparseable`, `reviews` and `model_index` (`EvalResult` kwargs).
+Paper mode (`--scoring paper`, the default) scores as the original release (`eval_gpt_review_bench.py`,
+`summarize_gpt_review.py`): the judge's prompts come from the benchmark's rule file (`--rules`, the release's
+`rule.json`: per category a role and a prompt; without it the plugin's own prompts are used and the results say so),
+one reply per question, its first line split on single spaces after commas become spaces, anything but two numbers
+kept as -1, -1 and averaged in like any score, the means rounded to 3 decimals before the relative score
+100 x model / reference, rounded to 1. `--scoring strict` is the plugin's own: a reply without two readable scores
+(`7 5`, `7, 5`, `(7.5, 5)`) is asked again (`--judge-attempts` in all), then listed and left out. Either way an
+unreadable reply is listed in the results, and a run with no readable reply at all is an error. A category's
+relative score is over its questions, "overall" over all questions pooled.
+
+Judge calls are cached on disk (`--judge-cache`): an interrupted run, run again, pays only for the calls it had not
+made (greedy answers come out the same). `OUTPUT/llava_bench_answers.jsonl` holds the answers;
+`OUTPUT/llava_bench_results.json` (written whole at the end) holds `scoring`, `judge_prompts`, `overall`,
+`categories` (relative scores), `scores` (mean scores and counts), `unparseable`, `reviews` and `model_index`
+(`EvalResult` kwargs).
 """
 
 import argparse
@@ -21,12 +30,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub_cards.model_card import refresh_card_after_eval
+
 from ..teacher import Message, Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
 from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "llava_bench_results.json"
 ANSWERS_NAME = "llava_bench_answers.jsonl"
 CATEGORIES = {"conv": "conversation", "conversation": "conversation", "detail": "detail", "complex": "complex"}
+# The rule-file key of each category, as the original's judge script names them.
+RULE_KEYS = {"conversation": "llava_bench_conv", "detail": "llava_bench_detail", "complex": "llava_bench_complex"}
+PAPER_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+OWN_PROMPTS = "llava-plugin's own"
 JUDGE_SYSTEM = (
     "You judge answers to questions about an image. You cannot see the image; a written description of it stands in "
     "for it. You are fair and exact, and the order in which answers are shown never sways you."
@@ -97,8 +112,31 @@ def load_questions(
     return loaded
 
 
-def judge_messages(question: Question, answer: str) -> list[Message]:
-    """What the judge reads: the image description, the question, the reference (1) and the model's answer (2)."""
+def load_rules(path: str | Path) -> dict[str, dict[str, str]]:
+    """The judge prompts of a rule file in the original release's format (`{key: {"role", "prompt"}}`)."""
+    try:
+        rules = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise LlavaBenchError(f"Rule file {str(path)!r} cannot be read as JSON: {error}") from error
+    for key in RULE_KEYS.values():
+        if not isinstance(rules.get(key), dict) or not {"role", "prompt"} <= rules[key].keys():
+            raise LlavaBenchError(f"Rule file {str(path)!r} has no {key!r} entry with a 'role' and a 'prompt'.")
+    return rules
+
+
+def judge_messages(question: Question, answer: str, rules: dict | None = None) -> list[Message]:
+    """What the judge reads: the image description, the question, the reference (1) and the model's answer (2).
+
+    With `rules`, exactly the original's messages: its system line, and the category's role and prompt."""
+    if rules is not None:
+        rule = rules[RULE_KEYS.get(question.category, f"llava_bench_{question.category}")]
+        role = rule["role"]
+        content = (
+            f"[Context]\n{question.context}\n\n[Question]\n{question.text}\n\n"
+            f"[{role} 1]\n{question.reference}\n\n[End of {role} 1]\n\n"
+            f"[{role} 2]\n{answer}\n\n[End of {role} 2]\n\n[System]\n{rule['prompt']}\n\n"
+        )
+        return [{"role": "system", "content": PAPER_SYSTEM}, {"role": "user", "content": content}]
     content = (
         f"[Image description]\n{question.context}\n\n[Question]\n{question.text}\n\n"
         f"[Answer 1]\n{question.reference}\n[End of answer 1]\n\n[Answer 2]\n{answer}\n[End of answer 2]\n\n"
@@ -117,12 +155,25 @@ def parse_scores(review: str) -> tuple[float, float] | None:
     return scores if all(0 <= score <= 10 for score in scores) else None
 
 
-def judge(teacher: Teacher, question: Question, answer: str, attempts: int = 3) -> dict:
-    """Asks the judge up to `attempts` times for a reply with two readable scores; keeps every reply."""
+def paper_scores(review: str) -> tuple[float, float]:
+    """The two scores as the original's `parse_score` reads them: the first line, commas as spaces, split on single
+    spaces; anything but exactly two numbers is (-1, -1)."""
+    parts = review.split("\n")[0].replace(",", " ").split(" ")
+    try:
+        return (float(parts[0]), float(parts[1])) if len(parts) == 2 else (-1.0, -1.0)
+    except ValueError:
+        return (-1.0, -1.0)
+
+
+def judge(
+    teacher: Teacher, question: Question, answer: str, attempts: int = 3, rules: dict | None = None, paper=True
+) -> dict:
+    """Paper mode: one reply, read as the original reads it. Strict: up to `attempts` replies until one has two
+    readable scores (else `scores` is None). Every reply is kept."""
     replies = []
-    for attempt in range(attempts):
-        replies.append(teacher.chat(judge_messages(question, answer), attempt=attempt))
-        scores = parse_scores(replies[-1])
+    for attempt in range(1 if paper else attempts):
+        replies.append(teacher.chat(judge_messages(question, answer, rules), attempt=attempt))
+        scores = paper_scores(replies[-1]) if paper else parse_scores(replies[-1])
         if scores is not None:
             break
     return {
@@ -134,8 +185,11 @@ def judge(teacher: Teacher, question: Question, answer: str, attempts: int = 3) 
     }
 
 
-def summarize(judgements: list[dict]) -> dict:
-    """Mean scores and relative score (100 x model / reference) per category and overall, over readable judgements."""
+def summarize(judgements: list[dict], paper: bool = True) -> dict:
+    """Mean scores and relative score (100 x model / reference) per category and overall (all questions pooled).
+
+    Paper mode: every judgement, (-1, -1) included, means rounded to 3 decimals, the relative score to 1, as the
+    original's `summarize_gpt_review.py`. Strict: readable judgements only, unrounded."""
     groups: dict[str, list[tuple[float, float]]] = {}
     for judgement in judgements:
         if judgement["scores"] is not None:
@@ -145,9 +199,11 @@ def summarize(judgements: list[dict]) -> dict:
     for group, pairs in groups.items():
         reference = sum(pair[0] for pair in pairs) / len(pairs)
         model = sum(pair[1] for pair in pairs) / len(pairs)
+        if paper:
+            reference, model = round(reference, 3), round(model, 3)
         scores[group] = {"reference": reference, "model": model, "count": len(pairs)}
-        if reference > 0:
-            relative[group] = 100 * model / reference
+        if reference:  # the original divides whatever the means are: all (-1, -1) gives 100.0
+            relative[group] = round(100 * model / reference, 1) if paper else 100 * model / reference
     return {"overall": relative.pop("overall", None), "categories": relative, "scores": scores}
 
 
@@ -182,8 +238,12 @@ def evaluate(
     max_new_tokens: int = 1024,
     device: str | None = None,
     static_cache: bool | None = None,
+    rules: str | Path | None = None,
+    scoring: str = "paper",
 ) -> dict:
     """Answers the questions, has the judge score them, writes the answers and `llava_bench_results.json`."""
+    paper = scoring == "paper"
+    rule_prompts = load_rules(rules) if rules is not None else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_llava(model_path, device)
@@ -204,12 +264,14 @@ def evaluate(
     _write(output_dir / ANSWERS_NAME, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     pairs = list(zip(questions, answers, strict=True))
-    judgements = list(chat_concurrently(lambda pair: judge(teacher, *pair, attempts), pairs, workers, "judging"))
+    judgements = list(
+        chat_concurrently(lambda pair: judge(teacher, *pair, attempts, rule_prompts, paper), pairs, workers, "judging")
+    )
     order = {question.question_id: index for index, question in enumerate(questions)}
     judgements.sort(key=lambda judgement: order[judgement["question_id"]])
-    unparseable = [j for j in judgements if j["scores"] is None]
-    summary = summarize(judgements)
-    if summary["overall"] is None:
+    unparseable = [j for j in judgements if j["scores"] in (None, (-1.0, -1.0))]
+    summary = summarize(judgements, paper)
+    if summary["overall"] is None or len(unparseable) == len(judgements):
         raise LlavaBenchError(
             f"None of the {len(judgements)} judgements has two readable scores on its first line (questions "
             f"{', '.join(j['question_id'] for j in unparseable[:10])}); the first reply was: "
@@ -218,6 +280,8 @@ def evaluate(
     results = {
         "model": str(model_path),
         "judge": teacher.backend.name,
+        "scoring": scoring,
+        "judge_prompts": f"rule file {str(rules)!r}" if rules is not None else OWN_PROMPTS,
         **summary,
         "num_questions": len(questions),
         "unparseable": [{k: j[k] for k in ("question_id", "category", "replies")} for j in unparseable],
@@ -240,7 +304,10 @@ def evaluate(
 
 
 def print_report(results: dict, teacher: Teacher, path: Path) -> None:
-    print(f"LLaVA-Bench relative score (judge {results['judge']}): {results['overall']:.1f}")
+    print(
+        f"LLaVA-Bench relative score ({results['scoring']} scoring, judge {results['judge']}, judge prompts: "
+        f"{results['judge_prompts']}): {results['overall']:.1f}"
+    )
     for category, value in results["categories"].items():
         scores = results["scores"][category]
         print(
@@ -248,7 +315,8 @@ def print_report(results: dict, teacher: Teacher, path: Path) -> None:
         )
     if results["unparseable"]:
         listed = ", ".join(item["question_id"] for item in results["unparseable"])
-        print(f"{len(results['unparseable'])} judge replies had no readable scores, left out: {listed}")
+        fate = "kept as -1, -1 as the original does" if results["scoring"] == "paper" else "left out"
+        print(f"{len(results['unparseable'])} judge replies had no readable scores, {fate}: {listed}")
     print(f"Judge calls: {teacher.calls} made, {teacher.cache_hits} from the cache. Written to {path}")
 
 
@@ -259,7 +327,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, help="reference answers (jsonl)")
     parser.add_argument("--image-folder", help="default: images/ beside the questions file")
     parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
-    parser.add_argument("--judge-attempts", type=int, default=3, help="asks per question while scores are unreadable")
+    parser.add_argument("--rules", help="the release's rule.json: the judge prompts of the paper (default: our own)")
+    parser.add_argument(
+        "--scoring",
+        choices=["paper", "strict"],
+        default="paper",
+        help="paper: as the original scripts; strict: ask again for unreadable replies, leave them out",
+    )
+    parser.add_argument("--judge-attempts", type=int, default=3, help="strict scoring: asks per question")
+    parser.add_argument("--overwrite-card", action="store_true", help="regenerate a model card edited by hand")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     add_decoding_arguments(parser)
@@ -284,8 +360,21 @@ def run(args: argparse.Namespace) -> None:
         args.max_new_tokens,
         args.device,
         args.static_cache,
+        args.rules,
+        args.scoring,
     )
     print_report(results, teacher, output_dir / RESULTS_NAME)
+    print(refresh_card_after_eval(output_dir, args.overwrite_card))
 
 
-__all__ = ["LlavaBenchError", "Question", "evaluate", "judge", "load_questions", "parse_scores", "summarize"]
+__all__ = [
+    "LlavaBenchError",
+    "Question",
+    "evaluate",
+    "judge",
+    "load_questions",
+    "load_rules",
+    "paper_scores",
+    "parse_scores",
+    "summarize",
+]
