@@ -19,7 +19,17 @@ from .model_card import CARD_NAME, card_is_generated, card_text, folder_kind, re
 
 # What transformers' `Trainer.push_to_hub` leaves out of a training output folder (intermediate `checkpoint-N`
 # folders, `_`-prefixed scratch), plus what no model repo wants.
-IGNORE_PATTERNS = [*DEFAULT_IGNORE_PATTERNS, "checkpoint-*", "_*", "*__pycache__*", "*.pyc", "*.tmp"]
+# `training_args.bin` is Trainer's pickle of its arguments, which may hold a Hub token (this project's trainer keeps
+# it out, other runs may not); no loader needs it, and it is never unpickled to check.
+IGNORE_PATTERNS = [
+    *DEFAULT_IGNORE_PATTERNS,
+    "checkpoint-*",
+    "_*",
+    "*__pycache__*",
+    "*.pyc",
+    "*.tmp",
+    "training_args.bin",
+]
 CODE_CONFIGS = ("config.json", "processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
 HTTP_HINTS = {
     401: "the token was not accepted: check HF_TOKEN or run `hf auth login`",

@@ -261,3 +261,24 @@ def test_push_sends_a_card_with_every_result_and_keeps_one_edited_by_hand(hub, l
     expected = card_text(render_model_card(folder, repo_id="tester/overwritten"))
     assert hub.files("tester/overwritten")["README.md"].decode() == expected
     assert (folder / "README.md").read_text() == edited  # pushing never writes the local folder
+
+
+@pytest.mark.slow
+def test_a_hub_token_is_never_written_nor_uploaded(hub, checkpoints, train_data, tmp_path, monkeypatch):
+    """`--hub_token` reaches the pushes, and no file written or received holds it (Trainer pickles its arguments)."""
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_one")  # the pushes work only with the token given on the command line
+    secret = hub.token
+    args = run_args(
+        checkpoints, train_data, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "1",
+        "--push_to_hub", "true", "--hub_model_id", "tester/token-run", "--hub_token", secret,
+    )  # fmt: skip
+    train("stage1", args)
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in written)
+    assert [path for path in written if secret.encode() in path.read_bytes()] == []
+    uploaded = hub.files("tester/token-run")
+    assert "config.json" in uploaded
+    assert [name for name, content in uploaded.items() if secret.encode() in content] == []
+
+    llava(["push", str(tmp_path / "run"), "tester/token-run-again"])  # `llava push` leaves training_args.bin home
+    assert "training_args.bin" not in hub.files("tester/token-run-again")

@@ -307,3 +307,23 @@ def test_a_saved_checkpoint_trains_with_the_stock_trl_sft_command(llava_checkpoi
     trained = load_file(output / "model.safetensors")
     original = load_file(Path(llava_checkpoint) / "model.safetensors")
     assert any(not torch.equal(trained[name], original[name]) for name in original if "language_model" in name)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "lora"])
+def test_the_same_seed_gives_bit_identical_weights(checkpoints, train_data, tmp_path, stage):
+    """From the backbones (a random projector, random LoRA weights), whatever the process did before."""
+    weights = []
+    for index, seed in enumerate([7, 7, 8]):
+        torch.manual_seed(100 + index)  # the global random state `main` finds differs each time
+        args = run_args(checkpoints, train_data, tmp_path / f"run-{index}", "--seed", str(seed))
+        trainer = main(stage, *parse(args))
+        weights.append({name: value.clone() for name, value in trainer.model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not all(torch.equal(weights[0][name], weights[2][name]) for name in weights[0])  # the seed matters
+
+
+def test_nothing_left_to_train_on_stops_before_training_with_the_counts(checkpoints, train_data, tmp_path):
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--max_length", "20")
+    with pytest.raises(ValueError, match=r"Nothing to train on: .* holds 9 records and 9 of them are longer than"):
+        main("stage2", *parse(args))

@@ -8,11 +8,15 @@
    instead of TRL's text-generation card.
 4. Pushes during training that carry what makes a LLaVA repo loadable and described (remote code, card, run record,
    projector artifact; Trainer copies only config and weights), to a `hub_revision` branch created when missing.
+5. No Hub token on disk: Trainer pickles its arguments, `hub_token` included, into `training_args.bin` of every
+   checkpoint and of each push, and uploads that file. A given `hub_token` is moved into this process's `HF_TOKEN`,
+   where huggingface_hub finds it for every push, and out of the arguments.
 
 Everything else (data collation, loss masking, PEFT wrapping, checkpointing, resuming) is TRL's and transformers'.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,9 @@ class LlavaSFTTrainer(SFTTrainer):
         self.projector_lr = projector_lr
         self.projector_provenance = projector_provenance
         self.run_info = run_info
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.hub_token:
+            os.environ["HF_TOKEN"], training_args.hub_token = training_args.hub_token, None
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
@@ -125,7 +132,7 @@ class LlavaSFTTrainer(SFTTrainer):
             "scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
             "weight decay": args.weight_decay,
             "max length": args.max_length,
-            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "precision": precision(self.model, args),
             "gradient checkpointing": args.gradient_checkpointing,
             "padding-free batches": args.padding_free,
             "attention": self.model.config.text_config._attn_implementation,
@@ -146,4 +153,11 @@ class LlavaSFTTrainer(SFTTrainer):
             self._signature_columns = [*self._signature_columns, "id"]
 
 
-__all__ = ["LlavaSFTTrainer"]
+def precision(model: torch.nn.Module, args) -> str:
+    """What the run computed in, read from the parameters themselves (a recipe's `dtype` can differ from `bf16`)."""
+    dtypes = sorted({str(parameter.dtype).removeprefix("torch.") for parameter in model.parameters()})
+    autocast = " with bf16 autocast" if args.bf16 else " with fp16 autocast" if args.fp16 else ""
+    return f"weights in {', '.join(dtypes)}{autocast}"
+
+
+__all__ = ["LlavaSFTTrainer", "precision"]

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 from datasets import Dataset, load_dataset
-from transformers import AutoProcessor
+from transformers import AutoProcessor, set_seed
 from transformers.utils import logging
 from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
@@ -131,11 +131,18 @@ def load_training_rows(
         rows = convert_records(load_dataset(script_args.dataset_name, split=script_args.dataset_split))
     else:
         raise ValueError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
+    read = len(rows)
     rows, report = drop_overflowing(
         rows, processor, max_length, CHAT_TEMPLATES[stage.template], script_args.on_overflow
     )
     if report is not None and report.dropped:
         logger.warning(report.summary())
+    if not rows:
+        source = script_args.data_path or script_args.dataset_name
+        raise ValueError(
+            f"Nothing to train on: {source!r} holds {read} records and {read - len(rows)} of them are longer than "
+            f"max_length={max_length} tokens. Raise max_length or check the data."
+        )
     return Dataset.from_list(rows), report.dropped if report is not None else []
 
 
@@ -178,6 +185,8 @@ def main(
     stage_name: str, script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig
 ) -> LlavaSFTTrainer:
     stage = get_stage(stage_name)
+    # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
+    set_seed(training_args.seed)
     fill_global_batch(script_args, training_args)
     # TRL's own `padding_free` switch, which TRL refuses for vision data: LlavaPaddingFreeCollator implements it.
     padding_free, training_args.padding_free = training_args.padding_free, False
