@@ -8,21 +8,9 @@ truncation would cut through image tokens and break the token/feature match.
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from .llava_data import DataError
-
-
-def open_image(record_id: str, image: Any) -> Image.Image:
-    """An RGB PIL image from a path (or an already decoded image), with an error naming the record if it is bad."""
-    if not isinstance(image, str):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    except OSError as error:
-        raise DataError(f"Record {record_id!r}: image file {image!r} cannot be read ({error}).") from error
+from .images import open_image
 
 
 @dataclass
@@ -35,14 +23,19 @@ class LlavaDataCollator(DataCollatorForVisionLanguageModeling):
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        # Transparent pixels show the processor's mean colour, the colour LLaVA-1.5 pads with.
+        mean = getattr(self.processor.image_processor, "image_mean", None) or (0, 0, 0)
+        background = tuple(round(255 * value) for value in mean)
         examples = [
             {
                 "messages": example["messages"],
-                "images": [open_image(example.get("id", "?"), image) for image in example.get("images") or []],
+                "images": [
+                    open_image(example.get("id", "?"), image, background) for image in example.get("images") or []
+                ],
             }
             for example in examples
         ]
         return super().torch_call(examples)
 
 
-__all__ = ["LlavaDataCollator", "open_image"]
+__all__ = ["LlavaDataCollator"]

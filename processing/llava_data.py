@@ -36,11 +36,17 @@ def _check_turns(record_id: str, roles: list[str]) -> None:
         raise DataError(f"Record {record_id!r}: no assistant answer to train on.")
 
 
-def _resolve_images(record_id: str, images: Any, image_folder: Path | None) -> list[str]:
+def _resolve_images(record_id: str, images: Any, image_folder: Path | None, allow_outside: bool = False) -> list[str]:
     images = [] if images is None else [images] if isinstance(images, str) else list(images)
     paths = []
     for image in images:
         path = Path(image) if image_folder is None else image_folder / image
+        inside = image_folder is None or path.resolve().is_relative_to(image_folder.resolve())
+        if not (inside or allow_outside):
+            raise DataError(
+                f"Record {record_id!r}: image {image!r} lies outside the image folder {str(image_folder)!r}; "
+                "allow that with --allow_images_outside_folder."
+            )
         if not path.is_file():
             raise DataError(f"Record {record_id!r}: image file {str(path)!r} does not exist.")
         paths.append(str(path))
@@ -92,7 +98,9 @@ def _as_list_content(
     return normalized
 
 
-def from_llava_record(record: dict[str, Any], index: int, image_folder: str | Path | None = None) -> dict[str, Any]:
+def from_llava_record(
+    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+) -> dict[str, Any]:
     """Converts one original LLaVA record into a training row.
 
     The text is kept as written. Like the original `preprocess_multimodal`, each `<image>` is taken out of its turn,
@@ -115,12 +123,16 @@ def from_llava_record(record: dict[str, Any], index: int, image_folder: str | Pa
             raise DataError(f"Record {record_id!r}: turn {turn_index} has no text ('value' must be a string).")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
     _check_turns(record_id, [message["role"] for message in messages])
-    images = _resolve_images(record_id, record.get("image"), Path(image_folder) if image_folder else None)
+    images = _resolve_images(
+        record_id, record.get("image"), Path(image_folder) if image_folder else None, allow_outside
+    )
     messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
     return {"id": record_id, "messages": messages, "images": images}
 
 
-def from_messages_record(record: dict[str, Any], index: int, image_folder: str | Path | None = None) -> dict[str, Any]:
+def from_messages_record(
+    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+) -> dict[str, Any]:
     """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths.
 
     Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
@@ -137,15 +149,20 @@ def from_messages_record(record: dict[str, Any], index: int, image_folder: str |
     raw_images = record.get("images", record.get("image"))
     raw_images = [] if raw_images is None else raw_images if isinstance(raw_images, list) else [raw_images]
     if all(isinstance(image, str) for image in raw_images):
-        images = _resolve_images(record_id, raw_images, Path(image_folder) if image_folder else None)
+        images = _resolve_images(record_id, raw_images, Path(image_folder) if image_folder else None, allow_outside)
     else:  # already decoded images (a Hub dataset with an Image column)
         images = raw_images
     messages = _as_list_content(record_id, messages, len(images), placeholders_required=False)
     return {"id": record_id, "messages": messages, "images": images}
 
 
-def read_records(data_path: str | Path, image_folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """Reads a LLaVA JSON file (a list of records), or a JSON/JSONL file of `messages` rows, into training rows."""
+def read_records(
+    data_path: str | Path, image_folder: str | Path | None = None, allow_outside: bool = False
+) -> list[dict[str, Any]]:
+    """Reads a LLaVA JSON file (a list of records), or a JSON/JSONL file of `messages` rows, into training rows.
+
+    An image path that leads outside `image_folder` (`../`, an absolute path) is refused unless `allow_outside`.
+    """
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"Data file {str(path)!r} does not exist.")
@@ -158,19 +175,21 @@ def read_records(data_path: str | Path, image_folder: str | Path | None = None) 
         raise DataError(f"Data file {str(path)!r} is not valid JSON: {error}") from error
     if not isinstance(records, list):
         raise DataError(f"Data file {str(path)!r} must hold a list of records, got {type(records).__name__}.")
-    return convert_records(records, image_folder)
+    return convert_records(records, image_folder, allow_outside)
 
 
-def convert_records(records: Iterable[dict[str, Any]], image_folder: str | Path | None = None) -> list[dict[str, Any]]:
+def convert_records(
+    records: Iterable[dict[str, Any]], image_folder: str | Path | None = None, allow_outside: bool = False
+) -> list[dict[str, Any]]:
     """Training rows from LLaVA or `messages` records (a list, or a `datasets.Dataset`), in order, none skipped."""
     rows = []
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
         if "conversations" in record:
-            rows.append(from_llava_record(record, index, image_folder))
+            rows.append(from_llava_record(record, index, image_folder, allow_outside))
         elif "messages" in record:
-            rows.append(from_messages_record(record, index, image_folder))
+            rows.append(from_messages_record(record, index, image_folder, allow_outside))
         else:
             raise DataError(f"Record {record.get('id', f'#{index}')!r} has neither 'conversations' nor 'messages'.")
     return rows

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from datasets import Dataset, load_dataset
+from PIL import Image
 from transformers import AutoProcessor, set_seed
 from transformers.utils import logging
 from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
@@ -61,6 +62,12 @@ class LlavaScriptArguments:
         default="drop", metadata={"help": "Samples longer than max_length: drop and list them, or stop."}
     )
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    allow_images_outside_folder: bool = field(
+        default=False, metadata={"help": "Accept image paths that lead outside image_folder (`../`, absolute)."}
+    )
+    max_image_pixels: int = field(
+        default=89_478_485, metadata={"help": "Larger images stop the run, naming record and file (PIL's default)."}
+    )
 
 
 def require_cuda_for_qlora() -> None:
@@ -126,7 +133,7 @@ def load_training_rows(
     Returns the dataset and the dropped samples (`{"id", "length"}`), which the run reports by id.
     """
     if script_args.data_path:
-        rows = read_records(script_args.data_path, script_args.image_folder)
+        rows = read_records(script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder)
     elif script_args.dataset_name:
         rows = convert_records(load_dataset(script_args.dataset_name, split=script_args.dataset_split))
     else:
@@ -187,6 +194,7 @@ def main(
     stage = get_stage(stage_name)
     # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
     set_seed(training_args.seed)
+    Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
     fill_global_batch(script_args, training_args)
     # TRL's own `padding_free` switch, which TRL refuses for vision data: LlavaPaddingFreeCollator implements it.
     padding_free, training_args.padding_free = training_args.padding_free, False

@@ -1,0 +1,66 @@
+"""Decoding a training image into the RGB picture the model should see, whatever the file's mode.
+
+`PIL.Image.convert("RGB")` alone gets several real files wrong: a 16-bit PNG clips to almost white, transparent
+pixels take whatever colour the file stored under them, and a phone photo ignores its EXIF rotation. Each mode is
+decided here, once:
+
+- EXIF orientation is applied first.
+- 16-bit integer modes (`I;16*`) and 32-bit integer `I` are read as 16-bit data (PNG's deep greyscale) and scaled
+  to 8 bits (value / 257); `I` values outside 0-65535 are clipped.
+- Float `F`: values in [0, 1] are scaled by 255, otherwise read as 0-255; then clipped.
+- Transparency (`RGBA`, `LA`, `PA`, palette or greyscale with a transparent colour) is composited onto `background`,
+  the processor's mean colour, the same colour LLaVA-1.5 pads images with.
+- Everything else (`1`, `L`, `P`, `CMYK`, `YCbCr`, `RGB`, ...) goes through PIL's own conversion to RGB.
+
+A file larger than PIL's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`, set by `llava train --max_image_pixels`) is an
+error that names the record and the file, not a warning or a crash in a dataloader worker.
+"""
+
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .llava_data import DataError
+
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """The RGB picture of `image` (see the module docstring for each mode)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in DEEP_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255 if values.size and values.max() <= 1 else values
+        return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+    transparent = image.mode in ("RGBA", "LA", "PA", "RGBa")
+    if transparent or (image.mode in ("P", "L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """An RGB PIL image from a path (or an already decoded image), with an error naming the record if it is bad."""
+    if not isinstance(image, str):
+        return to_rgb(image, background)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(image) as opened:
+                return to_rgb(opened, background)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(
+            f"Record {record_id!r}: image file {image!r} is larger than the pixel limit "
+            f"({Image.MAX_IMAGE_PIXELS:,} pixels; {error}). Resize it, or raise the limit with --max_image_pixels."
+        ) from error
+    except OSError as error:
+        raise DataError(f"Record {record_id!r}: image file {image!r} cannot be read ({error}).") from error
+
+
+__all__ = ["open_image", "to_rgb"]
