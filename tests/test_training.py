@@ -14,11 +14,18 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback
+from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback, set_seed
 
 import trainers.train as train_module
 from hub_cards.model_card import RUN_INFO_NAME
 from tests.conftest import random_image
+from trainers.checkpoints import (
+    COMPLETE_NAME,
+    RunMismatchError,
+    checkpoint_folders,
+    mark_complete,
+    prepare_output_dir,
+)
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
@@ -43,9 +50,9 @@ def train(stage: str, args: list[str]):
 
 
 def starting_model(stage: str, args: list[str]):
-    """The model `main` starts from, rebuilt with the same seed (the projector is random)."""
-    script_args, _, model_args = parse(args)
-    torch.manual_seed(0)
+    """The model `main` starts from, rebuilt with the run's seed (the projector is random)."""
+    script_args, training_args, model_args = parse(args)
+    set_seed(training_args.seed)
     return build_model_and_processor(script_args, model_args, get_stage(stage))[0]
 
 
@@ -327,3 +334,50 @@ def test_nothing_left_to_train_on_stops_before_training_with_the_counts(checkpoi
     args = run_args(checkpoints, train_data, tmp_path / "run", "--max_length", "20")
     with pytest.raises(ValueError, match=r"Nothing to train on: .* holds 9 records and 9 of them are longer than"):
         main("stage2", *parse(args))
+
+
+def test_an_output_dir_is_bound_to_one_run(tmp_path):
+    fingerprint = {"stage": "stage2", "training": {"learning_rate": "0.01"}, "data_sha256": "ab"}
+    assert prepare_output_dir(tmp_path, fingerprint, resume=False, overwrite=False) == (None, [])
+    for step, complete in [(2, True), (4, False)]:  # checkpoint-4's save was killed half-way
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"partial" if not complete else b"whole")
+        if complete:
+            mark_complete(tmp_path / f"checkpoint-{step}", fingerprint, step)
+
+    with pytest.raises(RunMismatchError, match=r"already holds checkpoints \(checkpoint-4, checkpoint-2\): --resume"):
+        prepare_output_dir(tmp_path, fingerprint, resume=False, overwrite=False)
+    resume_from, notes = prepare_output_dir(tmp_path, fingerprint, resume=True, overwrite=False)
+    assert resume_from == tmp_path / "checkpoint-2"
+    assert notes[0].startswith(f"checkpoint-4: no {COMPLETE_NAME}") and notes[-1] == "Resuming from checkpoint-2."
+
+    other = {**fingerprint, "training": {"learning_rate": "0.001"}}
+    with pytest.raises(RunMismatchError, match=r"holds another run \(what differs: training.learning_rate: '0.01' ->"):
+        prepare_output_dir(tmp_path, other, resume=True, overwrite=False)
+    assert prepare_output_dir(tmp_path, other, resume=False, overwrite=True) == (None, [])
+    assert checkpoint_folders(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_resume_passes_over_a_half_written_checkpoint_and_ends_as_an_uninterrupted_run(
+    checkpoints, train_data, tmp_path
+):
+    def args(output_dir: Path, *extra: str) -> list[str]:
+        return run_args(
+            checkpoints, train_data, output_dir, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+            "--learning_rate", "1e-3", *extra,
+        )  # fmt: skip
+
+    expected = main("stage2", *parse(args(tmp_path / "whole"))).model.state_dict()
+    main("stage2", *parse(args(tmp_path / "run")))
+    assert {path.name for path in checkpoint_folders(tmp_path / "run")} == {"checkpoint-2", "checkpoint-4"}
+    assert all((path / COMPLETE_NAME).is_file() for path in checkpoint_folders(tmp_path / "run"))
+    killed = tmp_path / "run" / "checkpoint-4"  # as a kill during its save leaves it: no marker, a torn file
+    (killed / COMPLETE_NAME).unlink()
+    (killed / "model.safetensors").write_bytes((killed / "model.safetensors").read_bytes()[:100])
+
+    resumed = main("stage2", *parse(args(tmp_path / "run", "--resume")))  # from checkpoint-2: steps 3 and 4 again
+    for name, weight in resumed.model.state_dict().items():
+        assert torch.equal(weight, expected[name]), name
+    with pytest.raises(RunMismatchError, match=r"holds another run .*learning_rate: '0.001' -> '0.002'"):
+        main("stage2", *parse(args(tmp_path / "run", "--resume", "--learning_rate", "2e-3")))

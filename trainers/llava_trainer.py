@@ -8,7 +8,9 @@
    instead of TRL's text-generation card.
 4. Pushes during training that carry what makes a LLaVA repo loadable and described (remote code, card, run record,
    projector artifact; Trainer copies only config and weights), to a `hub_revision` branch created when missing.
-5. No Hub token on disk: Trainer pickles its arguments, `hub_token` included, into `training_args.bin` of every
+5. Checkpoints marked complete (`checkpoints.py`) once everything in them is written, so `--resume` never picks a
+   half-written one.
+6. No Hub token on disk: Trainer pickles its arguments, `hub_token` included, into `training_args.bin` of every
    checkpoint and of each push, and uploads that file. A given `hub_token` is moved into this process's `HF_TOKEN`,
    where huggingface_hub finds it for every push, and out of the arguments.
 
@@ -27,6 +29,7 @@ from trl import SFTTrainer
 
 from hub_cards.model_card import RUN_INFO_NAME, write_model_card
 
+from .checkpoints import mark_complete
 from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 
 PROJECTOR = "multi_modal_projector"
@@ -45,6 +48,9 @@ class LlavaSFTTrainer(SFTTrainer):
         run_info (`dict`, *optional*):
             `{"stage", "description", "template", "sources"}`: what the card says of the run; the trainer adds the
             hyperparameters and the progress at each save. `None` writes no card.
+        fingerprint (`dict`, *optional*):
+            What defines the run (`checkpoints.run_fingerprint`); each checkpoint gets it in its completion marker,
+            written after everything else.
         kwargs:
             Everything `SFTTrainer` takes.
     """
@@ -55,8 +61,10 @@ class LlavaSFTTrainer(SFTTrainer):
         projector_lr: float | None = None,
         projector_provenance: dict[str, Any] | None = None,
         run_info: dict[str, Any] | None = None,
+        fingerprint: dict[str, Any] | None = None,
         **kwargs,
     ):
+        self.fingerprint = fingerprint
         self.projector_lr = projector_lr
         self.projector_provenance = projector_provenance
         self.run_info = run_info
@@ -92,6 +100,12 @@ class LlavaSFTTrainer(SFTTrainer):
             save_projector(model, output_dir or self.args.output_dir, **self.projector_provenance)
         if self.run_info is not None and self.args.should_save:
             self._write_run_info_and_card(Path(output_dir or self.args.output_dir))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            mark_complete(folder, self.fingerprint, self.state.global_step)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Our card instead of TRL's (which calls a LLaVA a text-generation model), once `output_dir` holds a model.

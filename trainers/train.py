@@ -23,6 +23,7 @@ from processing.collator import LlavaDataCollator
 from processing.llava_data import convert_records, drop_overflowing, read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 
+from .checkpoints import prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
 from .projector_artifact import load_projector
 from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summary
@@ -61,7 +62,12 @@ class LlavaScriptArguments:
     on_overflow: Literal["drop", "error"] = field(
         default="drop", metadata={"help": "Samples longer than max_length: drop and list them, or stop."}
     )
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue this run from the newest complete checkpoint in output_dir."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start over in an output_dir that holds a run (its checkpoints are deleted)."}
+    )
     allow_images_outside_folder: bool = field(
         default=False, metadata={"help": "Accept image paths that lead outside image_folder (`../`, absolute)."}
     )
@@ -192,6 +198,16 @@ def main(
     stage_name: str, script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig
 ) -> LlavaSFTTrainer:
     stage = get_stage(stage_name)
+    fingerprint = run_fingerprint(stage.name, script_args, training_args, model_args)
+    resume_from, notes = prepare_output_dir(
+        training_args.output_dir,
+        fingerprint,
+        resume=script_args.resume,
+        overwrite=script_args.overwrite_output_dir,
+        write=training_args.process_index == 0,
+    )
+    for note in notes:
+        logger.warning(note)
     # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
     set_seed(training_args.seed)
     Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
@@ -225,6 +241,7 @@ def main(
         projector_lr=script_args.projector_lr,
         projector_provenance=provenance,
         run_info=run_info(stage, script_args, model_args),
+        fingerprint=fingerprint,
     )
     trainer.args.padding_free = padding_free  # past TRL's check: the card and saved arguments tell the truth
     logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
@@ -233,7 +250,7 @@ def main(
     if dropped and training_args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "dropped_samples.json").write_text(json.dumps(dropped, indent=2) + "\n")
-    trainer.train(resume_from_checkpoint=True if script_args.resume else training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else training_args.resume_from_checkpoint)
     trainer.save_model()
     if stage.uses_lora and training_args.process_index == 0:
         (output_dir / BASE_NAME).write_text(json.dumps(base_description(script_args, model_args), indent=2) + "\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import matplotlib
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from ..train import main, parse
 from .backbones import (
@@ -48,11 +48,11 @@ QUICK = DemoSize(num_train=48, num_heldout=6, vision_steps=4, text_steps=4, max_
 
 def train_stage(stage: str, recipe: str, output_dir: Path, seed: int, max_steps: int | None, **fields) -> dict:
     """Runs one stage as `llava train STAGE --config RECIPE --field value ...` would; returns its loss log."""
-    argv = ["--config", recipe, "--output_dir", str(output_dir), "--seed", str(seed)]
+    # The demo owns its output folder: a rerun (quick or full) starts each stage over.
+    argv = ["--config", recipe, "--output_dir", str(output_dir), "--seed", str(seed), "--overwrite_output_dir", "true"]
     argv += [item for key, value in fields.items() for item in (f"--{key}", str(value))]
     if max_steps is not None:
         argv += ["--max_steps", str(max_steps)]
-    set_seed(seed)  # the projector is initialised before the trainer seeds anything
     state = main(stage, *parse(argv)).state
     runtime = next(entry["train_runtime"] for entry in reversed(state.log_history) if "train_runtime" in entry)
     return {
