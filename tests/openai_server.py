@@ -4,8 +4,10 @@ The client under test speaks HTTP to it exactly as to a real endpoint: `Scripted
 `POST /v1/chat/completions` on 127.0.0.1 (a free port) from a thread, answering each request with `reply(body)`, the
 text that the scripted teacher writes for that request. `server.script(...)` queues what the next requests get, one
 each: `"answer"` (the normal reply), `"malformed"` (HTTP 200 with a body that is not JSON), `"http500"`, `"http429"`,
-`"http401"` and `"sleep"` (the reply, after `sleep_seconds`: longer than a client's timeout); past the queue, requests
-get `"answer"`. Every request body is recorded in `requests`, its `Authorization` header in `authorizations`.
+`"http401"`, `"sleep"` (the reply, after `sleep_seconds`: longer than a client's timeout), `"truncated"` (a body
+shorter than its Content-Length, then the connection closed), `"badstatus"` (a status line that is not HTTP) and
+`"reset"` (the connection closed without a word); past the queue, requests get `"answer"`. Every request body is
+recorded in `requests`, its `Authorization` header in `authorizations`.
 """
 
 import json
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ACTIONS = {"answer", "malformed", "http500", "http429", "http401", "sleep"}
+ACTIONS = {"answer", "malformed", "http500", "http429", "http401", "sleep", "truncated", "badstatus", "reset"}
 
 
 class ScriptedServer:
@@ -65,6 +67,16 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             action = server._next_action(body, self.headers.get("Authorization"))
             if action == "malformed":
                 return self._send(200, b"{'choices': this is not JSON")
+            if action in {"truncated", "badstatus", "reset"}:
+                self.close_connection = True
+                if action == "truncated":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')
+                elif action == "badstatus":
+                    self.wfile.write(b"NOT-HTTP 200 fine\r\n\r\n")
+                return None
             if action.startswith("http"):
                 return self._send(int(action[4:]), {"error": {"message": f"scripted {action}"}})
             if action == "sleep":

@@ -255,3 +255,12 @@ def test_a_local_judge_whose_replies_are_unreadable_is_reported(bench, tokenizer
         llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
     assert len(list((tmp_path / "cache").iterdir())) == 4 * 2  # every attempt was made, and cached
     assert not (tmp_path / RESULTS_NAME).exists()
+
+
+@pytest.mark.parametrize("scoring", ["paper", "strict"])
+def test_a_judge_that_scores_everything_zero_gets_a_clear_error(bench, llava_checkpoint, tmp_path, scoring):
+    with ScriptedServer(lambda body: "0 0\nNothing to say.") as server:
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--scoring", scoring]
+        with pytest.raises(LlavaBenchError, match=r"mean score of the reference answers is 0"):
+            llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert not (tmp_path / RESULTS_NAME).exists()

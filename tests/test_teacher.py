@@ -56,6 +56,12 @@ def test_server_errors_are_retried_until_an_answer_comes(server):
     assert len(server.requests) == 3
 
 
+def test_broken_transfers_are_retried_until_an_answer_comes(server):
+    server.script("truncated", "badstatus", "reset")
+    assert client(server, retries=3).complete(MESSAGES, 0.0, 5).startswith("hello")
+    assert len(server.requests) == 4
+
+
 def test_retries_give_up_with_an_error_naming_the_url_and_the_status(server):
     server.script("http500", "http500", "http500")
     with pytest.raises(TeacherError, match=r"/v1/chat/completions failed 3 times; the last time: HTTP 500"):
@@ -173,3 +179,21 @@ def test_flags_choose_the_backend(tiny_causal_lm, tmp_path):
     assert remote.cache_dir == tmp_path / "c"
     local = teacher_from_args(parser.parse_args(["--judge-model", tiny_causal_lm, *cache]), "judge")
     assert isinstance(local.backend, LocalChat)
+
+
+def test_each_endpoint_has_its_own_cache_entries(tmp_path):
+    with ScriptedServer(echo) as first, ScriptedServer(lambda body: "the other judge") as second:
+        assert Teacher(client(first), tmp_path / "cache").chat(MESSAGES).startswith("hello")
+        assert Teacher(client(second), tmp_path / "cache").chat(MESSAGES) == "the other judge"  # same model name
+        assert (len(first.requests), len(second.requests)) == (1, 1)
+
+
+def test_an_unreadable_cache_file_is_named_set_aside_and_recomputed(server, tmp_path):
+    teacher = Teacher(client(server), tmp_path / "cache")
+    first = teacher.chat(MESSAGES)
+    [cached] = (tmp_path / "cache").iterdir()
+    cached.write_text('{"reply": "trunc')
+    with pytest.warns(UserWarning, match=rf"Cache file .*{cached.name}' is unreadable .* set aside as"):
+        assert Teacher(client(server), tmp_path / "cache").chat(MESSAGES) == first
+    assert len(server.requests) == 2
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [cached.name, f"{cached.name}.corrupt"]

@@ -2,21 +2,27 @@
 
 `llava generate-data` asks a teacher to write instruction data and `llava eval llava-bench` asks a judge to score
 answers; both go through `Teacher.chat`. The backend is `OpenAIChat` (any server that speaks the chat-completions
-protocol: OpenAI, vLLM, TGI, llama.cpp, ...; retried with exponential backoff on HTTP 429, 5xx, timeouts and dropped
-connections, and failing with an error that names the URL and the status) or `LocalChat` (`AutoModelForCausalLM`
-with its tokenizer's chat template). `Teacher` adds an on-disk cache, one JSON file per call named by a hash of
-(model, messages, parameters), so a rerun of an interrupted job pays for no call twice. The command-line default
-for that cache is one folder under the Hugging Face cache, shared by every job: a key says everything about a call.
+protocol: OpenAI, vLLM, TGI, llama.cpp, ...; retried with exponential backoff on HTTP 429, 5xx, timeouts, dropped or
+reset connections, truncated bodies and garbled status lines, and failing with an error that names the URL and the
+problem) or `LocalChat` (`AutoModelForCausalLM` with its tokenizer's chat template). `Teacher` adds an on-disk cache,
+one JSON file per call named by a hash of (backend, model, messages, parameters), where the backend is the endpoint
+URL or the local model, so a rerun of an interrupted job pays for no call twice and two judges never share replies.
+A cache file that cannot be read is named in a warning, set aside (`*.corrupt`) and the call made again. The
+command-line default for that cache is one folder under the Hugging Face cache, shared by every job: a key says
+everything about a call.
 """
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -86,10 +92,11 @@ class OpenAIChat:
                 problem = f"HTTP {error.code}: {error.read()[:300].decode(errors='replace')}"
                 if error.code != 429 and error.code < 500:
                     raise TeacherError(f"{self.url} answered {problem}") from error
-            except (TimeoutError, ConnectionError, urllib.error.URLError) as error:
+            except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException) as error:
+                # HTTPException: a truncated body (IncompleteRead), a garbled status line (BadStatusLine), ...
                 reason = getattr(error, "reason", error)
                 timed_out = isinstance(error, TimeoutError) or isinstance(reason, TimeoutError)
-                problem = f"no answer within {self.timeout} s" if timed_out else f"connection failed ({reason})"
+                problem = f"no answer within {self.timeout} s" if timed_out else f"connection failed ({reason!r})"
             if attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
         raise TeacherError(f"{self.url} failed {self.retries + 1} times; the last time: {problem}")
@@ -164,20 +171,32 @@ class Teacher:
 
     def chat(self, messages: list[Message], attempt: int = 0) -> str:
         params = {"temperature": self.temperature, "max_tokens": self.max_tokens, "attempt": attempt}
-        request = {"model": self.backend.name, "messages": messages, "params": params}
+        endpoint = getattr(self.backend, "url", "local")
+        request = {"endpoint": endpoint, "model": self.backend.name, "messages": messages, "params": params}
         path = None
         if self.cache_dir is not None:
             key = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
             path = self.cache_dir / f"{key}.json"
             if path.is_file():
-                with self._count:
-                    self.cache_hits += 1
-                return json.loads(path.read_text())["reply"]
+                try:
+                    reply = json.loads(path.read_text())["reply"]
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+                    aside = path.with_name(f"{path.name}.corrupt")
+                    path.replace(aside)
+                    warnings.warn(
+                        f"Cache file {str(path)!r} is unreadable ({error!r}): set aside as {aside.name}, "
+                        "the call is made again.",
+                        stacklevel=2,
+                    )
+                else:
+                    with self._count:
+                        self.cache_hits += 1
+                    return reply
         reply = self.backend.complete(messages, self.temperature, self.max_tokens)
         with self._count:
             self.calls += 1
         if path is not None:
-            staging = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
+            staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique across threads and processes
             staging.write_text(json.dumps({**request, "reply": reply}, ensure_ascii=False, indent=1))
             staging.replace(path)
         return reply

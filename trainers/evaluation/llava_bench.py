@@ -271,7 +271,12 @@ def evaluate(
     judgements.sort(key=lambda judgement: order[judgement["question_id"]])
     unparseable = [j for j in judgements if j["scores"] in (None, (-1.0, -1.0))]
     summary = summarize(judgements, paper)
-    if summary["overall"] is None or len(unparseable) == len(judgements):
+    if summary["overall"] is None and len(unparseable) < len(judgements):
+        raise LlavaBenchError(
+            f"The judge's mean score of the reference answers is 0 ({summary['scores']}): no relative score can be "
+            "computed. Check the judge's replies in the cache."
+        )
+    if len(unparseable) == len(judgements):
         raise LlavaBenchError(
             f"None of the {len(judgements)} judgements has two readable scores on its first line (questions "
             f"{', '.join(j['question_id'] for j in unparseable[:10])}); the first reply was: "
