@@ -320,14 +320,25 @@ def _assemble(model_class: type, config, state_dict: dict[str, torch.Tensor], dt
 
 
 @contextmanager
-def atomic_folder(destination: Path) -> Iterator[Path]:
-    """Yields a temporary folder beside `destination`, renamed into place only when the block succeeds."""
+def atomic_folder(destination: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder beside `destination`, renamed into place only when the block succeeds.
+
+    The staging folders that a killed earlier write left for the same destination are removed first (one writer
+    per destination at a time), and the finished folder gets the permissions of the user's umask, not mkdtemp's 0700.
+    """
+    destination = Path(destination)
     if destination.exists() and any(destination.iterdir()):
         raise FileExistsError(f"{str(destination)!r} exists and is not empty; choose another destination.")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    prefix = f".{destination.name}.partial-"
+    for stale in destination.parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
     try:
         yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         if destination.exists():
             destination.rmdir()
         os.replace(staging, destination)

@@ -9,7 +9,9 @@ original's `expand2square` where the checkpoint pads.
 """
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ from transformers import (
 )
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from modeling_llava.convert_checkpoint import convert, detect_format
+from modeling_llava.convert_checkpoint import atomic_folder, convert, detect_format
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
 from tests.conftest import random_image
 from tests.original_llava import OriginalLlava
@@ -327,3 +329,17 @@ def test_unknown_formats_and_unsupported_features_are_named(tmp_path, checkpoint
     (source / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="image_aspect_ratio='anyres'.*any-resolution"):
         convert(source, tmp_path / "out")
+
+
+def test_a_killed_writes_staging_is_cleaned_and_outputs_follow_the_umask(tmp_path):
+    stale = tmp_path / ".out.partial-killed"  # what a conversion killed half-way left behind
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"torn")
+    old = os.umask(0o027)
+    try:
+        with atomic_folder(tmp_path / "out") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750

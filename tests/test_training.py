@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback, set_seed
+from trl import ModelConfig
 
 import trainers.train as train_module
 from hub_cards.model_card import RUN_INFO_NAME
@@ -29,7 +30,14 @@ from trainers.checkpoints import (
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
-from trainers.train import build_model_and_processor, fill_global_batch, main, parse
+from trainers.train import (
+    LlavaScriptArguments,
+    base_description,
+    build_model_and_processor,
+    fill_global_batch,
+    main,
+    parse,
+)
 
 
 def run_args(checkpoints, train_data, output_dir: Path, *extra: str) -> list[str]:
@@ -381,3 +389,18 @@ def test_resume_passes_over_a_half_written_checkpoint_and_ends_as_an_uninterrupt
         assert torch.equal(weight, expected[name]), name
     with pytest.raises(RunMismatchError, match=r"holds another run .*learning_rate: '0.001' -> '0.002'"):
         main("stage2", *parse(args(tmp_path / "run", "--resume", "--learning_rate", "2e-3")))
+
+
+def test_half_precision_weights_without_mixed_precision_are_refused(checkpoints, train_data, tmp_path):
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--dtype", "bfloat16")  # and --bf16 false
+    with pytest.raises(ValueError, match=r"dtype=bfloat16 .* bf16 and fp16 are off: .* --dtype float32"):
+        main("stage2", *parse(args))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_adapters_base_description_works_from_any_directory(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(checkpoints["clip"]).parent)
+    script_args = LlavaScriptArguments(vision_tower="clip", language_model="lmsys/vicuna-7b-v1.5")
+    base = base_description(script_args, ModelConfig(model_name_or_path=None, dtype="float32"))
+    assert base["script_args"]["vision_tower"] == str(Path(checkpoints["clip"]).resolve())
+    assert base["script_args"]["language_model"] == "lmsys/vicuna-7b-v1.5"  # a Hub id stays one

@@ -7,13 +7,13 @@ the original's LoRA merge, the base is rebuilt unquantized, so QLoRA adapters me
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import AutoProcessor
 from trl import ModelConfig
+
+from modeling_llava.convert_checkpoint import atomic_folder
 
 from .stages import get_stage
 from .train import BASE_NAME, LlavaScriptArguments, build_model_and_processor
@@ -34,17 +34,9 @@ def merge_lora(adapter: str | Path, out: str | Path) -> Path:
     model, _ = build_model_and_processor(LlavaScriptArguments(**base["script_args"]), model_args, get_stage("lora"))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         merged.save_pretrained(staging)
         AutoProcessor.from_pretrained(adapter).save_pretrained(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

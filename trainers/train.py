@@ -172,11 +172,19 @@ def fill_global_batch(script_args: LlavaScriptArguments, training_args: SFTConfi
     training_args.gradient_accumulation_steps = script_args.global_batch_size // per_step
 
 
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute, so that a file storing it works from any directory; Hub ids stay as they are."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
 def base_description(script_args: LlavaScriptArguments, model_args: ModelConfig) -> dict:
     """What `build_model_and_processor` needs to rebuild the model a LoRA adapter was trained on."""
+    script = asdict(script_args)
+    for name in ("data_path", "image_folder", "vision_tower", "language_model", "pretrain_projector"):
+        script[name] = _absolute(script[name])
     return {
-        "script_args": asdict(script_args),
-        "model_name_or_path": model_args.model_name_or_path,
+        "script_args": script,
+        "model_name_or_path": _absolute(model_args.model_name_or_path),
         "dtype": model_args.dtype,
     }
 
@@ -198,6 +206,12 @@ def main(
     stage_name: str, script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig
 ) -> LlavaSFTTrainer:
     stage = get_stage(stage_name)
+    half = model_args.dtype in ("bfloat16", "float16")
+    if half and not (training_args.bf16 or training_args.fp16):
+        raise ValueError(
+            f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
+            f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
+        )
     fingerprint = run_fingerprint(stage.name, script_args, training_args, model_args)
     resume_from, notes = prepare_output_dir(
         training_args.output_dir,
