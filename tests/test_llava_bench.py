@@ -264,3 +264,11 @@ def test_a_judge_that_scores_everything_zero_gets_a_clear_error(bench, llava_che
         with pytest.raises(LlavaBenchError, match=r"mean score of the reference answers is 0"):
             llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
     assert not (tmp_path / RESULTS_NAME).exists()
+
+
+def test_a_judge_that_keeps_failing_is_reported_with_the_question(bench, llava_checkpoint, tmp_path):
+    with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
+        server.script(*["http500"] * 3)  # the first question asked gets nothing but errors, its retries included
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-retries", "2", "--judge-workers", "1"]
+        with pytest.raises(LlavaBenchError, match=r"Question 0: the judge failed .*HTTP 500.* run the same command"):
+            llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])

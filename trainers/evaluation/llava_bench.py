@@ -32,7 +32,7 @@ from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
 
-from ..teacher import Message, Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
+from ..teacher import Message, Teacher, TeacherError, add_teacher_arguments, chat_concurrently, teacher_from_args
 from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "llava_bench_results.json"
@@ -172,7 +172,13 @@ def judge(
     readable scores (else `scores` is None). Every reply is kept."""
     replies = []
     for attempt in range(1 if paper else attempts):
-        replies.append(teacher.chat(judge_messages(question, answer, rules), attempt=attempt))
+        try:
+            replies.append(teacher.chat(judge_messages(question, answer, rules), attempt=attempt))
+        except TeacherError as error:
+            raise LlavaBenchError(
+                f"Question {question.question_id}: the judge failed ({error}). The replies already received are "
+                "cached: run the same command again to continue."
+            ) from error
         scores = paper_scores(replies[-1]) if paper else parse_scores(replies[-1])
         if scores is not None:
             break
