@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import re
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,7 +260,7 @@ def write_model_card(
     if not (overwrite or card_is_generated(folder)):
         return None
     path = Path(folder) / CARD_NAME
-    staging = path.with_name(f".{CARD_NAME}.tmp")
+    staging = path.with_name(f".{CARD_NAME}.{uuid.uuid4().hex}.tmp")  # unique per writer
     staging.write_text(card_text(render_model_card(folder, repo_id, license)))
     staging.replace(path)
     return path

@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -198,7 +199,7 @@ def _read_progress(path: Path, kind: str) -> dict[str, dict]:
 
 
 def _write_atomically(path: Path, data: object) -> None:
-    staging = path.with_name(path.name + ".tmp")
+    staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
     staging.write_text(json.dumps(data, indent=2, ensure_ascii=False))
     staging.replace(path)
 

@@ -27,6 +27,7 @@ made (greedy answers come out the same). `OUTPUT/llava_bench_answers.jsonl` hold
 import argparse
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def model_index(overall: float) -> list[dict]:
 
 
 def _write(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
+    staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
     staging.write_text(text)
     staging.replace(path)
 

@@ -30,6 +30,7 @@ import argparse
 import json
 import re
 import string
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def evaluate(
         results["lenient"] = {k: v for k, v in score(problems, outputs, lenient_choice).items() if k != "predictions"}
     output = Path(output_dir) / RESULTS_NAME
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(output.name + ".tmp")
+    staging = output.with_name(f"{output.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
     staging.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     staging.replace(output)
     return results
