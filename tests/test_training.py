@@ -27,6 +27,7 @@ from trainers.checkpoints import (
     mark_complete,
     prepare_output_dir,
 )
+from trainers.cli import main as llava
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
@@ -404,3 +405,13 @@ def test_an_adapters_base_description_works_from_any_directory(checkpoints, tmp_
     base = base_description(script_args, ModelConfig(model_name_or_path=None, dtype="float32"))
     assert base["script_args"]["vision_tower"] == str(Path(checkpoints["clip"]).resolve())
     assert base["script_args"]["language_model"] == "lmsys/vicuna-7b-v1.5"  # a Hub id stays one
+
+
+def test_llava_train_reports_a_setup_mistake_in_one_line(checkpoints, train_data, tmp_path, capsys):
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--dtype", "bfloat16")
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["train", "stage2", *args])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("llava train stage2: dtype=bfloat16 loads the weights in half precision")
+    assert "\n" not in message and "Traceback" not in message

@@ -7,6 +7,7 @@ named without their path (`--config llava-1.5-7b-stage1`).
 """
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,10 +21,10 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.collator import LlavaDataCollator
-from processing.llava_data import convert_records, drop_overflowing, read_records
+from processing.llava_data import DataError, convert_records, drop_overflowing, read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 
-from .checkpoints import prepare_output_dir, run_fingerprint
+from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
 from .projector_artifact import load_projector
 from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summary
@@ -31,6 +32,10 @@ from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summa
 logger = logging.get_logger(__name__)
 RECIPES = Path(__file__).parent / "recipes"
 BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebuilt (`llava merge-lora`)
+
+
+class SetupError(ValueError):
+    """A run that cannot start as configured; the message says what to change. `llava train` prints it alone."""
 
 
 @dataclass
@@ -120,7 +125,7 @@ def build_model_and_processor(
             pad_to_square=script_args.pad_to_square,
         )
     else:
-        raise ValueError(
+        raise SetupError(
             "Nothing to start from: give `model_name_or_path` (a LLaVA checkpoint) or both `vision_tower` and "
             "`language_model` (backbone checkpoints)."
         )
@@ -143,7 +148,7 @@ def load_training_rows(
     elif script_args.dataset_name:
         rows = convert_records(load_dataset(script_args.dataset_name, split=script_args.dataset_split))
     else:
-        raise ValueError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
+        raise SetupError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
     read = len(rows)
     rows, report = drop_overflowing(
         rows, processor, max_length, CHAT_TEMPLATES[stage.template], script_args.on_overflow
@@ -152,7 +157,7 @@ def load_training_rows(
         logger.warning(report.summary())
     if not rows:
         source = script_args.data_path or script_args.dataset_name
-        raise ValueError(
+        raise SetupError(
             f"Nothing to train on: {source!r} holds {read} records and {read - len(rows)} of them are longer than "
             f"max_length={max_length} tokens. Raise max_length or check the data."
         )
@@ -165,7 +170,7 @@ def fill_global_batch(script_args: LlavaScriptArguments, training_args: SFTConfi
         return
     per_step = training_args.per_device_train_batch_size * training_args.world_size
     if script_args.global_batch_size % per_step:
-        raise ValueError(
+        raise SetupError(
             f"global_batch_size={script_args.global_batch_size} is not a multiple of per_device_train_batch_size "
             f"({training_args.per_device_train_batch_size}) x devices ({training_args.world_size}) = {per_step}."
         )
@@ -208,7 +213,7 @@ def main(
     stage = get_stage(stage_name)
     half = model_args.dtype in ("bfloat16", "float16")
     if half and not (training_args.bf16 or training_args.fp16):
-        raise ValueError(
+        raise SetupError(
             f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
             f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
         )
@@ -293,7 +298,20 @@ def parse(argv: list[str]) -> tuple[LlavaScriptArguments, SFTConfig, ModelConfig
 
 
 def cli(stage_name: str, argv: list[str]) -> None:
-    main(stage_name, *parse(argv))
+    """`llava train`: a mistake in the setup, the data or the output folder is one line and exit status 2."""
+    try:
+        main(stage_name, *parse(argv))
+    except (SetupError, RunMismatchError, DataError, FileNotFoundError) as error:
+        print(f"llava train {stage_name}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-__all__ = ["LlavaScriptArguments", "build_model_and_processor", "cli", "load_training_rows", "main", "parse"]
+__all__ = [
+    "LlavaScriptArguments",
+    "SetupError",
+    "build_model_and_processor",
+    "cli",
+    "load_training_rows",
+    "main",
+    "parse",
+]
