@@ -6,12 +6,15 @@ package is not installed.
 """
 
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
     AutoProcessor,
 )
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from .attention_varlen import VARLEN_ATTENTION, varlen_attention_forward, varlen_mask
 from .chat_templates import CHAT_TEMPLATES
 from .configuration_llava_plugin import LlavaPluginConfig
 from .modeling_llava_plugin import (
@@ -26,6 +29,10 @@ AutoModel.register(LlavaPluginConfig, LlavaPluginModel, exist_ok=True)
 AutoModelForImageTextToText.register(LlavaPluginConfig, LlavaPluginForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(LlavaPluginConfig, LlavaPluginProcessor, exist_ok=True)
 
+# The padding-free recipes' attention (`attn_implementation="torch_varlen"`), for training with this package.
+AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION, varlen_mask)
+
 LlavaPluginConfig.register_for_auto_class()
 LlavaPluginModel.register_for_auto_class("AutoModel")
 LlavaPluginForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
@@ -33,6 +40,7 @@ LlavaPluginProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "VARLEN_ATTENTION",
     "LlavaPluginConfig",
     "LlavaPluginForConditionalGeneration",
     "LlavaPluginModel",

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from processing.instruction_data import (
+from processing.llava_data import read_records
+from tests.openai_server import ScriptedServer
+from trainers.cli import main as llava
+from trainers.generate_data import (
     KINDS,
     InstructionDataError,
     load_prompt,
@@ -17,9 +20,6 @@ from processing.instruction_data import (
     teacher_messages,
     validate_record,
 )
-from processing.llava_data import read_records
-from tests.openai_server import ScriptedServer
-from trainers.cli import main as llava
 from trainers.tiny_backbones import save_tiny_language_model
 
 IMAGES = [  # out of id order on purpose: records come out by image id

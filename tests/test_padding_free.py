@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
+from modeling_llava.attention_varlen import VARLEN_ATTENTION, varlen_attention_forward
 from processing.collator import LlavaDataCollator
-from processing.padding_free import VARLEN_ATTENTION, LlavaPaddingFreeCollator, varlen_attention_forward
+from processing.padding_free import LlavaPaddingFreeCollator
 from tests.conftest import random_image
 from trainers.train import RECIPES, main, parse
 

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate(rest)
     elif args.command == "generate-data":
-        from processing.instruction_data import main as generate_data
+        from .generate_data import main as generate_data
 
         generate_data(rest)
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 
 from modeling_llava.processing_llava_plugin import IMAGE_TOKEN
-from trainers.teacher import (
+
+from .teacher import (
     Message,
     Teacher,
     TeacherError,
