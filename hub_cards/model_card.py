@@ -22,8 +22,12 @@ from typing import Any, Literal
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from modeling_llava.projector_artifact import CONFIG_NAME as PROJECTOR_CONFIG_NAME
+from modeling_llava.projector_artifact import WEIGHTS_NAME as PROJECTOR_WEIGHTS_NAME
+
 TEMPLATE = Path(__file__).parent / "templates" / "llava_card.md"
 RUN_INFO_NAME = "llava_run.json"
+ADAPTER_BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebuilt (`llava merge-lora`)
 # Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
@@ -50,7 +54,7 @@ def folder_kind(folder: str | Path) -> Kind:
                 "(`llava convert`)."
             )
         return "checkpoint"
-    if (folder / "projector_config.json").is_file() and (folder / "mm_projector.safetensors").is_file():
+    if (folder / PROJECTOR_CONFIG_NAME).is_file() and (folder / PROJECTOR_WEIGHTS_NAME).is_file():
         return "projector"
     raise ValueError(
         f"{str(folder)!r} is none of what this project saves: no config.json (checkpoint), adapter_config.json "
@@ -111,7 +115,7 @@ def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
         return describe_checkpoint(folder), _hub_ids(sources.get("vision_tower"), sources.get("language_model"))
     if kind == "adapter":
         adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = (_read_json(folder / "llava_base.json") or {}).get("script_args", {})
+        base = (_read_json(folder / ADAPTER_BASE_NAME) or {}).get("script_args", {})
         rows = {
             "adapter": f"LoRA r {adapter['r']}, alpha {adapter['lora_alpha']}, dropout {adapter['lora_dropout']}, "
             f"on {len(adapter.get('target_modules') or [])} linear layers of the LLM",
@@ -122,7 +126,7 @@ def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
         }
         rows.update(parameter_counts(folder, "adapter_model.safetensors"))
         return rows, _hub_ids(base.get("vision_tower"), base.get("language_model"))
-    projector = json.loads((folder / "projector_config.json").read_text())
+    projector = json.loads((folder / PROJECTOR_CONFIG_NAME).read_text())
     rows = {
         "projector": projector["projector_type"],
         "input width (vision)": str(projector["vision_hidden_size"]),
@@ -131,7 +135,7 @@ def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
         "feature selection": projector["vision_feature_select_strategy"],
         "trained on top of": f"{projector.get('vision_tower')} + {projector.get('language_model')}",
     }
-    rows.update(parameter_counts(folder, "mm_projector.safetensors"))
+    rows.update(parameter_counts(folder, PROJECTOR_WEIGHTS_NAME))
     return rows, _hub_ids(projector.get("vision_tower"), projector.get("language_model"))
 
 
@@ -282,6 +286,7 @@ def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
 
 
 __all__ = [
+    "ADAPTER_BASE_NAME",
     "CARD_NAME",
     "RUN_INFO_NAME",
     "card_is_generated",

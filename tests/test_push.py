@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from trl import ModelConfig
 
 from hub_cards.model_card import (
+    ADAPTER_BASE_NAME,
     RUN_INFO_NAME,
     SCIENCEQA_RESULTS,
     card_text,
@@ -30,14 +31,14 @@ from hub_cards.model_card import (
 )
 from hub_cards.push import PushError, files_to_push, push_to_hub
 from modeling_llava import LlavaPluginForConditionalGeneration
+from modeling_llava.projector_artifact import save_projector
 from tests.conftest import random_image
 from tests.hub_server import HubServer
 from tests.test_loading import GREEDY, QUESTION, REMOTE_SCRIPT, _reference_outputs
 from tests.test_training import run_args, train
 from trainers.cli import main as llava
-from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
-from trainers.train import BASE_NAME, LlavaScriptArguments, base_description
+from trainers.train import LlavaScriptArguments, base_description
 
 REPOSITORY = Path(__file__).parent.parent
 LIBRARY = {"checkpoint": "transformers", "adapter": "peft", "projector": "llava-plugin"}
@@ -94,7 +95,7 @@ def folders(tmp_path_factory, llava_checkpoint, checkpoints) -> dict[str, Path]:
     adapter.save_pretrained(root / "adapter")
     (root / "adapter" / "README.md").unlink()  # PEFT's generic card; a training run writes ours in its place
     base = base_description(LlavaScriptArguments(), ModelConfig(model_name_or_path=llava_checkpoint, dtype="float32"))
-    (root / "adapter" / BASE_NAME).write_text(json.dumps(base, indent=2) + "\n")
+    (root / "adapter" / ADAPTER_BASE_NAME).write_text(json.dumps(base, indent=2) + "\n")
     return {"checkpoint": Path(llava_checkpoint), "adapter": root / "adapter", "projector": root / "projector"}
 
 

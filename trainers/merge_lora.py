@@ -13,10 +13,11 @@ from peft import PeftModel
 from transformers import AutoProcessor
 from trl import ModelConfig
 
+from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava.convert_checkpoint import atomic_folder
 
 from .stages import get_stage
-from .train import BASE_NAME, LlavaScriptArguments, build_model_and_processor
+from .train import LlavaScriptArguments, build_model_and_processor
 
 
 def merge_lora(adapter: str | Path, out: str | Path) -> Path:
@@ -25,11 +26,13 @@ def merge_lora(adapter: str | Path, out: str | Path) -> Path:
     `out` appears only once it is complete: the checkpoint is written beside it and renamed into place.
     """
     adapter, out = Path(adapter), Path(out)
-    if not (adapter / BASE_NAME).is_file():
-        raise FileNotFoundError(f"{str(adapter)!r} has no {BASE_NAME}: it is not the output of `llava train lora`.")
+    if not (adapter / ADAPTER_BASE_NAME).is_file():
+        raise FileNotFoundError(
+            f"{str(adapter)!r} has no {ADAPTER_BASE_NAME}: it is not the output of `llava train lora`."
+        )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{str(out)!r} already exists and is not empty; choose another output folder.")
-    base = json.loads((adapter / BASE_NAME).read_text())
+    base = json.loads((adapter / ADAPTER_BASE_NAME).read_text())
     model_args = ModelConfig(model_name_or_path=base["model_name_or_path"], dtype=base.get("dtype", "float32"))
     model, _ = build_model_and_processor(LlavaScriptArguments(**base["script_args"]), model_args, get_stage("lora"))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()

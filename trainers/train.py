@@ -19,19 +19,19 @@ from transformers import AutoProcessor, set_seed
 from transformers.utils import logging
 from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
+from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava.projector_artifact import load_projector
 from processing.collator import LlavaDataCollator
 from processing.llava_data import DataError, convert_records, drop_overflowing, read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
-from .projector_artifact import load_projector
 from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summary
 
 logger = logging.get_logger(__name__)
 RECIPES = Path(__file__).parent / "recipes"
-BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebuilt (`llava merge-lora`)
 
 
 class SetupError(ValueError):
@@ -272,7 +272,8 @@ def main(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else training_args.resume_from_checkpoint)
     trainer.save_model()
     if stage.uses_lora and training_args.process_index == 0:
-        (output_dir / BASE_NAME).write_text(json.dumps(base_description(script_args, model_args), indent=2) + "\n")
+        base = base_description(script_args, model_args)
+        (output_dir / ADAPTER_BASE_NAME).write_text(json.dumps(base, indent=2) + "\n")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return trainer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from modeling_llava import LlavaPluginForConditionalGeneration
+from .modeling_llava_plugin import LlavaPluginForConditionalGeneration
 
 WEIGHTS_NAME = "mm_projector.safetensors"
 CONFIG_NAME = "projector_config.json"
