@@ -39,7 +39,7 @@ from trl import SFTConfig, SFTTrainer
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
 from trainers import train as train_module
-from trainers.evaluation.generation import decoding_kwargs
+from trainers.generation import decoding_kwargs
 from trainers.llava_trainer import LlavaSFTTrainer
 from trainers.stages import apply_freeze, get_stage, lora_config
 

@@ -13,7 +13,8 @@ import torch
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
 from tests.test_convert import save_original
-from trainers.chat import ChatSession, interactive, load_for_chat
+from trainers.chat import ChatSession, interactive
+from trainers.generation import load_llava
 
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
@@ -92,7 +93,7 @@ def test_an_unreadable_image_is_named(loaded, tmp_path):
 
 def test_chat_loads_an_original_checkpoint_as_converted(tmp_path, checkpoints):
     source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu")
-    model, processor = load_for_chat(str(source), device="cpu")
+    model, processor = load_llava(str(source), device="cpu")
     session = ChatSession(model, processor, max_new_tokens=GREEDY["max_new_tokens"])
     random_image(4).save(tmp_path / "a.png")
     session.set_image(tmp_path / "a.png")

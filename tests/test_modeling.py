@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration, LlavaPluginModel
-from trainers.evaluation.generation import decoding_kwargs
+from trainers.generation import decoding_kwargs
 from trainers.tiny_backbones import TINY_TEXT, TINY_VISION
 
 VOCAB_SIZE = 99

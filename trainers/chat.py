@@ -17,6 +17,8 @@ from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 
+from .generation import load_llava
+
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 
 
@@ -73,22 +75,6 @@ class ChatSession:
         return answer
 
 
-def load_for_chat(
-    model: str, device: str = "auto", vision_tower: str | None = None
-) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """Loads any LLaVA format from a folder or the Hub, on the GPU in bf16 when there is one, else on the CPU."""
-    from huggingface_hub import snapshot_download
-
-    from modeling_llava.convert_checkpoint import load_any
-
-    folder = model if Path(model).is_dir() else snapshot_download(model)
-    llava, processor = load_any(folder, vision_tower=vision_tower)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return llava.to(device=device, dtype=dtype).eval(), processor
-
-
 def interactive(session: ChatSession, read: Callable[[str], str] = input, out: TextIO | None = None) -> None:
     """The terminal loop: questions from `read`, answers streamed to `out` as they are generated."""
     import sys
@@ -140,7 +126,7 @@ def run(
     device: str,
     vision_tower: str | None,
 ) -> None:
-    llava, processor = load_for_chat(model, device, vision_tower)
+    llava, processor = load_llava(model, device, vision_tower)
     session = ChatSession(llava, processor, max_new_tokens, temperature)
     session.set_image(image)
     if prompt is not None:
@@ -149,4 +135,4 @@ def run(
         interactive(session)
 
 
-__all__ = ["ChatSession", "interactive", "load_for_chat", "run"]
+__all__ = ["ChatSession", "interactive", "run"]

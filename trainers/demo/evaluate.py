@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ..evaluation.generation import generate_greedy, user_turn
+from ..generation import generate_greedy, user_turn
 from .world import WorldFiles, blank_image
 
 MAX_NEW_TOKENS = 16

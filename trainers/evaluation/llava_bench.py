@@ -33,8 +33,8 @@ from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
 
+from ..generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 from ..teacher import Message, Teacher, TeacherError, add_teacher_arguments, chat_concurrently, teacher_from_args
-from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "llava_bench_results.json"
 ANSWERS_NAME = "llava_bench_answers.jsonl"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
 
-from .generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
+from ..generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase

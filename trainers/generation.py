@@ -1,4 +1,5 @@
-"""Batched greedy generation with a LLaVA checkpoint: how every evaluation, and the demo, get the model's answers.
+"""Loading a LLaVA checkpoint and batched greedy generation: how `llava chat`, every evaluation and the demo get the
+model and its answers.
 
 Each sample is one conversation (Hugging Face chat format) and at most one image; prompts go through the processor's
 chat template (`vicuna_v1` for this project's checkpoints), batches are left-padded so that every answer starts in
@@ -16,16 +17,23 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_llava  # noqa: F401  (registers the Auto classes)
 
 
-def load_llava(path: str | Path, device: str | None = None):
-    """The model (in eval mode, on `device`, default CUDA when present) and processor of a LLaVA checkpoint."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
-    return model, AutoProcessor.from_pretrained(path)
+def load_llava(path: str | Path, device: str | None = None, vision_tower: str | None = None):
+    """The model (in eval mode) and processor of a LLaVA checkpoint in any format `llava convert` reads (this
+    plugin's, llava-hf, the original repository's), from a folder or the Hub; on `device` (default: CUDA when present)
+    in bf16 there, else in fp32. `vision_tower` stands in for an original checkpoint's `mm_vision_tower`."""
+    from huggingface_hub import snapshot_download
+
+    from modeling_llava.convert_checkpoint import load_any
+
+    folder = path if Path(path).is_dir() else snapshot_download(str(path))
+    model, processor = load_any(folder, vision_tower=vision_tower)
+    device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return model.to(device=device, dtype=dtype).eval(), processor
 
 
 def user_turn(text: str, image: bool) -> list[dict]:
