@@ -22,12 +22,12 @@ from typing import Any, Literal
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from modeling_llava.projector_artifact import CONFIG_NAME as PROJECTOR_CONFIG_NAME
-from modeling_llava.projector_artifact import WEIGHTS_NAME as PROJECTOR_WEIGHTS_NAME
-
 TEMPLATE = Path(__file__).parent / "templates" / "llava_card.md"
 RUN_INFO_NAME = "llava_run.json"
 ADAPTER_BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebuilt (`llava merge-lora`)
+# The stage-1 projector artifact (`trainers/projector_artifact.py`), the original's `mm_projector.bin`.
+PROJECTOR_WEIGHTS_NAME = "mm_projector.safetensors"
+PROJECTOR_CONFIG_NAME = "projector_config.json"
 # Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
@@ -288,6 +288,8 @@ def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
 __all__ = [
     "ADAPTER_BASE_NAME",
     "CARD_NAME",
+    "PROJECTOR_CONFIG_NAME",
+    "PROJECTOR_WEIGHTS_NAME",
     "RUN_INFO_NAME",
     "card_is_generated",
     "card_text",

@@ -21,7 +21,7 @@ from hub_cards.model_card import (
     write_model_card,
 )
 from modeling_llava import LlavaPluginForConditionalGeneration
-from modeling_llava.projector_artifact import save_projector
+from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
 
 RUN = {

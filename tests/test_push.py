@@ -31,12 +31,12 @@ from hub_cards.model_card import (
 )
 from hub_cards.push import PushError, files_to_push, push_to_hub
 from modeling_llava import LlavaPluginForConditionalGeneration
-from modeling_llava.projector_artifact import save_projector
 from tests.conftest import random_image
 from tests.hub_server import HubServer
 from tests.test_loading import GREEDY, QUESTION, REMOTE_SCRIPT, _reference_outputs
 from tests.test_training import run_args, train
 from trainers.cli import main as llava
+from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
 from trainers.train import LlavaScriptArguments, base_description
 

@@ -19,7 +19,6 @@ from trl import ModelConfig
 
 import trainers.train as train_module
 from hub_cards.model_card import RUN_INFO_NAME
-from modeling_llava.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from tests.conftest import random_image
 from trainers.checkpoints import (
     COMPLETE_NAME,
@@ -30,6 +29,7 @@ from trainers.checkpoints import (
 )
 from trainers.cli import main as llava
 from trainers.merge_lora import merge_lora
+from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
 from trainers.train import (
     LlavaScriptArguments,

@@ -28,9 +28,9 @@ from huggingface_hub import HfApi
 from trl import SFTTrainer
 
 from hub_cards.model_card import CARD_NAME, RUN_INFO_NAME, write_model_card
-from modeling_llava.projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 
 from .checkpoints import mark_complete
+from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 
 PROJECTOR = "multi_modal_projector"
 # What a checkpoint holds besides config, weights and processor, copied to `output_dir` before an intermediate push.

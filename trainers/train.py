@@ -21,13 +21,13 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from modeling_llava.projector_artifact import load_projector
 from processing.collator import LlavaDataCollator
 from processing.llava_data import DataError, convert_records, drop_overflowing, read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
+from .projector_artifact import load_projector
 from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summary
 
 logger = logging.get_logger(__name__)

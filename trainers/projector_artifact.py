@@ -10,10 +10,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from .modeling_llava_plugin import LlavaPluginForConditionalGeneration
-
-WEIGHTS_NAME = "mm_projector.safetensors"
-CONFIG_NAME = "projector_config.json"
+from hub_cards.model_card import PROJECTOR_CONFIG_NAME as CONFIG_NAME
+from hub_cards.model_card import PROJECTOR_WEIGHTS_NAME as WEIGHTS_NAME
+from modeling_llava import LlavaPluginForConditionalGeneration
 
 
 def projector_fingerprint(model: LlavaPluginForConditionalGeneration) -> dict:
