@@ -28,6 +28,9 @@ ADAPTER_BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebu
 # The stage-1 projector artifact (`trainers/projector_artifact.py`), the original's `mm_projector.bin`.
 PROJECTOR_WEIGHTS_NAME = "mm_projector.safetensors"
 PROJECTOR_CONFIG_NAME = "projector_config.json"
+# Written by the trainer at every save: the logged training loss per step, and its plot.
+LOSS_HISTORY_NAME = "loss_history.json"
+LOSS_PLOT_NAME = "loss_curve.png"
 # Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
@@ -197,7 +200,8 @@ def _training(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     settings.update({key: str(value) for key, value in run.get("hyperparameters", {}).items()})
     settings.update({key: str(value) for key, value in run.get("progress", {}).items()})
     data = run.get("sources", {}).get("dataset_name")
-    return {"description": run["description"], "settings": settings}, _hub_ids(data)
+    loss_plot = LOSS_PLOT_NAME if (folder / LOSS_PLOT_NAME).is_file() else None
+    return {"description": run["description"], "settings": settings, "loss_plot": loss_plot}, _hub_ids(data)
 
 
 def render_model_card(folder: str | Path, repo_id: str | None = None, license: str | None = None) -> ModelCard:
@@ -288,6 +292,8 @@ def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
 __all__ = [
     "ADAPTER_BASE_NAME",
     "CARD_NAME",
+    "LOSS_HISTORY_NAME",
+    "LOSS_PLOT_NAME",
     "PROJECTOR_CONFIG_NAME",
     "PROJECTOR_WEIGHTS_NAME",
     "RUN_INFO_NAME",

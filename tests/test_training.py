@@ -415,3 +415,13 @@ def test_llava_train_reports_a_setup_mistake_in_one_line(checkpoints, train_data
     message = capsys.readouterr().err.strip()
     assert message.startswith("llava train stage2: dtype=bfloat16 loads the weights in half precision")
     assert "\n" not in message and "Traceback" not in message
+
+
+def test_every_run_writes_its_loss_history_and_plot_and_says_where(checkpoints, train_data, tmp_path, capsys):
+    trainer = train("stage2", run_args(checkpoints, train_data, tmp_path / "run"))
+    logged = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    history = json.loads((tmp_path / "run" / "loss_history.json").read_text())
+    assert list(zip(history["step"], history["loss"], strict=True)) == logged and len(logged) == 2
+    assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![Training loss per step](loss_curve.png)" in (tmp_path / "run" / "README.md").read_text()
+    assert f"stage2: saved to {tmp_path / 'run'}" in capsys.readouterr().out

@@ -4,8 +4,8 @@
    adapters at 2e-4 but the projector, which is trained in full, at 2e-5.
 2. Stage 1's projector-only artifact (the original's `mm_projector.bin`) written next to every checkpoint it saves,
    so stage 2 can start from the backbones plus a few MB.
-3. A model card and `llava_run.json` (stage, sources, hyperparameters, progress) next to every checkpoint it saves,
-   instead of TRL's text-generation card.
+3. A model card, `llava_run.json` (stage, sources, hyperparameters, progress) and the loss history with its plot
+   (`loss_history.json`, `loss_curve.png`) next to every checkpoint it saves, instead of TRL's text-generation card.
 4. Pushes during training that carry what makes a LLaVA repo loadable and described (remote code, card, run record,
    projector artifact; Trainer copies only config and weights), to a `hub_revision` branch created when missing.
 5. Checkpoints marked complete (`checkpoints.py`) once everything in them is written, so `--resume` never picks a
@@ -27,14 +27,14 @@ import torch
 from huggingface_hub import HfApi
 from trl import SFTTrainer
 
-from hub_cards.model_card import CARD_NAME, RUN_INFO_NAME, write_model_card
+from hub_cards.model_card import CARD_NAME, LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
 
 from .checkpoints import mark_complete
 from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 
 PROJECTOR = "multi_modal_projector"
 # What a checkpoint holds besides config, weights and processor, copied to `output_dir` before an intermediate push.
-PUSHED_WITH_CHECKPOINT = {CARD_NAME, RUN_INFO_NAME, WEIGHTS_NAME, CONFIG_NAME}
+PUSHED_WITH_CHECKPOINT = {CARD_NAME, RUN_INFO_NAME, WEIGHTS_NAME, CONFIG_NAME, LOSS_HISTORY_NAME, LOSS_PLOT_NAME}
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -158,6 +158,7 @@ class LlavaSFTTrainer(SFTTrainer):
         run = {**self.run_info, "hyperparameters": hyperparameters, "progress": progress}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RUN_INFO_NAME).write_text(json.dumps(run, indent=2) + "\n")
+        write_loss_history(self.state.log_history, folder)
         write_model_card(folder, repo_id=args.hub_model_id)
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -165,6 +166,27 @@ class LlavaSFTTrainer(SFTTrainer):
         super()._set_signature_columns_if_needed()
         if "id" not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, "id"]
+
+
+def write_loss_history(log_history: list[dict[str, Any]], folder: Path) -> None:
+    """`loss_history.json` (step and training loss of every logged step) and its plot, `loss_curve.png`."""
+    logged = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
+    if not logged:
+        return
+    steps, losses = map(list, zip(*logged, strict=True))
+    (folder / LOSS_HISTORY_NAME).write_text(json.dumps({"step": steps, "loss": losses}) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(6, 3.2))
+    axis.plot(steps, losses)
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    figure.tight_layout()
+    figure.savefig(folder / LOSS_PLOT_NAME, dpi=100)
+    pyplot.close(figure)
 
 
 def precision(model: torch.nn.Module, args) -> str:

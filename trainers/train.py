@@ -276,6 +276,8 @@ def main(
         (output_dir / ADAPTER_BASE_NAME).write_text(json.dumps(base, indent=2) + "\n")
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    if training_args.process_index == 0:
+        print(f"{stage.name}: saved to {output_dir} (model, card, run record, loss history and plot)")
     return trainer
 
 
