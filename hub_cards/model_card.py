@@ -73,33 +73,49 @@ def parameter_counts(folder: str | Path, pattern: str = "model*.safetensors") ->
     """
     counts = dict.fromkeys(PARTS, 0)
     for weights in sorted(Path(folder).glob(pattern)):
-        with safe_open(weights, framework="pt") as handle:
+        with safe_open(weights, framework="numpy") as handle:  # headers only; numpy keeps torch out of `llava info`
             for name in handle.keys():
                 part = next((part for part in PARTS if part in name), "multi_modal_projector")
                 counts[part] += math.prod(handle.get_slice(name).get_shape())
     return {f"parameters: {part}": f"{count:,}" for part, count in counts.items() if count}
 
 
-def describe_checkpoint(folder: str | Path) -> dict[str, str]:
-    """The architecture of a full checkpoint as rows: backbones, projector, image tokens, parameters per part."""
-    from transformers import AutoConfig
-
-    import modeling_llava  # noqa: F401  (registers llava_plugin with AutoConfig)
-
-    config = AutoConfig.from_pretrained(folder)
-    vision, text = config.vision_config, config.text_config
-    rows = {
-        "vision tower": f"{vision.model_type} (width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
-        f"{vision.image_size} px, patch {vision.patch_size})",
-        "language model": f"{text.model_type} (width {text.hidden_size}, {text.num_hidden_layers} layers, "
-        f"vocabulary {text.vocab_size})",
-        "projector": config.projector_type,
-        "vision feature layer": str(config.vision_feature_layer),
-        "feature selection": config.vision_feature_select_strategy,
-        "image tokens per image": f"{config.image_seq_length} (token id {config.image_token_id})",
+def _config_rows(config: dict[str, Any]) -> dict[str, str]:
+    vision, text = config["vision_config"], config["text_config"]
+    token_id = config.get("image_token_index", config.get("image_token_id"))
+    return {
+        "vision tower": f"{vision['model_type']} (width {vision['hidden_size']}, "
+        f"{vision['num_hidden_layers']} layers, {vision['image_size']} px, patch {vision['patch_size']})",
+        "language model": f"{text['model_type']} (width {text['hidden_size']}, {text['num_hidden_layers']} layers, "
+        f"vocabulary {text['vocab_size']})",
+        "projector": config["projector_type"],
+        "vision feature layer": str(config["vision_feature_layer"]),
+        "feature selection": config["vision_feature_select_strategy"],
+        "image tokens per image": f"{config['image_seq_length']} (token id {token_id})",
     }
+
+
+def describe_checkpoint(folder: str | Path) -> dict[str, str]:
+    """The architecture of a full checkpoint as rows: backbones, projector, image tokens, parameters per part.
+
+    Read from `config.json` as JSON (transformers 5 saves every field), so that describing needs no torch; a config
+    that leaves fields out is completed by transformers itself."""
+    try:
+        rows = _config_rows(json.loads((Path(folder) / "config.json").read_text()))
+    except KeyError:
+        from transformers import AutoConfig
+
+        import modeling_llava  # noqa: F401  (registers llava_plugin with AutoConfig)
+
+        rows = _config_rows(AutoConfig.from_pretrained(folder).to_dict())
     rows.update(parameter_counts(folder))
     return rows
+
+
+def describe_folder(folder: str | Path) -> dict[str, str]:
+    """What any saved folder holds (checkpoint, LoRA adapter or stage-1 projector), as the card's architecture rows."""
+    folder = Path(folder)
+    return {"kind": folder_kind(folder), **_architecture(folder, folder_kind(folder))[0]}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -301,6 +317,7 @@ __all__ = [
     "card_text",
     "refresh_card_after_eval",
     "describe_checkpoint",
+    "describe_folder",
     "folder_kind",
     "parameter_counts",
     "render_model_card",

@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from peft import get_peft_model
 from transformers import AutoModelForImageTextToText
 
 from trainers.demo.run import run_demo
+from trainers.projector_artifact import save_projector
+from trainers.stages import lora_config
 
 
 @pytest.mark.slow
@@ -50,3 +53,27 @@ def test_quick_demo_writes_every_result(tmp_path):
     assert Path(tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for model in ("stage1", "stage2", "stage2-no-stage1"):
         assert (tmp_path / model / "model.safetensors").is_file()
+
+
+NO_HEAVY_IMPORTS = """
+import sys
+from trainers.cli import main
+main(["info", sys.argv[1]])
+print("imported:", sorted(name for name in ("torch", "transformers") if name in sys.modules))
+"""
+
+
+def test_info_describes_every_saved_kind_without_importing_torch(tmp_path, llava_checkpoint, checkpoints):
+    model = AutoModelForImageTextToText.from_pretrained(llava_checkpoint)
+    save_projector(model, tmp_path / "projector", vision_tower=checkpoints["clip"], language_model="lmsys/vicuna")
+    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(tmp_path / "adapter")
+    expected = {"checkpoint": "mlp2x_gelu", "adapter": "LoRA r 4, alpha 8", "projector": "mlp2x_gelu"}
+    folders = {"checkpoint": llava_checkpoint, "adapter": tmp_path / "adapter", "projector": tmp_path / "projector"}
+    for kind, folder in folders.items():
+        result = subprocess.run(
+            [sys.executable, "-c", NO_HEAVY_IMPORTS, str(folder)], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.splitlines()[-1] == "imported: []"  # header reads only: it answers at once
+        rows = dict(line.split("  ", 1) for line in result.stdout.splitlines()[:-1])
+        assert rows["kind"].strip() == kind
+        assert expected[kind] in " ".join(rows.values())

@@ -8,18 +8,18 @@ import sys
 
 
 def info(path: str) -> None:
-    """Prints what a LLaVA checkpoint is: backbones, projector, image tokens and parameter counts per part.
+    """Prints what a saved folder is (checkpoint, LoRA adapter or stage-1 projector): backbones, projector, image
+    tokens and parameter counts per part.
 
-    The same rows as the model card's architecture table; parameter counts come from the safetensors headers, so no
-    weight is read into memory.
+    The same rows as the model card's architecture table, read from the JSON configs and the safetensors headers:
+    no weight is read into memory, and neither torch nor transformers is imported.
     """
-    from hub_cards.model_card import describe_checkpoint, folder_kind
+    from hub_cards.model_card import describe_folder
 
     try:
-        folder_kind(path)
+        rows = describe_folder(path)
     except ValueError as error:
         sys.exit(str(error))
-    rows = describe_checkpoint(path)
     width = max(len(key) for key in rows)
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")
