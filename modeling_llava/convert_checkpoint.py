@@ -75,6 +75,11 @@ UNSUPPORTED = {
 def detect_format(source: str | Path) -> Format:
     """The format of a checkpoint folder, from its `config.json`."""
     config_path = Path(source) / "config.json"
+    if (Path(source) / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{str(source)!r} is a LoRA adapter, not a full checkpoint: merge it into one first "
+            f"(`llava merge-lora {source} MERGED`) and use MERGED."
+        )
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(source)!r} has no config.json: not a checkpoint folder.")
     model_type = json.loads(config_path.read_text()).get("model_type")

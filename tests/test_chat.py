@@ -9,12 +9,15 @@ import sys
 
 import pytest
 import torch
+from peft import get_peft_model
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
 from tests.test_convert import save_original
 from trainers.chat import ChatSession, interactive
+from trainers.cli import main as llava
 from trainers.generation import load_llava
+from trainers.stages import lora_config
 
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
@@ -116,3 +119,15 @@ def test_one_shot_command_prints_the_answer(loaded, llava_checkpoint, tmp_path):
     session.set_image(tmp_path / "a.png")
     expected = reference_answer(model, processor, [user("What is the colour of the square?", True)], session.image)
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_lora_folder_is_pointed_to_merge_lora_in_one_line(tmp_path, llava_checkpoint, capsys):
+    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint)
+    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(tmp_path / "adapter")
+    capsys.readouterr()  # only what the command prints
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["chat", str(tmp_path / "adapter"), "--prompt", "Hello?"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("llava chat: ") and "is a LoRA adapter" in message and "llava merge-lora" in message
+    assert "\n" not in message

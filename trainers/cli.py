@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.device,
                 args.vision_tower,
             )
-        except ValueError as error:
-            sys.exit(str(error))
+        except (ValueError, OSError) as error:  # a wrong folder or format: the message says which and what to do
+            print(f"llava chat: {error}", file=sys.stderr)
+            sys.exit(2)
     elif args.command == "push":
         from hub_cards.push import PushError, push_to_hub
 
