@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     chat_parser.add_argument("model", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
     chat_parser.add_argument("--image", help="the image to talk about")
     chat_parser.add_argument("--prompt", help="ask one question, print the answer and exit")
-    chat_parser.add_argument("--max-new-tokens", type=int, default=512)
+    chat_parser.add_argument(
+        "--max-new-tokens", type=int, default=512, help="longest answer, in tokens (default: %(default)s)"
+    )
     chat_parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")

@@ -131,6 +131,9 @@ def build_model_and_processor(
         )
     if script_args.pretrain_projector:
         load_projector(model, script_args.pretrain_projector)
+        logger.warning(
+            f"Loaded the stage-1 projector ({model.config.projector_type}) from {script_args.pretrain_projector}."
+        )
     if model_args.attn_implementation:
         model.set_attn_implementation(model_args.attn_implementation)
     return model, processor
