@@ -1,22 +1,26 @@
-"""Session fixtures: a tokenizer trained here, tiny backbone checkpoints and a tiny LLaVA built from them.
+"""Shared by the tests: session fixtures (a tokenizer trained here, tiny backbone checkpoints, a tiny LLaVA built from
+them, a SentencePiece-only Llama, training data) and the helpers more than one test module uses (the original's
+vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the remote-code loader script).
 
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig, LlamaForCausalLM
 
 import modeling_llava  # noqa: F401  (registers the Auto classes)
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
 from trainers.tiny_backbones import TINY_TEXT, save_tiny_language_model, save_tiny_vision, train_tokenizer
+from trainers.train import main, parse
 
 CORPUS = [
     VICUNA_V1_SYSTEM,
@@ -117,3 +121,142 @@ def train_data(tmp_path_factory) -> dict[str, str]:
     records[-1]["conversations"] = [{"from": "human", "value": "How many shapes are there?"}, CONVERSATION[1]]
     (root / "data.json").write_text(json.dumps(records))
     return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
+
+
+def turn(role: str, *parts: str | dict) -> dict:
+    return {"role": role, "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}
+
+
+IMAGE_ITEM = {"type": "image"}
+
+
+ORIGINAL_VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def run_args(checkpoints, train_data, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"],
+        "--data_path", train_data["data_path"], "--image_folder", train_data["image_folder"],
+        "--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--max_steps", "2",
+        "--learning_rate", "1e-2", "--bf16", "false", "--gradient_checkpointing", "false",
+        "--report_to", "none", "--logging_steps", "1", "--max_length", "200", "--save_strategy", "no",
+        "--lora_r", "4", "--lora_alpha", "8",
+        *extra,
+    ]  # fmt: skip
+
+
+def train(stage: str, args: list[str]):
+    torch.manual_seed(0)
+    return main(stage, *parse(args))
+
+
+QUESTION = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the colour of the square?"}]}
+]
+
+
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+def reference_outputs(checkpoint: str, image_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and greedy tokens of the checkpoint loaded with this package installed."""
+    from PIL import Image
+
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    prompt = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits, model.generate(**inputs, **GREEDY)
+
+
+REMOTE_SCRIPT = """
+import importlib.abc, json, sys
+
+class BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
+            raise ImportError(f"{name} is blocked: this process must not see the llava-plugin package")
+
+sys.meta_path.insert(0, BlockProject())
+try:
+    import modeling_llava  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("the package is importable, so this would not test remote code")
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+checkpoint, image_path, question, greedy, out = sys.argv[1:]
+model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+prompt = processor.apply_chat_template(json.loads(question), add_generation_prompt=True)
+inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits
+    tokens = model.generate(**inputs, **json.loads(greedy))
+save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
+"""
+
+
+Q1, A1 = "What is the colour of the square?", "The square is red."
+
+
+Q2, A2 = "Where is the blue circle?", "The blue circle is at the top left of the image."
+
+
+Q3, A3 = "How many shapes are there?", "There are three shapes."
+
+
+CAPTION = "A red square and a blue circle."  # not in the tokenizer corpus, so "\n" stays its own token
+
+
+def vicuna_v1_get_prompt(messages: list[tuple[str, str | None]], system: str = ORIGINAL_VICUNA_V1_SYSTEM) -> str:
+    """The original `Conversation.get_prompt()` for `SeparatorStyle.TWO` with conv_vicuna_v1's separators."""
+    seps = [" ", "</s>"]
+    ret = system + seps[0]
+    for i, (role, message) in enumerate(messages):
+        ret += role + ": " + message + seps[i % 2] if message else role + ":"
+    return ret
+
+
+def expand_image_ids(ids: list[int], image_token_id: int, n: int) -> list[int]:
+    """The ids of the unexpanded text with each image token repeated `n` times."""
+    return [token for i in ids for token in ([i] * n if i == image_token_id else [i])]
+
+
+def unmasked_text(processor: LlavaPluginProcessor, ids: list[int], mask: list[int]) -> str:
+    """The text of the tokens under the mask. Joining tokens keeps each word's leading space (Metaspace's `▁`),
+    which `decode` strips from the first token."""
+    tokens = processor.tokenizer.convert_ids_to_tokens([i for i, m in zip(ids, mask, strict=True) if m])
+    return "".join(tokens).replace("▁", " ")
+
+
+# Different lengths, a text-only sample between two image samples, and a sample with two images, so that a wrong
+# splice order, a boundary leak or a misplaced position restart would all change the numbers.
+EXAMPLES = [
+    {
+        "messages": [
+            turn("user", IMAGE_ITEM, "What is the colour of the square?"),
+            turn("assistant", "The square is red."),
+            turn("user", "Where is the blue circle?"),
+            turn("assistant", "The blue circle is at the top left of the image."),
+        ],
+        "images": [random_image(0)],
+    },
+    {"messages": [turn("user", "How many shapes are there?"), turn("assistant", "There are three.")], "images": []},
+    {
+        "messages": [turn("user", IMAGE_ITEM, IMAGE_ITEM, "Which one is green?"), turn("assistant", "The triangle.")],
+        "images": [random_image(1), random_image(2, size=(30, 30))],
+    },
+    {"messages": [turn("user", IMAGE_ITEM, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
+]

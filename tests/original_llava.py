@@ -1,6 +1,7 @@
 """The original LLaVA's prompt rendering, `tokenizer_image_token` and label masks, written from its description on
 SentencePiece itself (not on transformers' tokenizers): the reference that the tokenization and conversion tests
-compare this project's ids and labels with.
+compare this project's ids and labels with; and `save_original`, a tiny checkpoint as the original's trainer
+writes it.
 
 The conversation is rendered as `conv_vicuna_v1.get_prompt()` renders it (an empty turn as a bare `ROLE:`), each
 `<image>` moved to the start of its turn (`preprocess_multimodal`), then tokenized as `tokenizer_image_token` does:
@@ -10,10 +11,16 @@ a non-legacy one continues without it). Labels: per round, the user part up to `
 with its `</s>` supervised; for `plain`, the image is masked and the caption with its newline supervised.
 """
 
+import json
 import re
+import shutil
+from pathlib import Path
 
 import sentencepiece
+import torch
+from huggingface_hub import save_torch_state_dict
 from sentencepiece import sentencepiece_model_pb2
+from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
 
@@ -107,4 +114,71 @@ class OriginalLlava:
         return ids
 
 
-__all__ = ["IGNORE", "OriginalLlava"]
+def save_original(
+    folder: Path,
+    checkpoints,
+    projector_type: str,
+    dtype=torch.float32,
+    vision: str | None = None,
+    text: str | None = None,
+    tower: CLIPVisionModel | None = None,
+    select_layer: int = -2,
+    pad: bool = True,
+    safetensors: bool = True,
+):
+    """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, the tower named.
+
+    `text` is the Llama (weights and tokenizer files) it starts from; the session's BPE Llama by default. With
+    `tower`, its weights are saved too, as the original's trainer writes them (`model.vision_tower.vision_tower.*`,
+    with the `position_ids` buffer the transformers of its day saved, as also each layer's rotary `inv_freq`).
+    LLaVA v1 is `projector_type="linear", select_layer=-1, pad=False`; LLaVA-1.5 the defaults. `safetensors=False`
+    writes sharded `pytorch_model-*.bin` files, as the original's older checkpoints are.
+    """
+    text = text or checkpoints["llama"]
+    llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
+    torch.manual_seed(1)
+    width = llm.config.hidden_size
+    if projector_type == "linear":
+        projector = {
+            "model.mm_projector.weight": torch.randn(width, 32),
+            "model.mm_projector.bias": torch.randn(width),
+        }
+    else:
+        projector = {
+            "model.mm_projector.0.weight": torch.randn(width, 32) / 4,
+            "model.mm_projector.0.bias": torch.randn(width) / 4,
+            "model.mm_projector.2.weight": torch.randn(width, width) / 4,
+            "model.mm_projector.2.bias": torch.randn(width) / 4,
+        }
+    weights = {name: tensor.to(dtype) for name, tensor in {**llm.state_dict(), **projector}.items()}
+    if tower is not None:
+        prefix = "model.vision_tower.vision_tower.vision_model."  # CLIP's weight names in the original's day
+        weights |= {prefix + k.removeprefix("vision_model."): v.to(dtype) for k, v in tower.state_dict().items()}
+        positions = tower.config.image_size // tower.config.patch_size
+        weights["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(
+            positions**2 + 1
+        )[None]
+        for layer in range(llm.config.num_hidden_layers):
+            weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    folder.mkdir(parents=True)
+    save_torch_state_dict(weights, folder, max_shard_size="20KB", safe_serialization=safetensors)
+    config = llm.config.to_dict() | {
+        "model_type": "llava_llama",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "mm_vision_tower": vision or checkpoints["clip"],
+        "mm_projector_type": projector_type,
+        "mm_hidden_size": 32,
+        "mm_vision_select_layer": select_layer,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad" if pad else "square",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "tune_mm_mlp_adapter": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    for tokenizer_file in Path(text).glob("tokenizer*"):
+        shutil.copy(tokenizer_file, folder / tokenizer_file.name)
+    return folder
+
+
+__all__ = ["IGNORE", "OriginalLlava", "save_original"]

@@ -15,7 +15,7 @@ from benchmarks.run import main as run_benchmark
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
 from processing.collator import LlavaDataCollator
 from processing.padding_free import LlavaPaddingFreeCollator
-from tests.test_padding_free import EXAMPLES
+from tests.conftest import EXAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from peft import get_peft_model
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
-from tests.test_convert import save_original
+from tests.original_llava import save_original
 from trainers.chat import ChatSession, interactive
 from trainers.cli import main as llava
 from trainers.generation import load_llava

@@ -17,8 +17,7 @@ from PIL import Image
 from modeling_llava.chat_templates import CHAT_TEMPLATES
 from processing.collator import LlavaDataCollator
 from processing.llava_data import DataError, convert_records, drop_overflowing, read_records, sample_length
-from tests.conftest import random_image
-from tests.test_processing import (
+from tests.conftest import (
     A1,
     A2,
     A3,
@@ -27,6 +26,7 @@ from tests.test_processing import (
     Q2,
     Q3,
     expand_image_ids,
+    random_image,
     unmasked_text,
     vicuna_v1_get_prompt,
 )

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_training import run_args
+from tests.conftest import run_args
 from trainers.checkpoints import COMPLETE_NAME, checkpoint_folders
 from trainers.train import main, parse
 

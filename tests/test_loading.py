@@ -27,12 +27,8 @@ from modeling_llava import (
     LlavaPluginModel,
     LlavaPluginProcessor,
 )
-from tests.conftest import random_image
+from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs
 
-QUESTION = [
-    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the colour of the square?"}]}
-]
-GREEDY = {"max_new_tokens": 8, "do_sample": False}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -125,53 +121,6 @@ def test_checkpoint_ships_its_code_and_auto_map(llava_checkpoint):
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_llava_plugin.LlavaPluginProcessor"
 
 
-def _reference_outputs(checkpoint: str, image_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and greedy tokens of the checkpoint loaded with this package installed."""
-    from PIL import Image
-
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    prompt = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
-    inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
-    with torch.no_grad():
-        return model(**inputs).logits, model.generate(**inputs, **GREEDY)
-
-
-REMOTE_SCRIPT = """
-import importlib.abc, json, sys
-
-class BlockProject(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
-            raise ImportError(f"{name} is blocked: this process must not see the llava-plugin package")
-
-sys.meta_path.insert(0, BlockProject())
-try:
-    import modeling_llava  # noqa: F401
-except ImportError:
-    pass
-else:
-    sys.exit("the package is importable, so this would not test remote code")
-
-import torch
-from PIL import Image
-from safetensors.torch import save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-checkpoint, image_path, question, greedy, out = sys.argv[1:]
-model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
-prompt = processor.apply_chat_template(json.loads(question), add_generation_prompt=True)
-inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
-with torch.no_grad():
-    logits = model(**inputs).logits
-    tokens = model.generate(**inputs, **json.loads(greedy))
-save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
-"""
-
-
 def remote_code_pythons() -> list:
     """This interpreter, and one with the oldest transformers that a checkpoint's files must load on.
 
@@ -215,7 +164,7 @@ def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoin
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = load_file(out)
-    logits, tokens = _reference_outputs(llava_checkpoint, image_path)
+    logits, tokens = reference_outputs(llava_checkpoint, image_path)
     torch.testing.assert_close(remote["logits"], logits, atol=1e-5, rtol=0)
     assert torch.equal(remote["tokens"], tokens)
 

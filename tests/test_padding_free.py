@@ -14,34 +14,8 @@ from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
 from modeling_llava.attention_varlen import VARLEN_ATTENTION, varlen_attention_forward
 from processing.collator import LlavaDataCollator
 from processing.padding_free import LlavaPaddingFreeCollator
-from tests.conftest import random_image
+from tests.conftest import EXAMPLES, IMAGE_ITEM, random_image, turn
 from trainers.train import RECIPES, main, parse
-
-
-def turn(role: str, *parts: str | dict) -> dict:
-    return {"role": role, "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}
-
-
-IMAGE = {"type": "image"}
-# Different lengths, a text-only sample between two image samples, and a sample with two images, so that a wrong
-# splice order, a boundary leak or a misplaced position restart would all change the numbers.
-EXAMPLES = [
-    {
-        "messages": [
-            turn("user", IMAGE, "What is the colour of the square?"),
-            turn("assistant", "The square is red."),
-            turn("user", "Where is the blue circle?"),
-            turn("assistant", "The blue circle is at the top left of the image."),
-        ],
-        "images": [random_image(0)],
-    },
-    {"messages": [turn("user", "How many shapes are there?"), turn("assistant", "There are three.")], "images": []},
-    {
-        "messages": [turn("user", IMAGE, IMAGE, "Which one is green?"), turn("assistant", "The triangle.")],
-        "images": [random_image(1), random_image(2, size=(30, 30))],
-    },
-    {"messages": [turn("user", IMAGE, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
-]
 
 
 def collate(collator_class: type, processor, template: str = "vicuna_v1", assistant_only_loss: bool = True) -> dict:
@@ -105,7 +79,7 @@ def test_padding_free_loss_and_gradients_equal_the_padded_batchs(
 def test_varlen_attention_generates_the_tokens_of_sdpa(model, processor):
     """Off a padding-free row (padded batches, decoding with a cache), `torch_varlen` is plain sdpa."""
     prompts = [
-        processor.apply_chat_template([turn("user", IMAGE, question)], add_generation_prompt=True)
+        processor.apply_chat_template([turn("user", IMAGE_ITEM, question)], add_generation_prompt=True)
         for question in ("Where is the blue circle?", "How many?")
     ]
     inputs = processor(images=[random_image(4), random_image(5)], text=prompts, padding=True, return_tensors="pt")

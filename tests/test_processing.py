@@ -12,19 +12,23 @@ from transformers import AutoProcessor
 
 from modeling_llava import LlavaPluginProcessor
 from modeling_llava.chat_templates import CHAT_TEMPLATES
-from tests.conftest import random_image
+from tests.conftest import (
+    A1,
+    A2,
+    A3,
+    CAPTION,
+    ORIGINAL_VICUNA_V1_SYSTEM,
+    Q1,
+    Q2,
+    Q3,
+    random_image,
+    unmasked_text,
+    vicuna_v1_get_prompt,
+)
 
 OPENAI_CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 OPENAI_CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
-ORIGINAL_VICUNA_V1_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
 IMAGE = random_image(0)
-Q1, A1 = "What is the colour of the square?", "The square is red."
-Q2, A2 = "Where is the blue circle?", "The blue circle is at the top left of the image."
-Q3, A3 = "How many shapes are there?", "There are three shapes."
-CAPTION = "A red square and a blue circle."  # not in the tokenizer corpus, so "\n" stays its own token
 
 
 def user(content: str | list[dict]) -> dict:
@@ -44,15 +48,6 @@ THREE_TURNS = [
     user(Q3),
     assistant(A3),
 ]
-
-
-def vicuna_v1_get_prompt(messages: list[tuple[str, str | None]], system: str = ORIGINAL_VICUNA_V1_SYSTEM) -> str:
-    """The original `Conversation.get_prompt()` for `SeparatorStyle.TWO` with conv_vicuna_v1's separators."""
-    seps = [" ", "</s>"]
-    ret = system + seps[0]
-    for i, (role, message) in enumerate(messages):
-        ret += role + ": " + message + seps[i % 2] if message else role + ":"
-    return ret
 
 
 def clip_reference(image: Image.Image, side: int = 30) -> np.ndarray:
@@ -77,18 +72,6 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, int, int]) 
 def pad_reference(image: Image.Image) -> np.ndarray:
     """LLaVA-1.5's `image_aspect_ratio == "pad"`: pad with the mean colour, then CLIP's preprocessing."""
     return clip_reference(expand2square(image, tuple(int(x * 255) for x in OPENAI_CLIP_MEAN)))
-
-
-def expand_image_ids(ids: list[int], image_token_id: int, n: int) -> list[int]:
-    """The ids of the unexpanded text with each image token repeated `n` times."""
-    return [token for i in ids for token in ([i] * n if i == image_token_id else [i])]
-
-
-def unmasked_text(processor: LlavaPluginProcessor, ids: list[int], mask: list[int]) -> str:
-    """The text of the tokens under the mask. Joining tokens keeps each word's leading space (Metaspace's `▁`),
-    which `decode` strips from the first token."""
-    tokens = processor.tokenizer.convert_ids_to_tokens([i for i, m in zip(ids, mask, strict=True) if m])
-    return "".join(tokens).replace("▁", " ")
 
 
 @pytest.mark.parametrize(

@@ -31,10 +31,8 @@ from hub_cards.model_card import (
 )
 from hub_cards.push import PushError, files_to_push, push_to_hub
 from modeling_llava import LlavaPluginForConditionalGeneration
-from tests.conftest import random_image
+from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs, run_args, train
 from tests.hub_server import HubServer
-from tests.test_loading import GREEDY, QUESTION, REMOTE_SCRIPT, _reference_outputs
-from tests.test_training import run_args, train
 from trainers.cli import main as llava
 from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
@@ -49,10 +47,10 @@ import sys
 
 from safetensors.torch import save_file
 
-from tests.test_loading import _reference_outputs
+from tests.conftest import reference_outputs
 
 repo_id, image_path, *_, out = sys.argv[1:]
-logits, tokens = _reference_outputs(repo_id, image_path)
+logits, tokens = reference_outputs(repo_id, image_path)
 save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
 """
 
@@ -147,7 +145,7 @@ def test_fresh_processes_download_and_load_it_with_and_without_the_package(hub, 
         command = [sys.executable, str(tmp_path / f"{mode}.py"), *arguments, str(tmp_path / f"{mode}.safetensors")]
         runs[mode] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    logits, tokens = _reference_outputs(llava_checkpoint, image_path)
+    logits, tokens = reference_outputs(llava_checkpoint, image_path)
     for mode, process in runs.items():
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{mode}: {stderr.decode()[-3000:]}"

@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 import trainers.train as train_module
 from hub_cards.model_card import RUN_INFO_NAME
-from tests.conftest import random_image
+from tests.conftest import random_image, run_args, train
 from trainers.checkpoints import (
     COMPLETE_NAME,
     RunMismatchError,
@@ -39,23 +39,6 @@ from trainers.train import (
     main,
     parse,
 )
-
-
-def run_args(checkpoints, train_data, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"],
-        "--data_path", train_data["data_path"], "--image_folder", train_data["image_folder"],
-        "--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--max_steps", "2",
-        "--learning_rate", "1e-2", "--bf16", "false", "--gradient_checkpointing", "false",
-        "--report_to", "none", "--logging_steps", "1", "--max_length", "200", "--save_strategy", "no",
-        "--lora_r", "4", "--lora_alpha", "8",
-        *extra,
-    ]  # fmt: skip
-
-
-def train(stage: str, args: list[str]):
-    torch.manual_seed(0)
-    return main(stage, *parse(args))
 
 
 def starting_model(stage: str, args: list[str]):
