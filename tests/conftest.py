@@ -173,8 +173,9 @@ def reference_outputs(checkpoint: str, image_path: Path) -> tuple[torch.Tensor, 
         return model(**inputs).logits, model.generate(**inputs, **GREEDY)
 
 
-REMOTE_SCRIPT = """
-import importlib.abc, json, sys
+# The opening of every script that must run without this package: its four packages cannot be imported.
+BLOCK_THE_PACKAGE = """
+import importlib.abc, sys
 
 class BlockProject(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -182,6 +183,13 @@ class BlockProject(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked: this process must not see the llava-plugin package")
 
 sys.meta_path.insert(0, BlockProject())
+"""
+
+REMOTE_SCRIPT = (
+    BLOCK_THE_PACKAGE
+    + """
+import json
+
 try:
     import modeling_llava  # noqa: F401
 except ImportError:
@@ -206,6 +214,7 @@ with torch.no_grad():
     tokens = model.generate(**inputs, **json.loads(greedy))
 save_file({"logits": logits.contiguous(), "tokens": tokens.contiguous()}, out)
 """
+)
 
 
 Q1, A1 = "What is the colour of the square?", "The square is red."

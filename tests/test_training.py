@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 import trainers.train as train_module
 from hub_cards.model_card import RUN_INFO_NAME
-from tests.conftest import random_image, run_args, train
+from tests.conftest import BLOCK_THE_PACKAGE, random_image, run_args, train
 from trainers.checkpoints import (
     COMPLETE_NAME,
     RunMismatchError,
@@ -261,20 +261,15 @@ def test_resume_continues_from_the_last_checkpoint(checkpoints, train_data, tmp_
         torch.testing.assert_close(weight, expected[name], atol=1e-6, rtol=1e-5)
 
 
-STOCK_TRL_SFT = """
-import importlib.abc, sys
-
-class BlockProject(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
-            raise ImportError(f"{name} is blocked: only remote code may be used")
-
-sys.meta_path.insert(0, BlockProject())
+STOCK_TRL_SFT = (
+    BLOCK_THE_PACKAGE
+    + """
 from trl.cli.main import main
 
 sys.argv = ["trl", "sft", *sys.argv[1:]]
 main()
 """
+)
 
 
 @pytest.mark.slow
