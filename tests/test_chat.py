@@ -14,7 +14,7 @@ from peft import get_peft_model
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
 from tests.original_llava import save_original
-from trainers.chat import ChatSession, interactive
+from trainers.chat.terminal import ChatSession, interactive
 from trainers.cli import main as llava
 from trainers.generation import load_llava
 from trainers.stages import lora_config

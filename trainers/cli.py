@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(str(error))
         print(f"Converted checkpoint written to {args.destination}")
     elif args.command == "chat":
-        from .chat import run
+        from .chat.terminal import run
 
         try:
             run(

@@ -17,7 +17,7 @@ from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 
-from .generation import load_llava
+from ..generation import load_llava
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 

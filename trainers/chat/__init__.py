@@ -1,0 +1,1 @@
+"""Talking to a trained LLaVA: the terminal chat (`llava chat`), one conversation at a time."""
