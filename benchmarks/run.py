@@ -22,12 +22,10 @@ import shlex
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 import transformers
@@ -40,7 +38,6 @@ from trl import SFTConfig, SFTTrainer
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
 from trainers import train as train_module
 from trainers.generation import decoding_kwargs
-from trainers.llava_trainer import LlavaSFTTrainer
 from trainers.stages import apply_freeze, get_stage, lora_config
 
 from .measure import BatchRecorder, ModelCounts, PeakMemory, peak_flops, synchronize
@@ -151,7 +148,7 @@ def train_baseline(
 def train_ours(
     case: TrainingCase, shape: Shapes, processors, dataset: Dataset, batch_size: int, settings: Settings
 ) -> dict:
-    """`llava train STAGE --config RECIPE` through `main()`, on an in-memory model and dataset, without the save."""
+    """`llava train --config RECIPE`'s own `build_trainer`, on an in-memory model and dataset, without the save."""
     processor = processors[0]
     argv = [
         "--config", case.recipe, "--output_dir", str(settings.folder / f"{case.stage}-ours"),
@@ -159,23 +156,17 @@ def train_ours(
         "--max_steps", str(settings.total_steps), "--save_strategy", "no", "--report_to", "none",
         "--logging_steps", "1", *settings.device_args(), *settings.ours_args,
     ]  # fmt: skip
+    script_args, training_args, model_args = train_module.parse(argv)
     recorder = BatchRecorder(settings.device)
-    built = {}
-
-    def build_model_and_processor(script_args, model_args, stage):
+    with PeakMemory(settings.device) as memory:
         model = build(LlavaPluginForConditionalGeneration, shape.plugin_config(processor.image_token_id), settings)
         if model_args.attn_implementation:
             model.set_attn_implementation(model_args.attn_implementation)
         model.model.register_forward_pre_hook(recorder, with_kwargs=True)
-        built["model"] = model
-        return model, processor
-
-    with PeakMemory(settings.device) as memory, ExitStack() as patches:
-        patches.enter_context(mock.patch.object(train_module, "build_model_and_processor", build_model_and_processor))
-        patches.enter_context(mock.patch.object(train_module, "load_training_rows", lambda *_: (dataset, [])))
-        patches.enter_context(mock.patch.object(LlavaSFTTrainer, "save_model", lambda *_, **__: None))
-        trainer = train_module.main(case.stage, *train_module.parse(argv))
-    model = built["model"]
+        trainer, _ = train_module.build_trainer(
+            script_args, training_args, model_args, model_and_processor=(model, processor), train_dataset=dataset
+        )
+        trainer.train()
     result = recorder.summary(settings.warmup, ModelCounts.of(trainer.model, model.config), settings.peak)
     return result | {"peak_memory_gib": memory.gib, "settings": settings_of(trainer, model)}
 
@@ -281,7 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="per-device batch of every training case (default: recipe's)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; the best one counts")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, if not a known GPU")
-    parser.add_argument("--ours-args", default="", help="extra `llava train` flags for ours ('--padding_free false')")
+    parser.add_argument(
+        "--ours-args", default="", help="extra `llava train` flags for ours ('--padding_free_batches false')"
+    )
     return parser.parse_args(argv)
 
 

@@ -18,8 +18,9 @@ class LlavaDataCollator(DataCollatorForVisionLanguageModeling):
     """TRL's `DataCollatorForVisionLanguageModeling` over rows of `{"id", "messages", "images"}`.
 
     With `assistant_only_loss=True`, labels keep only the assistant answers and their end-of-sequence token: the
-    chat template's `{% generation %}` markers decide. `chat_template` names the processor's template to render
-    (`"plain"` for stage 1; `None` for its default, `vicuna_v1`).
+    chat template's `{% generation %}` markers decide. With `False`, every text token is a label. Image tokens never
+    are: they are replaced by image features, so there is nothing to predict there. `chat_template` names the
+    processor's template to render (`"plain"` for stage 1; `None` for its default, `vicuna_v1`).
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -35,7 +36,9 @@ class LlavaDataCollator(DataCollatorForVisionLanguageModeling):
             }
             for example in examples
         ]
-        return super().torch_call(examples)
+        batch = super().torch_call(examples)
+        batch["labels"][batch["input_ids"] == self.processor.image_token_id] = -100
+        return batch
 
 
 __all__ = ["LlavaDataCollator"]

@@ -36,7 +36,7 @@ def mark_complete(folder, fingerprint, step):
 
 original = checkpoints.mark_complete
 llava_trainer.mark_complete = mark_complete
-main("stage2", *parse(sys.argv[1:]))
+main(*parse(["stage2", *sys.argv[1:]]))
 """
 
 CONVERT_UNTIL_KILLED = """
@@ -74,8 +74,8 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_o
     assert (folders["checkpoint-2"] / COMPLETE_NAME).is_file()
     assert not (folders["checkpoint-4"] / COMPLETE_NAME).exists()
 
-    resumed = main("stage2", *parse(args(tmp_path / "run", "--resume"))).model.state_dict()
-    expected = main("stage2", *parse(args(tmp_path / "whole"))).model.state_dict()
+    resumed = main(*parse(["stage2", *args(tmp_path / "run", "--resume")])).model.state_dict()
+    expected = main(*parse(["stage2", *args(tmp_path / "whole")])).model.state_dict()
     for name, weight in resumed.items():
         assert torch.equal(weight, expected[name]), name
     projector = "model.multi_modal_projector.linear_1.weight"

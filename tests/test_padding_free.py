@@ -116,8 +116,8 @@ def test_varlen_kernel_equals_sdpa_per_sample():
 @pytest.mark.parametrize("recipe", sorted(path.stem for path in RECIPES.glob("llava-1.5-*.yaml")))
 def test_shipped_gpu_recipes_turn_padding_free_on(recipe):
     on_cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 on a CPU needs use_cpu
-    _, training_args, model_args = parse(["--config", recipe, *on_cpu])
-    assert training_args.padding_free and model_args.attn_implementation == VARLEN_ATTENTION
+    script_args, _, model_args = parse(["--config", recipe, *on_cpu])
+    assert script_args.padding_free_batches and model_args.attn_implementation == VARLEN_ATTENTION
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +148,10 @@ def test_a_training_run_is_the_same_with_and_without_padding_free(checkpoints, u
             "--gradient_accumulation_steps", "2", "--max_steps", "2", "--learning_rate", "1e-2",
             "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--logging_steps", "1",
             "--save_strategy", "no", "--max_length", "200",
-            "--padding_free", str(padding_free).lower(), "--attn_implementation", attn_implementation,
+            "--padding_free_batches", str(padding_free).lower(), "--attn_implementation", attn_implementation,
         ]  # fmt: skip
         torch.manual_seed(0)
-        runs[padding_free] = main("stage2", *parse(args))
+        runs[padding_free] = main(*parse(["stage2", *args]))
     logs = {key: [log for log in run.state.log_history if "loss" in log] for key, run in runs.items()}
     assert len(logs[True]) == len(logs[False]) == 2
     for padded, padding_free in zip(logs[False], logs[True], strict=True):

@@ -33,6 +33,7 @@ from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage
 from trainers.train import (
     LlavaScriptArguments,
+    SetupError,
     base_description,
     build_model_and_processor,
     fill_global_batch,
@@ -45,7 +46,7 @@ def starting_model(stage: str, args: list[str]):
     """The model `main` starts from, rebuilt with the run's seed (the projector is random)."""
     script_args, training_args, model_args = parse(args)
     set_seed(training_args.seed)
-    return build_model_and_processor(script_args, model_args, get_stage(stage))[0]
+    return build_model_and_processor(script_args, model_args, get_stage(stage).quantized)[0]
 
 
 def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> dict[str, bool]:
@@ -197,7 +198,7 @@ def test_shipped_recipes_hold_the_papers_settings(stage, size):
     on_cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 on a CPU needs use_cpu
     script_args, training_args, model_args = parse(["--config", f"llava-1.5-{size}-{stage}", *on_cpu])
     fields = {**vars(script_args), **vars(model_args), **training_args.to_dict()}
-    for key, value in PAPER[stage].items():
+    for key, value in {**PAPER[stage], "stage": stage, "assistant_only_loss": True}.items():
         assert fields[key] == value, key
     assert script_args.language_model == f"lmsys/vicuna-{size}-v1.5"
     assert script_args.vision_tower == "openai/clip-vit-large-patch14-336"
@@ -209,7 +210,7 @@ def test_shipped_recipes_hold_the_papers_settings(stage, size):
 
 
 def test_unknown_recipe_names_the_shipped_ones():
-    with pytest.raises(SystemExit, match="llava-1.5-7b-stage1"):
+    with pytest.raises(SetupError, match="llava-1.5-7b-stage1"):
         parse(["--config", "llava-9b"])
 
 
@@ -310,7 +311,7 @@ def test_the_same_seed_gives_bit_identical_weights(checkpoints, train_data, tmp_
     for index, seed in enumerate([7, 7, 8]):
         torch.manual_seed(100 + index)  # the global random state `main` finds differs each time
         args = run_args(checkpoints, train_data, tmp_path / f"run-{index}", "--seed", str(seed))
-        trainer = main(stage, *parse(args))
+        trainer = main(*parse([stage, *args]))
         weights.append({name: value.clone() for name, value in trainer.model.state_dict().items()})
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
@@ -320,7 +321,7 @@ def test_the_same_seed_gives_bit_identical_weights(checkpoints, train_data, tmp_
 def test_nothing_left_to_train_on_stops_before_training_with_the_counts(checkpoints, train_data, tmp_path):
     args = run_args(checkpoints, train_data, tmp_path / "run", "--max_length", "20")
     with pytest.raises(ValueError, match=r"Nothing to train on: .* holds 9 records and 9 of them are longer than"):
-        main("stage2", *parse(args))
+        main(*parse(["stage2", *args]))
 
 
 def test_an_output_dir_is_bound_to_one_run(tmp_path):
@@ -355,25 +356,25 @@ def test_resume_passes_over_a_half_written_checkpoint_and_ends_as_an_uninterrupt
             "--learning_rate", "1e-3", *extra,
         )  # fmt: skip
 
-    expected = main("stage2", *parse(args(tmp_path / "whole"))).model.state_dict()
-    main("stage2", *parse(args(tmp_path / "run")))
+    expected = main(*parse(["stage2", *args(tmp_path / "whole")])).model.state_dict()
+    main(*parse(["stage2", *args(tmp_path / "run")]))
     assert {path.name for path in checkpoint_folders(tmp_path / "run")} == {"checkpoint-2", "checkpoint-4"}
     assert all((path / COMPLETE_NAME).is_file() for path in checkpoint_folders(tmp_path / "run"))
     killed = tmp_path / "run" / "checkpoint-4"  # as a kill during its save leaves it: no marker, a torn file
     (killed / COMPLETE_NAME).unlink()
     (killed / "model.safetensors").write_bytes((killed / "model.safetensors").read_bytes()[:100])
 
-    resumed = main("stage2", *parse(args(tmp_path / "run", "--resume")))  # from checkpoint-2: steps 3 and 4 again
+    resumed = main(*parse(["stage2", *args(tmp_path / "run", "--resume")]))  # from checkpoint-2: steps 3 and 4 again
     for name, weight in resumed.model.state_dict().items():
         assert torch.equal(weight, expected[name]), name
     with pytest.raises(RunMismatchError, match=r"holds another run .*learning_rate: '0.001' -> '0.002'"):
-        main("stage2", *parse(args(tmp_path / "run", "--resume", "--learning_rate", "2e-3")))
+        main(*parse(["stage2", *args(tmp_path / "run", "--resume", "--learning_rate", "2e-3")]))
 
 
 def test_half_precision_weights_without_mixed_precision_are_refused(checkpoints, train_data, tmp_path):
     args = run_args(checkpoints, train_data, tmp_path / "run", "--dtype", "bfloat16")  # and --bf16 false
     with pytest.raises(ValueError, match=r"dtype=bfloat16 .* bf16 and fp16 are off: .* --dtype float32"):
-        main("stage2", *parse(args))
+        main(*parse(["stage2", *args]))
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
@@ -391,7 +392,7 @@ def test_llava_train_reports_a_setup_mistake_in_one_line(checkpoints, train_data
         llava(["train", "stage2", *args])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("llava train stage2: dtype=bfloat16 loads the weights in half precision")
+    assert message.startswith("llava train: dtype=bfloat16 loads the weights in half precision")
     assert "\n" not in message and "Traceback" not in message
 
 

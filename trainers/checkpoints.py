@@ -36,7 +36,7 @@ MATH_ARGUMENTS = (
     "bf16",
     "fp16",
     "max_length",
-    "padding_free",
+    "assistant_only_loss",
     "label_smoothing_factor",
     "group_by_length",
 )
@@ -56,13 +56,13 @@ def _file_hash(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def run_fingerprint(stage: str, script_args, training_args, model_args) -> dict[str, Any]:
+def run_fingerprint(script_args, training_args, model_args) -> dict[str, Any]:
     """What defines a run: the stage, the recipe values that change the math, the data file's hash, the starting
     weights as given."""
     script = {k: v for k, v in asdict(script_args).items() if k not in {"resume", "overwrite_output_dir"}}
     training = {name: str(getattr(training_args, name, None)) for name in MATH_ARGUMENTS}
     return {
-        "stage": stage,
+        "stage": script_args.stage,
         "script": script,
         "model": {k: str(v) for k, v in asdict(model_args).items()},
         "training": training,

@@ -32,13 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     info_parser = commands.add_parser("info", help="describe a LLaVA checkpoint")
     info_parser.add_argument("path", help="checkpoint directory")
 
-    train_parser = commands.add_parser(
-        "train",
-        help="run a training stage with TRL's SFTTrainer",
-        description="Run stage1, stage2, lora or qlora. Every other flag is a recipe field: "
-        "--config RECIPE (a YAML file or a shipped recipe name) and --key value overrides.",
-    )
-    train_parser.add_argument("stage", choices=["stage1", "stage2", "lora", "qlora"])
+    # Its flags are the recipe's fields, defined and explained by `train.py` (`llava train stage1 --config R --help`).
+    commands.add_parser("train", help="run a training stage (stage1, stage2, lora, qlora) with TRL", add_help=False)
 
     merge_parser = commands.add_parser("merge-lora", help="merge a LoRA adapter into a full checkpoint")
     merge_parser.add_argument("adapter", help="output folder of `llava train lora`")
@@ -103,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "train":
         from .train import cli
 
-        cli(args.stage, rest)
+        cli(rest)
     elif args.command == "merge-lora":
         from .merge_lora import merge_lora
 

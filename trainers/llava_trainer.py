@@ -28,6 +28,7 @@ from huggingface_hub import HfApi
 from trl import SFTTrainer
 
 from hub_cards.model_card import CARD_NAME, LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
+from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import mark_complete
 from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
@@ -148,7 +149,10 @@ class LlavaSFTTrainer(SFTTrainer):
             "max length": args.max_length,
             "precision": precision(self.model, args),
             "gradient checkpointing": args.gradient_checkpointing,
-            "padding-free batches": args.padding_free,
+            "padding-free batches": isinstance(self.data_collator, LlavaPaddingFreeCollator),
+            "loss on": "assistant answers"
+            if getattr(self.data_collator, "assistant_only_loss", False)
+            else "all text",
             "attention": self.model.config.text_config._attn_implementation,
             "seed": args.seed,
         }

@@ -16,7 +16,6 @@ from trl import ModelConfig
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava.convert_checkpoint import atomic_folder
 
-from .stages import get_stage
 from .train import LlavaScriptArguments, build_model_and_processor
 
 
@@ -34,7 +33,8 @@ def merge_lora(adapter: str | Path, out: str | Path) -> Path:
         raise FileExistsError(f"{str(out)!r} already exists and is not empty; choose another output folder.")
     base = json.loads((adapter / ADAPTER_BASE_NAME).read_text())
     model_args = ModelConfig(model_name_or_path=base["model_name_or_path"], dtype=base.get("dtype", "float32"))
-    model, _ = build_model_and_processor(LlavaScriptArguments(**base["script_args"]), model_args, get_stage("lora"))
+    # Merged into full-precision weights, also for a QLoRA adapter: a 4-bit base cannot hold the merged values.
+    model, _ = build_model_and_processor(LlavaScriptArguments(**base["script_args"]), model_args)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
     with atomic_folder(out) as staging:

@@ -72,7 +72,14 @@ def apply_freeze(model: LlavaPluginForConditionalGeneration, stage: Stage) -> No
         model.lm_head.requires_grad_(True)
 
 
-def lora_config(model: LlavaPluginForConditionalGeneration, r: int, alpha: int, dropout: float) -> LoraConfig:
+def lora_config(
+    model: LlavaPluginForConditionalGeneration,
+    r: int,
+    alpha: int,
+    dropout: float,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+) -> LoraConfig:
     """LoRA on every linear layer of the LLM (not the head), the projector trained in full, as LLaVA's LoRA recipe.
 
     Target names are full module paths, so the vision tower's linear layers, which share names like `q_proj`, are
@@ -87,6 +94,8 @@ def lora_config(model: LlavaPluginForConditionalGeneration, r: int, alpha: int, 
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
         target_modules=targets,
         modules_to_save=["multi_modal_projector"],
         task_type="CAUSAL_LM",

@@ -1,18 +1,25 @@
-"""`llava train STAGE --config RECIPE [--key value ...]`: LLaVA's training stages as one TRL SFT script.
+"""`llava train [STAGE] --config RECIPE [--key value ...]`: LLaVA's training stages as one TRL SFT script.
 
-Stages differ only by data (see `stages.py`): what is frozen, which chat template renders the data, and whether LoRA
-adapters are trained. A recipe is a YAML file of `LlavaScriptArguments`, TRL's `SFTConfig` and `ModelConfig` fields,
-parsed by `TrlParser`; command-line flags override it. The shipped recipes live in `trainers/recipes/` and can be
-named without their path (`--config llava-1.5-7b-stage1`).
+A recipe is a YAML file of `LlavaScriptArguments`, TRL's `SFTConfig` and `ModelConfig` fields, parsed by `TrlParser`;
+command-line flags override it. The stage is a recipe field (`stage: stage1`); the word after `llava train` is a
+shortcut for `--stage`. Stages differ only by data (see `stages.py`): what is frozen, which chat template renders the
+data, and whether LoRA adapters are trained. The shipped recipes live in `trainers/recipes/` and can be named without
+their path (`--config llava-1.5-7b-stage1`).
+
+Every field is acted on or refused: the fields of TRL's and transformers' arguments that a LLaVA run cannot honour
+(packing, TRL's own padding-free switch, LoRA fields of a full fine-tune, ...) stop the run with what to do instead
+(`NOT_HONOURED`). `build_trainer` is the whole setup before `trainer.train()`, callable on an in-memory model and
+dataset (the speed benchmark does so).
 """
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 from datasets import Dataset, load_dataset
 from PIL import Image
 from transformers import AutoProcessor, set_seed
@@ -28,7 +35,7 @@ from processing.padding_free import LlavaPaddingFreeCollator
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
 from .projector_artifact import load_projector
-from .stages import Stage, apply_freeze, get_stage, lora_config, trainable_summary
+from .stages import STAGES, Stage, apply_freeze, get_stage, lora_config, trainable_summary
 
 logger = logging.get_logger(__name__)
 RECIPES = Path(__file__).parent / "recipes"
@@ -42,6 +49,10 @@ class SetupError(ValueError):
 class LlavaScriptArguments:
     """What a LLaVA run trains on and starts from; the rest is `SFTConfig` and `ModelConfig`."""
 
+    stage: str | None = field(
+        default=None,
+        metadata={"help": f"What is trained: {', '.join(STAGES)} (see `llava train --help`).", "choices": [*STAGES]},
+    )
     data_path: str | None = field(
         default=None, metadata={"help": "LLaVA JSON (a list of records), or a JSON/JSONL file of `messages` rows."}
     )
@@ -60,6 +71,13 @@ class LlavaScriptArguments:
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear, mlp2x_gelu, mlpNx_gelu, identity."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "Vision hidden state fed to the projector."})
     pad_to_square: bool = field(default=False, metadata={"help": "LLaVA-1.5's image_aspect_ratio=pad."})
+    padding_free_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "Each batch as one row without padding (processing/padding_free.py); pair with "
+            "attn_implementation: torch_varlen so that samples attend only to themselves."
+        },
+    )
     global_batch_size: int | None = field(
         default=None, metadata={"help": "Samples per optimizer step; gradient accumulation is derived from it."}
     )
@@ -81,6 +99,76 @@ class LlavaScriptArguments:
     )
 
 
+# LLaVA's default, where TRL's is False: the loss is on the assistant's answers (and their end of turn) only, as in
+# the original's preprocessing. A recipe or `--assistant_only_loss false` trains on every text token instead.
+LLAVA_DEFAULTS = {"assistant_only_loss": True}
+
+# Fields of TRL's `SFTConfig` and `ModelConfig` that a LLaVA run does not act on: a value other than the field's
+# default stops the run with what to do instead, so that no accepted flag is silently ignored.
+NOT_HONOURED = {
+    "padding_free": "TRL's padding-free switch refuses image data; LLaVA's own is `padding_free_batches: true`.",
+    "packing": "packing is not supported for image data; `padding_free_batches: true` removes padding instead.",
+    "completion_only_loss": "the data are conversations, not prompt/completion pairs; `assistant_only_loss` "
+    "chooses which tokens carry the loss.",
+    "truncation_mode": "samples are never truncated (a cut could split an image's tokens); longer ones are dropped "
+    "or refused (`on_overflow`).",
+    "chat_template_path": "the stage chooses the chat template (`plain` for stage1, `vicuna_v1` otherwise).",
+    "dataset_text_field": "records are conversations (`messages`), not a text column.",
+    "dataset_kwargs": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
+    "dataset_num_proc": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
+    "shuffle_dataset": "the trainer's sampler already shuffles every epoch (`seed`, `data_seed`).",
+    "eos_token": "the checkpoint's tokenizer and chat template define the end of an answer.",
+    "pad_token": "the checkpoint's tokenizer defines the padding token.",
+    "loss_type": "the loss is the causal LM's token cross-entropy.",
+    "model_init_kwargs": "use `dtype`, `attn_implementation` and the QLoRA fields.",
+    "trust_remote_code": "backbones load with transformers' own classes.",
+    "router_aux_loss_coef": "no mixture-of-experts language model is supported.",
+    "use_peft": "the stage chooses LoRA: `--stage lora` (or `qlora`).",
+    "lora_target_modules": "LoRA adapts every linear layer of the language model, as LLaVA's recipe does.",
+    "lora_target_parameters": "LoRA adapts every linear layer of the language model, as LLaVA's recipe does.",
+    "lora_modules_to_save": "the projector is trained in full, the rest is frozen, as LLaVA's recipe does.",
+    "lora_task_type": "LLaVA's adapters are for causal LM.",
+    "load_in_8bit": "QLoRA loads the language model in 4-bit: `--stage qlora`.",
+}
+# Fields that only a LoRA stage reads, and only the QLoRA stage for the quantization ones.
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora")
+QLORA_FIELDS = ("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")
+
+
+def _changed(arguments, names) -> list[str]:
+    """The fields among `names` whose value differs from their dataclass default."""
+    defaults = {f.name: f.default for f in fields(arguments)}
+    return [name for name in names if name in defaults and getattr(arguments, name) != defaults[name]]
+
+
+def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> Stage:
+    """The run's stage, once every field is known to be honoured; otherwise a `SetupError` naming the field."""
+    if script_args.stage is None:
+        raise SetupError(f"No stage: give it as `llava train STAGE` or `stage:` in the recipe ({', '.join(STAGES)}).")
+    stage = get_stage(script_args.stage)
+    refused = [(name, NOT_HONOURED[name]) for name in _changed(training_args, NOT_HONOURED)]
+    refused += [(name, NOT_HONOURED[name]) for name in _changed(model_args, NOT_HONOURED)]
+    if stage.uses_lora and "use_peft" in dict(refused):
+        refused = [(name, why) for name, why in refused if name != "use_peft"]
+    if not stage.uses_lora:
+        refused += [
+            (name, f"stage {stage.name} trains no LoRA adapters.") for name in _changed(model_args, LORA_FIELDS)
+        ]
+    if not stage.quantized:
+        refused += [(name, "only `--stage qlora` quantizes.") for name in _changed(model_args, QLORA_FIELDS)]
+    if refused:
+        name, why = refused[0]
+        value = getattr(training_args, name, getattr(model_args, name, None))
+        raise SetupError(f"`{name}: {value}` is not used by a LLaVA run: {why}")
+    half = model_args.dtype in ("bfloat16", "float16")
+    if half and not (training_args.bf16 or training_args.fp16):
+        raise SetupError(
+            f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
+            f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
+        )
+    return stage
+
+
 def require_cuda_for_qlora() -> None:
     if not torch.cuda.is_available():
         raise SystemExit(
@@ -94,11 +182,14 @@ def require_cuda_for_qlora() -> None:
 
 
 def build_model_and_processor(
-    script_args: LlavaScriptArguments, model_args: ModelConfig, stage: Stage
+    script_args: LlavaScriptArguments, model_args: ModelConfig, quantized: bool = False
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """The stage's starting point: a saved LLaVA checkpoint, or two backbones (plus a stage-1 projector artifact)."""
+    """The run's starting point: a saved LLaVA checkpoint, or two backbones (plus a stage-1 projector artifact).
+
+    `quantized` loads the language model in 4-bit for QLoRA.
+    """
     quantization_config = None
-    if stage.quantized:
+    if quantized:
         require_cuda_for_qlora()
         quantization_config = get_quantization_config(model_args)
         # Only the language model is quantized; the vision tower, projector and head stay in `dtype`.
@@ -106,9 +197,12 @@ def build_model_and_processor(
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype
     if model_args.model_name_or_path:
         model = LlavaPluginForConditionalGeneration.from_pretrained(
-            model_args.model_name_or_path, dtype=dtype, quantization_config=quantization_config
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            quantization_config=quantization_config,
         )
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     elif script_args.vision_tower and script_args.language_model:
         model = LlavaPluginForConditionalGeneration.from_backbones(
             script_args.vision_tower,
@@ -140,7 +234,7 @@ def build_model_and_processor(
 
 
 def load_training_rows(
-    script_args: LlavaScriptArguments, processor: LlavaPluginProcessor, max_length: int | None, stage: Stage
+    script_args: LlavaScriptArguments, processor: LlavaPluginProcessor, max_length: int | None, template: str
 ) -> tuple[Dataset, list[dict]]:
     """Reads and checks every record, then drops (or refuses) the ones longer than `max_length`.
 
@@ -153,9 +247,7 @@ def load_training_rows(
     else:
         raise SetupError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
     read = len(rows)
-    rows, report = drop_overflowing(
-        rows, processor, max_length, CHAT_TEMPLATES[stage.template], script_args.on_overflow
-    )
+    rows, report = drop_overflowing(rows, processor, max_length, CHAT_TEMPLATES[template], script_args.on_overflow)
     if report is not None and report.dropped:
         logger.warning(report.summary())
     if not rows:
@@ -210,17 +302,71 @@ def run_info(stage: Stage, script_args: LlavaScriptArguments, model_args: ModelC
     return {"stage": stage.name, "description": stage.description, "template": stage.template, "sources": sources}
 
 
-def main(
-    stage_name: str, script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig
-) -> LlavaSFTTrainer:
-    stage = get_stage(stage_name)
-    half = model_args.dtype in ("bfloat16", "float16")
-    if half and not (training_args.bf16 or training_args.fp16):
-        raise SetupError(
-            f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
-            f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
+def build_trainer(
+    script_args: LlavaScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    model_and_processor: tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor] | None = None,
+    train_dataset: Dataset | None = None,
+    fingerprint: dict | None = None,
+) -> tuple[LlavaSFTTrainer, list[dict]]:
+    """Everything `llava train` does before `trainer.train()`, for the stage the arguments name.
+
+    `model_and_processor` and `train_dataset` stand in for the ones the arguments describe (the speed benchmark
+    passes a randomly initialised model and an in-memory dataset); the stage's freezing, LoRA, collator and
+    optimizer are applied to them all the same. Returns the trainer and the samples dropped for their length.
+    """
+    stage = check_arguments(script_args, training_args, model_args)
+    # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
+    set_seed(training_args.seed)
+    Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
+    fill_global_batch(script_args, training_args)
+    model, processor = model_and_processor or build_model_and_processor(script_args, model_args, stage.quantized)
+    apply_freeze(model, stage)
+    dropped = []
+    if train_dataset is None:
+        train_dataset, dropped = load_training_rows(script_args, processor, training_args.max_length, stage.template)
+    collator_class = LlavaPaddingFreeCollator if script_args.padding_free_batches else LlavaDataCollator
+    peft_config = None
+    if stage.uses_lora:
+        peft_config = lora_config(
+            model,
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            use_rslora=model_args.use_rslora,
+            use_dora=model_args.use_dora,
         )
-    fingerprint = run_fingerprint(stage.name, script_args, training_args, model_args)
+    trainer = LlavaSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        # Length was dealt with above; the collator never truncates (that would cut through image tokens).
+        data_collator=collator_class(
+            processor=processor,
+            assistant_only_loss=training_args.assistant_only_loss,
+            chat_template=CHAT_TEMPLATES[stage.template],
+            pad_to_multiple_of=training_args.pad_to_multiple_of,
+        ),
+        peft_config=peft_config,
+        projector_lr=script_args.projector_lr,
+        projector_provenance=(
+            {"vision_tower": script_args.vision_tower, "language_model": script_args.language_model}
+            if stage.name == "stage1"
+            else None
+        ),
+        run_info=run_info(stage, script_args, model_args),
+        fingerprint=fingerprint,
+    )
+    logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
+    return trainer, dropped
+
+
+def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> LlavaSFTTrainer:
+    """`llava train`: checks the arguments and the output folder, builds the trainer, trains, saves (and pushes)."""
+    stage = check_arguments(script_args, training_args, model_args)
+    fingerprint = run_fingerprint(script_args, training_args, model_args)
     resume_from, notes = prepare_output_dir(
         training_args.output_dir,
         fingerprint,
@@ -230,43 +376,7 @@ def main(
     )
     for note in notes:
         logger.warning(note)
-    # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
-    set_seed(training_args.seed)
-    Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
-    fill_global_batch(script_args, training_args)
-    # TRL's own `padding_free` switch, which TRL refuses for vision data: LlavaPaddingFreeCollator implements it.
-    padding_free, training_args.padding_free = training_args.padding_free, False
-    model, processor = build_model_and_processor(script_args, model_args, stage)
-    apply_freeze(model, stage)
-    train_dataset, dropped = load_training_rows(script_args, processor, training_args.max_length, stage)
-
-    provenance = None
-    if stage.name == "stage1":
-        provenance = {"vision_tower": script_args.vision_tower, "language_model": script_args.language_model}
-    trainer = LlavaSFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        # Length was dealt with above; the collator never truncates (that would cut through image tokens).
-        data_collator=(LlavaPaddingFreeCollator if padding_free else LlavaDataCollator)(
-            processor=processor,
-            assistant_only_loss=True,
-            chat_template=CHAT_TEMPLATES[stage.template],
-            pad_to_multiple_of=training_args.pad_to_multiple_of,
-        ),
-        peft_config=(
-            lora_config(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
-            if stage.uses_lora
-            else None
-        ),
-        projector_lr=script_args.projector_lr,
-        projector_provenance=provenance,
-        run_info=run_info(stage, script_args, model_args),
-        fingerprint=fingerprint,
-    )
-    trainer.args.padding_free = padding_free  # past TRL's check: the card and saved arguments tell the truth
-    logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
+    trainer, dropped = build_trainer(script_args, training_args, model_args, fingerprint=fingerprint)
 
     output_dir = Path(training_args.output_dir)
     if dropped and training_args.process_index == 0:
@@ -280,7 +390,12 @@ def main(
     if training_args.push_to_hub:
         trainer.push_to_hub()
     if training_args.process_index == 0:
-        print(f"{stage.name}: saved to {output_dir} (model, card, run record, loss history and plot)")
+        written = "model, card, run record, loss history and plot"
+        if stage.uses_lora:
+            written = f"LoRA adapter, its base ({ADAPTER_BASE_NAME}), card, run record, loss history and plot"
+        if dropped:
+            written += f", dropped_samples.json ({len(dropped)} samples)"
+        print(f"{stage.name}: saved to {output_dir} ({written})")
     return trainer
 
 
@@ -293,22 +408,80 @@ def resolve_recipe(argv: list[str]) -> list[str]:
         if not Path(name).is_file() and (RECIPES / f"{name}.yaml").is_file():
             argv[index] = str(RECIPES / f"{name}.yaml")
         elif not Path(name).is_file():
-            shipped = ", ".join(sorted(path.stem for path in RECIPES.glob("*.yaml")))
-            raise SystemExit(f"Recipe {name!r} is neither a file nor a shipped recipe ({shipped}).")
+            raise SetupError(f"Recipe {name!r} is neither a file nor a shipped recipe ({shipped_recipes()}).")
     return argv
 
 
+def parser() -> TrlParser:
+    """The parser of `llava train`: LLaVA's fields, TRL's `SFTConfig` and `ModelConfig`, with LLaVA's defaults."""
+    parser = TrlParser((LlavaScriptArguments, SFTConfig, ModelConfig), prog="llava train")
+    parser.set_defaults(**LLAVA_DEFAULTS)
+    return parser
+
+
+def with_stage_word(argv: list[str]) -> list[str]:
+    """`llava train STAGE ...` as `llava train ... --stage STAGE`: the word is a shortcut for the recipe field."""
+    if argv and argv[0] in STAGES:
+        return [*argv[1:], "--stage", argv[0]]
+    return list(argv)
+
+
 def parse(argv: list[str]) -> tuple[LlavaScriptArguments, SFTConfig, ModelConfig]:
-    parser = TrlParser((LlavaScriptArguments, SFTConfig, ModelConfig))
-    return parser.parse_args_and_config(resolve_recipe(argv))
+    return parser().parse_args_and_config(resolve_recipe(with_stage_word(argv)))
 
 
-def cli(stage_name: str, argv: list[str]) -> None:
+def recipe_help(argv: list[str]) -> str:
+    """`llava train [STAGE] [--config RECIPE] --help`: LLaVA's fields and the recipe's values, each with its help.
+
+    TRL's and transformers' hundreds of other fields are listed by `--help-all`.
+    """
+    argv = resolve_recipe(with_stage_word([arg for arg in argv if arg not in ("-h", "--help")]))
+    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv else None
+    recipe = yaml.safe_load(Path(recipe_path).read_text()) or {} if recipe_path else {}
+    if "--stage" in argv:
+        recipe["stage"] = argv[argv.index("--stage") + 1]
+    actions = {action.dest: action for action in parser()._actions if action.dest != "help"}
+    own = [f.name for f in fields(LlavaScriptArguments)]
+    others = [name for name in recipe if name not in own]
+
+    def row(name: str, value) -> str:
+        text = (actions[name].help or "").split(". ")[0].replace("%%", "%") if name in actions else "(unknown field)"
+        return f"  --{name:<30} {str(value):<34} {text}"
+
+    lines = ["usage: llava train [STAGE] --config RECIPE [--FIELD VALUE ...]", ""]
+    lines.append(f"Recipe: {recipe_path}" if recipe_path else f"Shipped recipes: {shipped_recipes()}")
+    lines += ["", "LLaVA's fields (value from the recipe, else the default):"]
+    lines += [row(name, recipe.get(name, actions[name].default)) for name in own]
+    if others:
+        lines += ["", "TRL and transformers fields the recipe sets:"]
+        lines += [row(name, recipe[name]) for name in others]
+    lines += [
+        "",
+        "Any field of TRL's SFTConfig and ModelConfig can be given as --FIELD VALUE and overrides the recipe;",
+        "`llava train --help-all` lists them. Fields a LLaVA run cannot act on are refused with what to use instead.",
+    ]
+    return "\n".join(lines)
+
+
+def shipped_recipes() -> str:
+    return ", ".join(sorted(path.stem for path in RECIPES.glob("*.yaml")))
+
+
+def cli(argv: list[str]) -> None:
     """`llava train`: a mistake in the setup, the data or the output folder is one line and exit status 2."""
+    if "--help-all" in argv:
+        parser().print_help()
+        return
+    if "-h" in argv or "--help" in argv:
+        try:
+            print(recipe_help(argv))
+        except SetupError as error:
+            raise SystemExit(f"llava train: {error}") from None
+        return
     try:
-        main(stage_name, *parse(argv))
+        main(*parse(argv))
     except (SetupError, RunMismatchError, DataError, FileNotFoundError) as error:
-        print(f"llava train {stage_name}: {error}", file=sys.stderr)
+        print(f"llava train: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -316,6 +489,8 @@ __all__ = [
     "LlavaScriptArguments",
     "SetupError",
     "build_model_and_processor",
+    "build_trainer",
+    "check_arguments",
     "cli",
     "load_training_rows",
     "main",

@@ -53,7 +53,7 @@ def train_stage(stage: str, recipe: str, output_dir: Path, seed: int, max_steps:
     argv += [item for key, value in fields.items() for item in (f"--{key}", str(value))]
     if max_steps is not None:
         argv += ["--max_steps", str(max_steps)]
-    state = main(stage, *parse(argv)).state
+    state = main(*parse([stage, *argv])).state
     runtime = next(entry["train_runtime"] for entry in reversed(state.log_history) if "train_runtime" in entry)
     return {
         "steps": [entry["step"] for entry in state.log_history if "loss" in entry],

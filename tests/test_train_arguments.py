@@ -1,0 +1,100 @@
+"""`llava train`'s arguments: the stage as a recipe field, every accepted field honoured or refused, and a `--help`
+that shows the chosen recipe's values."""
+
+import pytest
+import torch
+
+from tests.conftest import run_args, unmasked_text
+from trainers.cli import main as llava
+from trainers.train import SetupError, build_trainer, check_arguments, parse
+
+ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes on a CPU need use_cpu
+
+
+def test_the_stage_is_a_recipe_field_and_the_command_word_a_shortcut_for_it():
+    assert parse(["--config", "llava-1.5-7b-lora", *ON_CPU])[0].stage == "lora"
+    assert parse(["stage2", "--config", "llava-1.5-7b-lora", *ON_CPU])[0].stage == "stage2"
+    assert parse(["--config", "llava-1.5-7b-lora", "--stage", "qlora", *ON_CPU])[0].stage == "qlora"
+
+
+def test_a_run_without_a_stage_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["train", "--output_dir", str(tmp_path), "--bf16", "false"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("llava train: No stage") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("stage", "flags", "hint"),
+    [
+        ("stage2", ["--padding_free", "true"], "padding_free_batches: true"),
+        ("stage2", ["--packing", "true"], "padding_free_batches: true"),
+        ("stage1", ["--completion_only_loss", "true"], "assistant_only_loss"),
+        ("stage2", ["--truncation_mode", "keep_end"], "on_overflow"),
+        ("stage2", ["--use_peft", "true"], "--stage lora"),
+        ("stage2", ["--lora_r", "8"], "stage stage2 trains no LoRA"),
+        ("lora", ["--lora_target_modules", "q_proj"], "every linear layer"),
+        ("lora", ["--load_in_4bit", "true"], "--stage qlora"),
+        ("stage2", ["--dataset_text_field", "caption"], "conversations"),
+    ],
+)
+def test_fields_a_llava_run_cannot_act_on_are_refused_with_what_to_do(stage, flags, hint):
+    arguments = parse([stage, "--output_dir", "unused", "--bf16", "false", *flags])
+    with pytest.raises(SetupError, match=rf"^`{flags[0][2:]}: .*` is not used by a LLaVA run: .*{hint}"):
+        check_arguments(*arguments)
+
+
+def test_fields_the_stage_uses_are_accepted():
+    for stage, flags in [("lora", ["--lora_r", "8", "--use_rslora", "true"]), ("qlora", ["--load_in_4bit", "true"])]:
+        assert check_arguments(*parse([stage, "--output_dir", "unused", "--bf16", "false", *flags])).name == stage
+
+
+def test_lora_honours_rslora_and_dora(checkpoints, train_data, tmp_path):
+    args = run_args(checkpoints, train_data, tmp_path, "--lora_r", "4", "--use_rslora", "true", "--use_dora", "true")
+    trainer, _ = build_trainer(*parse(["lora", *args]))
+    config = trainer.model.peft_config["default"]
+    assert (config.r, config.use_rslora, config.use_dora) == (4, True, True)
+    assert any("lora_magnitude_vector" in name for name, _ in trainer.model.named_parameters())  # DoRA's own weights
+
+
+def labelled_text(trainer) -> str:
+    """The text of the tokens that carry the loss in the first training sample."""
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    return unmasked_text(trainer.processing_class, ids, [label != -100 for label in labels])
+
+
+@pytest.mark.parametrize("padding_free", ["false", "true"])
+def test_assistant_only_loss_chooses_the_tokens_that_carry_the_loss(checkpoints, train_data, tmp_path, padding_free):
+    """LLaVA's default is the answers only (the original's masking); `false` trains on every text token."""
+    args = run_args(checkpoints, train_data, tmp_path, "--padding_free_batches", padding_free)
+    default, _ = build_trainer(*parse(["stage2", *args]))
+    everything, _ = build_trainer(*parse(["stage2", *args, "--assistant_only_loss", "false"]))
+    answers = labelled_text(default)
+    assert "The square is red." in answers and "The blue circle is at the top left" in answers
+    assert "colour" not in answers and "USER" not in answers and "ASSISTANT" not in answers
+    text = labelled_text(everything)
+    assert "What is the colour of the square?" in text and "USER:" in text and "The square is red." in text
+    batch = everything.data_collator([everything.train_dataset[0]])
+    image_tokens = batch["input_ids"] == everything.processing_class.image_token_id
+    assert image_tokens.sum() == everything.model.config.image_seq_length  # the image is in the sample...
+    assert (batch["labels"][image_tokens] == -100).all()  # ...and its tokens never carry the loss
+
+
+def test_help_lists_llavas_fields_with_the_chosen_recipes_values(capsys):
+    llava(["train", "stage1", "--config", "llava-1.5-7b-stage1", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines if line.startswith("  --")}
+    assert rows["--stage"] == "stage1"
+    assert rows["--learning_rate"] == "0.001"  # the recipe's value, not SFTConfig's 2e-5
+    assert rows["--padding_free_batches"] == "True" and rows["--global_batch_size"] == "256"
+    assert rows["--projector_lr"] == "None" and rows["--on_overflow"] == "drop"  # LLaVA's defaults where unset
+
+
+def test_help_without_a_recipe_names_the_shipped_ones_and_help_all_lists_every_field(capsys):
+    llava(["train", "lora", "--help"])
+    out = capsys.readouterr().out
+    assert "llava-1.5-7b-lora" in out and "--stage" in out
+    llava(["train", "--help-all"])
+    assert "--per_device_train_batch_size" in capsys.readouterr().out
