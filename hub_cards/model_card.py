@@ -31,11 +31,24 @@ PROJECTOR_CONFIG_NAME = "projector_config.json"
 # Written by the trainer at every save: the logged training loss per step, and its plot.
 LOSS_HISTORY_NAME = "loss_history.json"
 LOSS_PLOT_NAME = "loss_curve.png"
+# Training state only (`trainers/checkpoints.py`), never uploaded: a checkpoint's completion marker, a run's identity.
+COMPLETE_NAME = "llava_checkpoint_complete.json"
+FINGERPRINT_NAME = "llava_fingerprint.json"
 # Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
 OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
+
+
+def part_of(parameter_name: str, default: str = "multi_modal_projector") -> str:
+    """The model part a parameter belongs to, by its name; the one rule behind every parameter count.
+
+    `default` is for names under none of the parts: a projector artifact's own keys (`linear_1.weight`).
+    """
+    return next((part for part in PARTS if part in parameter_name), default)
+
+
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CARD_NAME = "README.md"
 _CARD_HASH = re.compile(r"\n<!-- llava-plugin card sha256:([0-9a-f]{64}) -->\n$")
@@ -75,8 +88,7 @@ def parameter_counts(folder: str | Path, pattern: str = "model*.safetensors") ->
     for weights in sorted(Path(folder).glob(pattern)):
         with safe_open(weights, framework="numpy") as handle:  # headers only; numpy keeps torch out of `llava info`
             for name in handle.keys():
-                part = next((part for part in PARTS if part in name), "multi_modal_projector")
-                counts[part] += math.prod(handle.get_slice(name).get_shape())
+                counts[part_of(name)] += math.prod(handle.get_slice(name).get_shape())
     return {f"parameters: {part}": f"{count:,}" for part, count in counts.items() if count}
 
 

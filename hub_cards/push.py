@@ -15,10 +15,20 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-from .model_card import CARD_NAME, card_is_generated, card_text, folder_kind, render_model_card
+from .model_card import (
+    CARD_NAME,
+    COMPLETE_NAME,
+    FINGERPRINT_NAME,
+    card_is_generated,
+    card_text,
+    folder_kind,
+    render_model_card,
+)
 
-# What transformers' `Trainer.push_to_hub` leaves out of a training output folder (intermediate `checkpoint-N`
-# folders, `_`-prefixed scratch), plus what no model repo wants.
+# The one list of what never goes to the Hub, for `llava push` and for the trainer's pushes during training (which
+# upload what `files_to_push` selects of each checkpoint): what transformers' `Trainer.push_to_hub` leaves out of a
+# training output folder (intermediate `checkpoint-N` folders, `_`-prefixed scratch), a checkpoint's training state
+# (optimizer, scheduler, RNG, DeepSpeed shards, completion marker), and what no model repo wants.
 # `training_args.bin` is Trainer's pickle of its arguments, which may hold a Hub token (this project's trainer keeps
 # it out, other runs may not); no loader needs it, and it is never unpickled to check.
 IGNORE_PATTERNS = [
@@ -29,6 +39,16 @@ IGNORE_PATTERNS = [
     "*.pyc",
     "*.tmp",
     "training_args.bin",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "rng_state*.pth",
+    "trainer_state.json",
+    "global_step*",
+    "latest",
+    "zero_to_fp32.py",
+    COMPLETE_NAME,
+    FINGERPRINT_NAME,
 ]
 CODE_CONFIGS = ("config.json", "processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
 HTTP_HINTS = {

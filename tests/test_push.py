@@ -23,6 +23,8 @@ from trl import ModelConfig
 
 from hub_cards.model_card import (
     ADAPTER_BASE_NAME,
+    COMPLETE_NAME,
+    FINGERPRINT_NAME,
     RUN_INFO_NAME,
     SCIENCEQA_RESULTS,
     card_text,
@@ -209,14 +211,25 @@ def test_a_checkpoint_without_its_code_or_auto_map_is_refused(tmp_path, llava_ch
     assert "tester/refused" not in hub.repos
 
 
+# What a Trainer checkpoint holds besides the model (DeepSpeed adds global_stepN/ and `latest`).
+TRAINING_STATE = [
+    "optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_1.pth", "trainer_state.json", "training_args.bin",
+    COMPLETE_NAME, "latest", "global_step500.pt", "zero_to_fp32.py",
+]  # fmt: skip
+
+
 def test_a_training_output_goes_up_without_its_intermediate_checkpoints(tmp_path, folders):
     output_dir = tmp_path / "run"
     shutil.copytree(folders["adapter"], output_dir)
     shutil.copytree(folders["adapter"], output_dir / "checkpoint-500")
-    for junk in ["__pycache__/x.cpython-311.pyc", "_scratch.json", "upload.tmp"]:
+    for junk in ["__pycache__/x.cpython-311.pyc", "_scratch.json", "upload.tmp", FINGERPRINT_NAME]:
         (output_dir / junk).parent.mkdir(exist_ok=True)
         (output_dir / junk).write_text("junk")
     assert set(files_to_push(output_dir)) == set(files_to_push(folders["adapter"]))
+    # A checkpoint-N folder pushed on its own leaves its training state behind.
+    for state in TRAINING_STATE:
+        (output_dir / "checkpoint-500" / state).write_text("state")
+    assert set(files_to_push(output_dir / "checkpoint-500")) == set(files_to_push(folders["adapter"]))
 
 
 @pytest.mark.slow
@@ -233,6 +246,7 @@ def test_training_with_push_to_hub_pushes_loadable_described_checkpoints(hub, ch
     needed |= {"README.md", RUN_INFO_NAME, "mm_projector.safetensors", "projector_config.json"}
     for tree in pushes:
         assert needed <= set(tree), needed - set(tree)
+        assert not set(tree) & {*TRAINING_STATE, FINGERPRINT_NAME}, set(tree) & {*TRAINING_STATE, FINGERPRINT_NAME}
     final = hub.files("tester/stage1-run", "run-1")
     assert ModelCard(final["README.md"].decode()).data.pipeline_tag == "image-text-to-text"
     assert json.loads(final[RUN_INFO_NAME])["progress"]["steps done"] == 2

@@ -14,8 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-COMPLETE_NAME = "llava_checkpoint_complete.json"
-FINGERPRINT_NAME = "llava_fingerprint.json"
+from hub_cards.model_card import COMPLETE_NAME, FINGERPRINT_NAME
+
 # The training arguments that change what is computed; logging, saving and output settings do not.
 MATH_ARGUMENTS = (
     "learning_rate",

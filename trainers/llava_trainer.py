@@ -17,25 +17,58 @@
 Everything else (data collation, loss masking, PEFT wrapping, checkpointing, resuming) is TRL's and transformers'.
 """
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers.trainer as transformers_trainer
 from huggingface_hub import HfApi
 from trl import SFTTrainer
 
-from hub_cards.model_card import CARD_NAME, LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
+from hub_cards.model_card import LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
+from hub_cards.push import IGNORE_PATTERNS, files_to_push
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import mark_complete
-from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
+from .projector_artifact import save_projector
 
 PROJECTOR = "multi_modal_projector"
-# What a checkpoint holds besides config, weights and processor, copied to `output_dir` before an intermediate push.
-PUSHED_WITH_CHECKPOINT = {CARD_NAME, RUN_INFO_NAME, WEIGHTS_NAME, CONFIG_NAME, LOSS_HISTORY_NAME, LOSS_PLOT_NAME}
+
+
+class _IgnoringHub:
+    """transformers' shared `HfApi`, whose model uploads also leave out `patterns`."""
+
+    def __init__(self, api, patterns: list[str]):
+        self._api, self._patterns = api, patterns
+
+    def __getattr__(self, name: str):
+        return getattr(self._api, name)
+
+    def upload_folder(self, *args, ignore_patterns=None, path_in_repo=None, **kwargs):
+        if path_in_repo is None:  # the model at the repo's root; a pushed `last-checkpoint` keeps its training state
+            ignore_patterns = [*(ignore_patterns or []), *self._patterns]
+        return self._api.upload_folder(*args, ignore_patterns=ignore_patterns, path_in_repo=path_in_repo, **kwargs)
+
+
+@contextlib.contextmanager
+def _uploads_leaving_out(patterns: list[str]) -> Iterator[None]:
+    """Trainer's pushes upload `output_dir` leaving out only `_*` and `checkpoint-*`, a list it offers no way to
+    extend: for their duration, the `hf_api` its module calls is wrapped so that they leave out `llava push`'s
+    `IGNORE_PATTERNS` too (the run's fingerprint, `training_args.bin`). One list decides what reaches the Hub."""
+    original = getattr(transformers_trainer, "hf_api", None)
+    if original is None:  # a transformers that uploads some other way: its own list applies
+        yield
+        return
+    transformers_trainer.hf_api = lambda: _IgnoringHub(original(), patterns)
+    try:
+        yield
+    finally:
+        transformers_trainer.hf_api = original
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -124,11 +157,21 @@ class LlavaSFTTrainer(SFTTrainer):
             token = token if token is not None else self.args.hub_token
             HfApi().create_branch(self.hub_model_id, branch=self.args.hub_revision, token=token, exist_ok=True)
 
+    def push_to_hub(self, *args, **kwargs):
+        with _uploads_leaving_out(IGNORE_PATTERNS):
+            return super().push_to_hub(*args, **kwargs)
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with _uploads_leaving_out(IGNORE_PATTERNS):
+            self._copy_and_push_checkpoint(checkpoint_folder)
+
+    def _copy_and_push_checkpoint(self, checkpoint_folder: str) -> None:
         if self.is_world_process_zero():
-            for path in Path(checkpoint_folder).iterdir():
-                if path.suffix == ".py" or path.name in PUSHED_WITH_CHECKPOINT:
-                    shutil.copy(path, Path(self.args.output_dir) / path.name)
+            # What `llava push` would upload of this checkpoint (one list: `IGNORE_PATTERNS`); Trainer's own copy
+            # takes config, weights and processor only, and the upload is of `output_dir`.
+            for name, path in files_to_push(checkpoint_folder).items():
+                if "/" not in name:
+                    shutil.copy(path, Path(self.args.output_dir) / name)
         super()._push_from_checkpoint(checkpoint_folder)
 
     def _write_run_info_and_card(self, folder: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from peft import LoraConfig
 from torch import nn
 
+from hub_cards.model_card import PARTS, part_of
 from modeling_llava import LlavaPluginForConditionalGeneration
 
 
@@ -104,10 +105,10 @@ def lora_config(
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:
     """Trainable parameter counts per part, for the run's log."""
-    parts = {"vision_tower": 0, "multi_modal_projector": 0, "language_model": 0, "lm_head": 0}
+    parts = dict.fromkeys(PARTS, 0)
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            part = next((part for part in parts if part in name), "other")
+            part = part_of(name, default="other")
             parts[part] = parts.get(part, 0) + parameter.numel()
     return parts
 
