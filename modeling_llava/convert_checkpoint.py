@@ -31,6 +31,7 @@ from typing import Literal
 
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.utils import logging
 
@@ -104,7 +105,7 @@ def read_weights(source: Path) -> dict[str, torch.Tensor]:
     files = sorted(source.glob("*.safetensors"))
     if files:
         weights = {}
-        for file in files:
+        for file in tqdm(files, desc="reading weights", leave=False, disable=len(files) < 2):
             with safe_open(file, framework="pt") as handle:
                 weights.update({name: handle.get_tensor(name) for name in handle.keys()})
         return weights
@@ -112,7 +113,7 @@ def read_weights(source: Path) -> dict[str, torch.Tensor]:
     if not files:
         raise FileNotFoundError(f"{str(source)!r} holds no weights (*.safetensors or pytorch_model*.bin).")
     weights = {}
-    for file in files:
+    for file in tqdm(files, desc="reading weights", leave=False, disable=len(files) < 2):
         weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
     return weights
 

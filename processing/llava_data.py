@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from modeling_llava.processing_llava_plugin import IMAGE_TOKEN
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -157,7 +159,7 @@ def from_messages_record(
 
 
 def read_records(
-    data_path: str | Path, image_folder: str | Path | None = None, allow_outside: bool = False
+    data_path: str | Path, image_folder: str | Path | None = None, allow_outside: bool = False, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Reads a LLaVA JSON file (a list of records), or a JSON/JSONL file of `messages` rows, into training rows.
 
@@ -175,15 +177,18 @@ def read_records(
         raise DataError(f"Data file {str(path)!r} is not valid JSON: {error}") from error
     if not isinstance(records, list):
         raise DataError(f"Data file {str(path)!r} must hold a list of records, got {type(records).__name__}.")
-    return convert_records(records, image_folder, allow_outside)
+    return convert_records(records, image_folder, allow_outside, progress)
 
 
 def convert_records(
-    records: Iterable[dict[str, Any]], image_folder: str | Path | None = None, allow_outside: bool = False
+    records: Iterable[dict[str, Any]],
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Training rows from LLaVA or `messages` records (a list, or a `datasets.Dataset`), in order, none skipped."""
     rows = []
-    for index, record in enumerate(records):
+    for index, record in enumerate(tqdm(records, desc="checking records", disable=not progress, leave=False)):
         if not isinstance(record, dict):
             raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
         if "conversations" in record:
@@ -219,14 +224,19 @@ def sample_length(row: dict[str, Any], processor, chat_template: str | None = No
 
 
 def drop_overflowing(
-    rows: list[dict[str, Any]], processor, max_length: int | None, chat_template: str | None = None, on_overflow="drop"
+    rows: list[dict[str, Any]],
+    processor,
+    max_length: int | None,
+    chat_template: str | None = None,
+    on_overflow="drop",
+    progress: bool = True,
 ) -> tuple[list[dict[str, Any]], OverflowReport | None]:
     """Removes rows longer than `max_length` (`on_overflow="drop"`) or raises listing them (`"error"`)."""
     if max_length is None:
         return rows, None
     report = OverflowReport(max_length)
     kept = []
-    for row in rows:
+    for row in tqdm(rows, desc="measuring sample lengths", disable=not progress, leave=False):
         length = sample_length(row, processor, chat_template)
         if length > max_length:
             report.dropped.append({"id": row["id"], "length": length})

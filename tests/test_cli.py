@@ -41,8 +41,9 @@ def test_info_refuses_a_checkpoint_of_another_model_type(checkpoints):
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_every_result(tmp_path):
+def test_quick_demo_writes_every_result_and_says_where(tmp_path, capsys):
     results = run_demo(tmp_path, quick=True)
+    assert f"The trained LLaVA (stage 2) is in {tmp_path / 'stage2'}" in capsys.readouterr().out
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     for key in ("accuracy_with_image", "accuracy_blank_image", "accuracy_no_stage1"):

@@ -397,3 +397,15 @@ def test_bad_data_raises_a_data_error_naming_the_record_and_problem(processor, t
         assert [row["id"] for row in rows] == ["good", "bad"]
         collate(processor, rows)
     assert isinstance(error.value, ValueError)
+
+
+def test_checking_and_measuring_the_data_show_progress_bars(processor, tmp_path, capsys):
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    records = [{"id": name, **LLAVA_RECORDS[name][0]} for name in ("multi-turn", "text-only")]
+    rows = read_records(write_json(tmp_path / "llava.json", records), folder)
+    drop_overflowing(rows, processor, 10_000, CHAT_TEMPLATES["vicuna_v1"])
+    bars = capsys.readouterr().err
+    assert "checking records:" in bars and "measuring sample lengths:" in bars and "0/2" in bars
+    read_records(tmp_path / "llava.json", folder, progress=False)
+    drop_overflowing(rows, processor, 10_000, CHAT_TEMPLATES["vicuna_v1"], progress=False)
+    assert capsys.readouterr().err == ""  # other ranks than the first stay quiet

@@ -35,7 +35,7 @@ def merge_lora(adapter: str | Path, out: str | Path) -> Path:
     model_args = ModelConfig(model_name_or_path=base["model_name_or_path"], dtype=base.get("dtype", "float32"))
     # Merged into full-precision weights, also for a QLoRA adapter: a 4-bit base cannot hold the merged values.
     model, _ = build_model_and_processor(LlavaScriptArguments(**base["script_args"]), model_args)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload(progressbar=True)
 
     with atomic_folder(out) as staging:
         merged.save_pretrained(staging)

@@ -234,20 +234,29 @@ def build_model_and_processor(
 
 
 def load_training_rows(
-    script_args: LlavaScriptArguments, processor: LlavaPluginProcessor, max_length: int | None, template: str
+    script_args: LlavaScriptArguments,
+    processor: LlavaPluginProcessor,
+    max_length: int | None,
+    template: str,
+    progress: bool = True,
 ) -> tuple[Dataset, list[dict]]:
     """Reads and checks every record, then drops (or refuses) the ones longer than `max_length`.
 
     Returns the dataset and the dropped samples (`{"id", "length"}`), which the run reports by id.
     """
     if script_args.data_path:
-        rows = read_records(script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder)
+        rows = read_records(
+            script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder, progress
+        )
     elif script_args.dataset_name:
-        rows = convert_records(load_dataset(script_args.dataset_name, split=script_args.dataset_split))
+        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+        rows = convert_records(dataset, progress=progress)
     else:
         raise SetupError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
     read = len(rows)
-    rows, report = drop_overflowing(rows, processor, max_length, CHAT_TEMPLATES[template], script_args.on_overflow)
+    rows, report = drop_overflowing(
+        rows, processor, max_length, CHAT_TEMPLATES[template], script_args.on_overflow, progress
+    )
     if report is not None and report.dropped:
         logger.warning(report.summary())
     if not rows:
@@ -325,7 +334,10 @@ def build_trainer(
     apply_freeze(model, stage)
     dropped = []
     if train_dataset is None:
-        train_dataset, dropped = load_training_rows(script_args, processor, training_args.max_length, stage.template)
+        progress = training_args.process_index == 0 and not training_args.disable_tqdm
+        train_dataset, dropped = load_training_rows(
+            script_args, processor, training_args.max_length, stage.template, progress
+        )
     collator_class = LlavaPaddingFreeCollator if script_args.padding_free_batches else LlavaDataCollator
     peft_config = None
     if stage.uses_lora:

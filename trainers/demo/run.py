@@ -166,6 +166,7 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, seed: 
     print_report(results)
     written = f"{output_dir / 'results.json'} and {output_dir / 'loss_curves.png'}"
     print(f"\nWrote {written} in {results['wall_seconds']:.0f} s.")
+    print(f"The trained LLaVA (stage 2) is in {output_dir / 'stage2'}: try `llava chat {output_dir / 'stage2'}`.")
     return results
 
 
