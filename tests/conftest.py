@@ -19,7 +19,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 import modeling_llava  # noqa: F401  (registers the Auto classes)
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
-from trainers.tiny_backbones import TINY_TEXT, save_tiny_language_model, save_tiny_vision, train_tokenizer
+from tests.tiny_backbones import TINY_TEXT, save_tiny_language_model, save_tiny_vision
+from trainers.demo.tokenizer import train_tokenizer
 from trainers.train import main, parse
 
 CORPUS = [

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from modeling_llava import LlavaPluginConfig
-from trainers.tiny_backbones import TINY_TEXT, TINY_VISION
+from tests.tiny_backbones import TINY_TEXT, TINY_VISION
 
 
 def test_defaults_are_llava_1_5():

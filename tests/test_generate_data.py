@@ -9,6 +9,7 @@ import pytest
 
 from processing.llava_data import read_records
 from tests.openai_server import ScriptedServer
+from tests.tiny_backbones import save_tiny_language_model
 from trainers.cli import main as llava
 from trainers.generate_data import (
     KINDS,
@@ -20,7 +21,6 @@ from trainers.generate_data import (
     teacher_messages,
     validate_record,
 )
-from trainers.tiny_backbones import save_tiny_language_model
 
 IMAGES = [  # out of id order on purpose: records come out by image id
     {"id": 3, "file_name": "000000000003.jpg", "width": 500, "height": 400},

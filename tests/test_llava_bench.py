@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import random_image
 from tests.openai_server import ScriptedServer
+from tests.tiny_backbones import save_tiny_language_model
 from trainers.cli import main as llava
 from trainers.evaluation.llava_bench import (
     ANSWERS_NAME,
@@ -20,7 +21,6 @@ from trainers.evaluation.llava_bench import (
     paper_scores,
     parse_scores,
 )
-from trainers.tiny_backbones import save_tiny_language_model
 
 QUESTIONS = [
     {"question_id": 0, "image": "001.jpg", "text": "What is on the table?", "category": "conv"},

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.openai_server import ScriptedServer
+from tests.tiny_backbones import save_tiny_language_model
 from trainers.teacher import (
     LocalChat,
     OpenAIChat,
@@ -18,7 +19,6 @@ from trainers.teacher import (
     chat_concurrently,
     teacher_from_args,
 )
-from trainers.tiny_backbones import save_tiny_language_model
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 

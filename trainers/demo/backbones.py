@@ -27,8 +27,8 @@ from transformers import (
 )
 from transformers.models.llava import LlavaImageProcessorPil
 
+from trainers.demo.tokenizer import train_tokenizer
 from trainers.demo.world import QUESTION_KINDS, SCENES, WorldFiles, heldout_scenes, world_texts
-from trainers.tiny_backbones import train_tokenizer
 
 # Defaults measured on 2 CPU cores (seeds 0 and 1): the CLIP takes 31-38 s and retrieves held-out captions at 0.99-1.0;
 # the LM takes 39-41 s and ends at 0.20 nats per token, where its loss curve has flattened.

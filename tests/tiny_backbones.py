@@ -1,15 +1,12 @@
-"""Tiny stand-ins for CLIP and Vicuna, for the offline demo and the tests: no pretrained weights exist here.
+"""Tiny stand-ins for CLIP and Vicuna, for the tests: no pretrained weights exist here.
 
 They are ordinary Transformers checkpoints (a `CLIPModel` or `SiglipVisionModel`, a `LlamaForCausalLM` or
 `Qwen2ForCausalLM`, and a byte-complete BPE tokenizer trained on the given texts), so everything downstream runs the
 same code paths a real CLIP-L/336 + Vicuna-7B run does.
 """
 
-import string
-from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -40,24 +37,6 @@ TINY_TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
 }
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 256) -> PreTrainedTokenizerFast:
-    """A Llama-style BPE tokenizer (`<unk>`, `<s>`, `</s>`, BOS prepended, `▁` word marks) trained on `texts`.
-
-    Every printable ASCII character is in the alphabet, so no text of the tests or the demo falls back to `<unk>`.
-    """
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=list(string.printable)
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def save_tiny_vision(path: str | Path, family: str = "clip", seed: int = 0) -> Path:
@@ -99,4 +78,4 @@ def save_tiny_language_model(
     return Path(path)
 
 
-__all__ = ["TINY_TEXT", "TINY_VISION", "save_tiny_language_model", "save_tiny_vision", "train_tokenizer"]
+__all__ = ["TINY_TEXT", "TINY_VISION", "save_tiny_language_model", "save_tiny_vision"]
