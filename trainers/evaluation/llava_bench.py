@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub_cards.model_card import refresh_card_after_eval
+from hub_cards.model_card import OWN_JUDGE_PROMPTS, refresh_card_after_eval
 
 from ..generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
 from ..teacher import Message, Teacher, TeacherError, add_teacher_arguments, chat_concurrently, teacher_from_args
@@ -42,7 +42,6 @@ CATEGORIES = {"conv": "conversation", "conversation": "conversation", "detail": 
 # The rule-file key of each category, as the original's judge script names them.
 RULE_KEYS = {"conversation": "llava_bench_conv", "detail": "llava_bench_detail", "complex": "llava_bench_complex"}
 PAPER_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
-OWN_PROMPTS = "llava-plugin's own"
 JUDGE_SYSTEM = (
     "You judge answers to questions about an image. You cannot see the image; a written description of it stands in "
     "for it. You are fair and exact, and the order in which answers are shown never sways you."
@@ -293,7 +292,7 @@ def evaluate(
         "model": str(model_path),
         "judge": teacher.backend.name,
         "scoring": scoring,
-        "judge_prompts": f"rule file {str(rules)!r}" if rules is not None else OWN_PROMPTS,
+        "judge_prompts": f"rule file {str(rules)!r}" if rules is not None else OWN_JUDGE_PROMPTS,
         **summary,
         "num_questions": len(questions),
         "unparseable": [{k: j[k] for k in ("question_id", "category", "replies")} for j in unparseable],

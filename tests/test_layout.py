@@ -1,0 +1,45 @@
+"""The packages' imports point one way: model <- data and cards <- training and the command line."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PROJECT = {"modeling_llava", "processing", "trainers", "hub_cards", "benchmarks", "tests"}
+# What each package may import of the project besides itself.
+ALLOWED = {
+    "modeling_llava": set(),
+    "processing": {"modeling_llava"},
+    "hub_cards": {"modeling_llava"},  # only to complete an old config, inside a function: no torch on import
+    "trainers": {"modeling_llava", "processing", "hub_cards"},
+}
+
+
+def project_imports(package: str) -> dict[str, set[str]]:
+    """The project packages each module of `package` imports (absolute imports; relative ones stay inside)."""
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = (names & PROJECT) - {package}
+    return found
+
+
+@pytest.mark.parametrize("package", ALLOWED)
+def test_no_package_imports_one_above_it(package):
+    modules = project_imports(package)
+    assert modules  # the package was found and read
+    wrong = {module: names - ALLOWED[package] for module, names in modules.items() if names - ALLOWED[package]}
+    assert not wrong
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    (tmp_path / "processing").mkdir()
+    (tmp_path / "processing" / "bad.py").write_text("from trainers.train import main\nimport modeling_llava\n")
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    assert project_imports("processing") == {"processing/bad.py": {"trainers", "modeling_llava"}}
