@@ -62,7 +62,8 @@ class LlavaScriptArguments:
     )
     dataset_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to train on."})
     vision_tower: str | None = field(
-        default=None, metadata={"help": "Vision checkpoint to start from (with `language_model`), e.g. CLIP-L/336."}
+        default=None,
+        metadata={"help": "Vision checkpoint to start from (with `language_model`): CLIP-L/336 in LLaVA-1.5."},
     )
     language_model: str | None = field(default=None, metadata={"help": "Causal LM checkpoint to start from."})
     pretrain_projector: str | None = field(
