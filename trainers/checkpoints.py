@@ -29,8 +29,6 @@ MATH_ARGUMENTS = (
     "warmup_steps",
     "num_train_epochs",
     "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
     "seed",
     "data_seed",
     "bf16",
@@ -61,6 +59,10 @@ def run_fingerprint(script_args, training_args, model_args) -> dict[str, Any]:
     weights as given."""
     script = {k: v for k, v in asdict(script_args).items() if k not in {"resume", "overwrite_output_dir"}}
     training = {name: str(getattr(training_args, name, None)) for name in MATH_ARGUMENTS}
+    # The samples per optimizer step, however they are split across devices and accumulation steps: a run may resume
+    # on another number of processes with the same global batch.
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    training["global_batch_size"] = str(per_step * training_args.world_size)
     return {
         "stage": script_args.stage,
         "script": script,

@@ -379,14 +379,18 @@ def build_trainer(
 def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> LlavaSFTTrainer:
     """`llava train`: checks the arguments and the output folder, builds the trainer, trains, saves (and pushes)."""
     stage = check_arguments(script_args, training_args, model_args)
+    fill_global_batch(script_args, training_args)
     fingerprint = run_fingerprint(script_args, training_args, model_args)
-    resume_from, notes = prepare_output_dir(
-        training_args.output_dir,
-        fingerprint,
-        resume=script_args.resume,
-        overwrite=script_args.overwrite_output_dir,
-        write=training_args.process_index == 0,
-    )
+    # The main process checks, clears and binds the folder first; the others then read what it left, so that every
+    # process agrees on the checkpoint to resume from (or on the mistake to report).
+    with training_args.main_process_first(local=False, desc="checking the output folder"):
+        resume_from, notes = prepare_output_dir(
+            training_args.output_dir,
+            fingerprint,
+            resume=script_args.resume,
+            overwrite=script_args.overwrite_output_dir,
+            write=training_args.process_index == 0,
+        )
     for note in notes:
         logger.warning(note)
     trainer, dropped = build_trainer(script_args, training_args, model_args, fingerprint=fingerprint)

@@ -1,0 +1,107 @@
+"""Training on several processes (DDP over gloo on this CPU, launched by torchrun) is the same run as on one.
+
+With per-device batch b on 2 processes and 2b on 1, every optimizer step sees the same samples: accelerate shards the
+one-process sampler's batches across ranks, and DDP averages the ranks' gradients. The per-step losses and the final
+weights must then agree to fp32 rounding (summation order differs across ranks). Only rank 0 writes the folder.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_LORA, run_args, train
+
+pytestmark = pytest.mark.slow
+REPOSITORY = Path(__file__).parent.parent
+# Per stage: what rank-dependent machinery the run exercises besides DDP itself.
+CASES = {
+    "stage1": ["--global_batch_size", "4"],  # projector only; the stage-1 artifact
+    "stage2": [
+        "--padding_free_batches",
+        "true",
+        "--attn_implementation",
+        "torch_varlen",
+    ],  # a padding-free row per rank
+    # The projector's own learning-rate group. No dropout: each rank draws its masks from its own random stream, so
+    # with dropout the two runs are equal in distribution only.
+    "lora": ["--projector_lr", "1e-3", "--lora_dropout", "0"],
+}
+
+
+def torchrun(processes: int, stage: str, args: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command += ["-m", "trainers.cli", "train", stage, *args, "--use_cpu", "true", "--dataloader_num_workers", "0"]
+    command += TINY_LORA if stage == "lora" else []  # as `train` adds for one process
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return load_file(folder / name)
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Equal up to fp32 summation order. Adam divides by the gradient's own scale, so where a gradient is nearly zero,
+    a rounding difference in it can move that element by a fraction of the learning rate (1e-2 here): the absolute
+    tolerance is 1e-4, 1% of one step, and almost every element agrees to 1e-6."""
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+        assert (got[name] - tensor).abs().le(1e-6).float().mean() > 0.99, name
+
+
+@pytest.mark.parametrize("stage", CASES)
+def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoints, train_data, tmp_path, stage):
+    two = tmp_path / "two"
+    # 9 samples, 4 a step: the last batch of an epoch would be partial, and accelerate evens it out across ranks by
+    # repeating samples; dropping it keeps every step the same 4 samples on both sides, over two epochs.
+    steps = ["--max_steps", "4", "--dataloader_drop_last", "true"]
+    torchrun(2, stage, run_args(checkpoints, train_data, two, *steps, *CASES[stage]))
+    one = tmp_path / "one"
+    args = run_args(checkpoints, train_data, one, *steps, "--per_device_train_batch_size", "4", *CASES[stage])
+    train(stage, args)
+
+    history = {
+        name: json.loads((folder / "loss_history.json").read_text()) for name, folder in [("1", one), ("2", two)]
+    }
+    assert history["2"]["step"] == history["1"]["step"] == [1, 2, 3, 4]
+    assert history["2"]["loss"] == pytest.approx(history["1"]["loss"], rel=1e-5)
+    assert_same_weights(weights(two), weights(one))
+    record = json.loads((two / "llava_run.json").read_text())
+    assert record["hyperparameters"]["global batch size"] == 4  # 2 per device x 2 processes
+    if stage == "stage1":
+        assert load_file(two / "mm_projector.safetensors").keys() == load_file(one / "mm_projector.safetensors").keys()
+
+
+def test_only_rank_zero_writes_and_a_two_process_run_resumes_on_one(checkpoints, train_data, tmp_path):
+    run = tmp_path / "run"
+    records = json.loads(Path(train_data["data_path"]).read_text())
+    records.append(
+        {"id": "too-long", "conversations": [records[-1]["conversations"][0], {"from": "gpt", "value": "a " * 300}]}
+    )
+    data = {**train_data, "data_path": str(tmp_path / "data.json")}
+    Path(data["data_path"]).write_text(json.dumps(records))
+    # A global batch of 4: 2 per device on 2 processes, or 2 x 2 accumulation steps on one.
+    same = ["--global_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    same += ["--max_steps", "4", "--dataloader_drop_last", "true"]
+    done = torchrun(2, "stage2", run_args(checkpoints, data, run, *same))
+    assert done.stdout.count("stage2: saved to") == 1  # rank 0 alone reports, writes the card and the record
+    assert [item["id"] for item in json.loads((run / "dropped_samples.json").read_text())] == ["too-long"]
+    assert sorted(path.name for path in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    whole = weights(run)
+
+    # Steps 3 and 4 again, on one process, from the 2-process checkpoint-2: the same final weights.
+    shutil.rmtree(run / "checkpoint-4")
+    resumed = train("stage2", run_args(checkpoints, data, run, *same, "--resume", "true"))
+    assert resumed.state.global_step == 4 and resumed.args.gradient_accumulation_steps == 2
+    assert_same_weights(weights(run), whole)
