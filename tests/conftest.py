@@ -5,8 +5,14 @@ vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
 
+import base64
 import io
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +275,31 @@ EXAMPLES = [
     },
     {"messages": [turn("user", IMAGE_ITEM, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
 ]
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """Serves the ASGI `app` with uvicorn on a free port of 127.0.0.1, from a thread; yields its base URL."""
+    import uvicorn
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def data_url(image: Image.Image) -> str:
+    """`image` as a PNG data URL, as an OpenAI client sends an image."""
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()

@@ -55,16 +55,24 @@ def image_background(processor: LlavaPluginProcessor) -> tuple[int, int, int]:
     return tuple(round(255 * value) for value in mean)
 
 
-def decode_image(file: str | IO[bytes], background: tuple[int, int, int]) -> Image.Image:
+def decode_image(
+    file: str | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
+) -> Image.Image:
     """The RGB picture in `file` (a path or a binary stream).
 
-    Raises `Image.DecompressionBombError` past `PIL.Image.MAX_IMAGE_PIXELS` (PIL only warns below twice that limit;
-    here the limit is the limit) and `OSError` for anything that is not a whole image.
+    Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
+    any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
+    anything that is not a whole image.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(file) as opened:
+                if max_pixels is not None and opened.width * opened.height > max_pixels:
+                    raise Image.DecompressionBombError(
+                        f"{opened.width}x{opened.height} = {opened.width * opened.height:,} pixels, "
+                        f"more than the limit of {max_pixels:,}"
+                    )
                 opened.load()  # a truncated file fails here, not later in the processor
                 return to_rgb(opened, background)
         except Image.DecompressionBombWarning as warning:

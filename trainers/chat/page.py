@@ -49,7 +49,7 @@ def build_page(worker: GenerationWorker, model_name: str, policy: ImagePolicy) -
             yield history
             return
         try:
-            images = [decode_image(image, policy.background)] if image else []
+            images = [decode_image(image, policy.background, policy.max_pixels)] if image else []
         except Exception as error:  # a file Gradio accepted but PIL cannot decode, or one past the pixel limit
             raise gr.Error(f"The image cannot be used: {error}") from error
         sampling = Sampling(int(max_new_tokens), float(temperature), float(top_p))

@@ -3,8 +3,8 @@
 The server must not become a way to reach other machines or the server's own disk on a user's behalf, so an
 `image_url` is by default only a `data:` URL (the image itself, base64). `http(s)` URLs are fetched only with
 `--allow-remote-images`, local files (`file://` or a plain path) read only with `--allow-local-files`. Every image,
-wherever it comes from, is decoded with the pixel limit (`--max-image-pixels`, PIL's `MAX_IMAGE_PIXELS`) as a hard
-error, so a decompression bomb costs a header read, not the server's memory.
+wherever it comes from, is checked against the pixel limit (`--max-image-pixels`) from its header, before decoding,
+so a decompression bomb costs a header read, not the server's memory.
 """
 
 import base64
@@ -24,10 +24,10 @@ from .request_error import RequestError
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    """What a request's images may be: how many per conversation, from where, how large (in bytes before decoding;
-    the pixel limit is PIL's `MAX_IMAGE_PIXELS`, process-wide, set by `llava serve`)."""
+    """What a request's images may be: how many per conversation, from where, how large (in bytes, in pixels)."""
 
     max_images: int = 1
+    max_pixels: int = 4096 * 4096
     allow_remote_images: bool = False
     allow_local_files: bool = False
     max_image_bytes: int = 20 * 2**20
@@ -66,11 +66,10 @@ def load_image(url: str, policy: ImagePolicy) -> Image.Image:
     if len(data) > policy.max_image_bytes:
         raise RequestError(f"The image is larger than {policy.max_image_bytes:,} bytes.", "image_too_large")
     try:
-        return decode_image(io.BytesIO(data), policy.background)
+        return decode_image(io.BytesIO(data), policy.background, policy.max_pixels)
     except Image.DecompressionBombError as error:
         raise RequestError(
-            f"The image has more pixels than this server accepts ({Image.MAX_IMAGE_PIXELS:,}; --max-image-pixels): "
-            f"{error}",
+            f"The image is larger than this server accepts (--max-image-pixels {policy.max_pixels}): {error}",
             "image_too_large",
         ) from error
     except OSError as error:

@@ -17,7 +17,6 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
 from starlette.exceptions import HTTPException
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
@@ -54,11 +53,10 @@ def create_app(
     settings: ServeSettings = ServeSettings(),
 ) -> FastAPI:
     """The ASGI app: the API under `/v1`, the page at `/`; its worker thread runs while the app does."""
-    # PIL's limit is process-wide: the server's images are the only ones this process opens.
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     worker = GenerationWorker(model, processor, settings.max_queue, settings.max_new_tokens)
     policy = ImagePolicy(
         max_images=settings.max_images,
+        max_pixels=settings.max_image_pixels,
         allow_remote_images=settings.allow_remote_images,
         allow_local_files=settings.allow_local_files,
         background=image_background(processor),
