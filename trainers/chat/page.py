@@ -89,7 +89,7 @@ def build_page(worker: GenerationWorker, model_name: str, policy: ImagePolicy) -
                         label="Max new tokens",
                     )  # fmt: skip
             with gr.Column(scale=2):
-                chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=420)
+                chatbot = gr.Chatbot(label="Conversation", elem_id="conversation", height=420, render_markdown=False)
                 question = gr.Textbox(placeholder="Ask about the image, then Enter", show_label=False, elem_id="ask")
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
