@@ -1,6 +1,7 @@
 """Shared by the tests: session fixtures (a tokenizer trained here, tiny backbone checkpoints, a tiny LLaVA built from
 them, a SentencePiece-only Llama, training data) and the helpers more than one test module uses (the original's
-vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the remote-code loader script).
+vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the remote-code loader script, an image
+as a data URL).
 
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
@@ -8,11 +9,6 @@ Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layer
 import base64
 import io
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -275,27 +271,6 @@ EXAMPLES = [
     },
     {"messages": [turn("user", IMAGE_ITEM, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
 ]
-
-
-@contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serves the ASGI `app` with uvicorn on a free port of 127.0.0.1, from a thread; yields its base URL."""
-    import uvicorn
-
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def data_url(image: Image.Image) -> str:

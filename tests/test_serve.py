@@ -22,9 +22,9 @@ from peft import get_peft_model
 from PIL import Image
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from tests.conftest import data_url, random_image, running_server
+from tests.conftest import data_url, random_image
 from trainers.chat.example_images import EXAMPLES, EXAMPLES_DIR, write_examples
-from trainers.chat.server import ServeSettings, create_app
+from trainers.chat.server import ServeSettings, create_app, serving_in_thread
 from trainers.chat.terminal import ChatSession
 from trainers.cli import main as llava
 from trainers.stages import lora_config
@@ -43,7 +43,7 @@ def loaded(llava_checkpoint):
 def server(loaded):
     settings = ServeSettings(max_image_pixels=MAX_PIXELS, page=False)
     app = create_app(*loaded, "tiny-llava", settings)
-    with running_server(app) as url:
+    with serving_in_thread(app) as url:
         yield url, app.state.worker
 
 
@@ -232,7 +232,7 @@ def test_remote_and_local_images_only_when_allowed(loaded, tmp_path):
     threading.Thread(target=files.serve_forever, daemon=True).start()
     settings = ServeSettings(allow_remote_images=True, allow_local_files=True, page=False)
     try:
-        with running_server(create_app(*loaded, "tiny-llava", settings)) as url:
+        with serving_in_thread(create_app(*loaded, "tiny-llava", settings)) as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
             for source in (f"http://127.0.0.1:{files.server_port}/a.png", f"file://{tmp_path / 'a.png'}"):
                 messages = [{"role": "user", "content": [image_part(source), {"type": "text", "text": QUESTION}]}]
@@ -283,7 +283,7 @@ def slow_server(llava_checkpoint):
     app = create_app(
         model, LlavaPluginProcessor.from_pretrained(llava_checkpoint), "slow", ServeSettings(max_queue=1, page=False)
     )
-    with running_server(app) as url:
+    with serving_in_thread(app) as url:
         yield url, app.state.worker
 
 

@@ -16,8 +16,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from tests.conftest import random_image, running_server
-from trainers.chat.server import ServeSettings, create_app
+from tests.conftest import random_image
+from trainers.chat.server import ServeSettings, create_app, serving_in_thread
 from trainers.chat.terminal import ChatSession
 
 QUESTION = "What is the colour of the square?"
@@ -31,7 +31,7 @@ def loaded(llava_checkpoint):
 
 @pytest.fixture(scope="module")
 def page(loaded):
-    with running_server(create_app(*loaded, "tiny-llava-page", ServeSettings())) as url:
+    with serving_in_thread(create_app(*loaded, "tiny-llava-page", ServeSettings())) as url:
         yield url
 
 

@@ -9,8 +9,10 @@ a 4xx status, and the server goes on serving.
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import gradio as gr
@@ -132,6 +134,27 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
+@contextmanager
+def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serves `app` on a free port of `host` from a thread until the block ends; yields the base URL. For tests and
+    benchmarks, which talk to the server over real HTTP from the same process."""
+    listening = socket.socket()
+    listening.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("The server did not start; see its log above.")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def serve(
     checkpoint: str,
     settings: ServeSettings = ServeSettings(),
@@ -153,4 +176,4 @@ def serve(
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
 
 
-__all__ = ["ServeSettings", "create_app", "serve"]
+__all__ = ["ServeSettings", "create_app", "serve", "serving_in_thread"]
