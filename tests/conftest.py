@@ -1,10 +1,12 @@
 """Shared by the tests: session fixtures (a tokenizer trained here, tiny backbone checkpoints, a tiny LLaVA built from
 them, a SentencePiece-only Llama, training data) and the helpers more than one test module uses (the original's
-vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the remote-code loader script).
+vicuna_v1 prompt, training arguments, the reference outputs of a checkpoint, the remote-code loader script, an image
+as a data URL).
 
 Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layers, 30 px images in 6 px patches).
 """
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -273,3 +275,10 @@ EXAMPLES = [
     },
     {"messages": [turn("user", IMAGE_ITEM, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
 ]
+
+
+def data_url(image: Image.Image) -> str:
+    """`image` as a PNG data URL, as an OpenAI client sends an image."""
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()

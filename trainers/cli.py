@@ -25,6 +25,35 @@ def info(path: str) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def serve(args: argparse.Namespace) -> None:
+    """`llava serve`: user errors (a missing extra, a wrong folder, a taken port) end in one line and exit code 2."""
+    try:
+        from .chat.server import ServeSettings
+        from .chat.server import serve as run_server
+    except ImportError as error:
+        print(
+            f"llava serve: needs the serve extra ({error.name} is missing): pip install 'llava-plugin[serve]'",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        max_queue=args.max_queue,
+        max_new_tokens=args.max_new_tokens,
+        max_images=args.max_images,
+        max_image_pixels=args.max_image_pixels,
+        allow_remote_images=args.allow_remote_images,
+        allow_local_files=args.allow_local_files,
+        page=not args.no_page,
+    )
+    try:
+        run_server(args.model, settings, args.device, args.vision_tower)
+    except (ValueError, OSError) as error:  # a wrong folder or format, a port in use: the message says which
+        print(f"llava serve: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llava", description="LLaVA on the Hugging Face stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -86,6 +115,33 @@ def main(argv: list[str] | None = None) -> None:
     chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
 
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve a LLaVA model: a chat page and an OpenAI-compatible API",
+        description="Serve MODEL: a chat page at / and the OpenAI chat-completions API under /v1, on 127.0.0.1 unless "
+        "--host says otherwise. Images come as data: URLs unless the --allow-* flags widen that.",
+    )
+    serve_parser.add_argument("model", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve_parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
+    serve_parser.add_argument(
+        "--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429 (default: %(default)s)"
+    )
+    serve_parser.add_argument(
+        "--max-new-tokens", type=int, default=512, help="answer length when a request sets none (default: %(default)s)"
+    )
+    serve_parser.add_argument(
+        "--max-images", type=int, default=1, help="images per conversation; LLaVA-1.5 was trained with one"
+    )
+    serve_parser.add_argument(
+        "--max-image-pixels", type=int, default=4096 * 4096, help="larger images are refused (default: %(default)s)"
+    )
+    serve_parser.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs")
+    serve_parser.add_argument("--allow-local-files", action="store_true", help="read file:// and path image URLs")
+    serve_parser.add_argument("--no-page", action="store_true", help="the API only, without the chat page")
+    serve_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
+    serve_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+
     # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
     commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
@@ -131,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError) as error:  # a wrong folder or format: the message says which and what to do
             print(f"llava chat: {error}", file=sys.stderr)
             sys.exit(2)
+    elif args.command == "serve":
+        serve(args)
     elif args.command == "push":
         from hub_cards.push import PushError, push_to_hub
 

@@ -18,6 +18,15 @@ from transformers import TextStreamer
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 
 from ..generation import load_llava
+from .conversation import (
+    assistant_message,
+    decode_answer,
+    decode_image,
+    image_background,
+    on_model,
+    render_conversation,
+    user_message,
+)
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 
@@ -47,9 +56,8 @@ class ChatSession:
         """Starts a new conversation about the image at `path` (or about no image)."""
         if path is not None:
             try:
-                with Image.open(path) as opened:
-                    self.image = opened.convert("RGB")
-            except OSError as error:
+                self.image = decode_image(str(path), image_background(self.processor))
+            except (OSError, Image.DecompressionBombError) as error:
                 raise ValueError(f"Cannot read the image {str(path)!r}: {error}") from error
         else:
             self.image = None
@@ -57,21 +65,14 @@ class ChatSession:
 
     def ask(self, text: str, streamer: TextStreamer | None = None) -> str:
         """The model's answer to `text`, given the conversation so far; both join the conversation."""
-        content = [{"type": "text", "text": text}]
-        if self.image is not None and not self.messages:
-            content.insert(0, {"type": "image"})
-        messages = [*self.messages, {"role": "user", "content": content}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        images = [self.image] if self.image is not None else None
-        # The template already wrote the BOS token.
-        inputs = self.processor(images=images, text=prompt, add_special_tokens=False, return_tensors="pt")
-        inputs = inputs.to(self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with_image = self.image is not None and not self.messages
+        messages = [*self.messages, user_message(text, images=int(with_image))]
+        images = [self.image] if self.image is not None else None  # every turn sees the image of the first
+        inputs = on_model(render_conversation(self.processor, messages, images), self.model)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **self.generation, streamer=streamer)
-        answer = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        self.messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        answer = decode_answer(self.processor, output[0, inputs["input_ids"].shape[1] :])
+        self.messages = [*messages, assistant_message(answer)]
         return answer
 
 
