@@ -105,3 +105,27 @@ def test_only_rank_zero_writes_and_a_two_process_run_resumes_on_one(checkpoints,
     resumed = train("stage2", run_args(checkpoints, data, run, *same, "--resume", "true"))
     assert resumed.state.global_step == 4 and resumed.args.gradient_accumulation_steps == 2
     assert_same_weights(weights(run), whole)
+
+
+ACCELERATE = REPOSITORY / "trainers" / "recipes" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "zero_stage"), [("ddp", "MULTI_GPU", None), ("fsdp", "FSDP", None), ("zero2", "DEEPSPEED", 2),
+                                     ("zero3", "DEEPSPEED", 3)]
+)  # fmt: skip
+def test_shipped_launcher_configs_load_with_the_originals_settings(name, kind, zero_stage):
+    """GPU-only launchers: checked here as far as a CPU can (accelerate reads them; DeepSpeed's JSON holds the
+    original's ZeRO settings and leaves batch sizes and precision to the recipe)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ACCELERATE / f"{name}.yaml"))
+    assert (config.distributed_type.name, config.num_processes, config.num_machines) == (kind, 8, 1)
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer,CLIPEncoderLayer"
+    if zero_stage is not None:
+        deepspeed = json.loads((REPOSITORY / config.deepspeed_config["deepspeed_config_file"]).read_text())
+        assert deepspeed["zero_optimization"]["stage"] == zero_stage
+        assert deepspeed["train_micro_batch_size_per_gpu"] == deepspeed["gradient_accumulation_steps"] == "auto"
+        gathers = deepspeed["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False)
+        assert gathers == (zero_stage == 3)  # ZeRO-3 saves whole 16-bit weights, loadable without DeepSpeed
