@@ -98,6 +98,13 @@ def llava_checkpoint(tmp_path_factory, checkpoints, processor):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def loaded(llava_checkpoint) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
+    """The session's tiny LLaVA, loaded once in eval mode, with its processor (the chat and serve tests share it)."""
+    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()
+    return model, LlavaPluginProcessor.from_pretrained(llava_checkpoint)
+
+
 def random_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))

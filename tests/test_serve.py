@@ -34,12 +34,6 @@ MAX_PIXELS = 10_000  # the module server's --max-image-pixels: random_image's 40
 
 
 @pytest.fixture(scope="module")
-def loaded(llava_checkpoint):
-    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()
-    return model, LlavaPluginProcessor.from_pretrained(llava_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def server(loaded):
     settings = ServeSettings(max_image_pixels=MAX_PIXELS, page=False)
     app = create_app(*loaded, "tiny-llava", settings)

@@ -15,18 +15,11 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
 from trainers.chat.server import ServeSettings, create_app, serving_in_thread
 from trainers.chat.terminal import ChatSession
 
 QUESTION = "What is the colour of the square?"
-
-
-@pytest.fixture(scope="module")
-def loaded(llava_checkpoint):
-    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()
-    return model, LlavaPluginProcessor.from_pretrained(llava_checkpoint)
 
 
 @pytest.fixture(scope="module")
