@@ -143,7 +143,11 @@ def _changed(arguments, names) -> list[str]:
 
 
 def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> Stage:
-    """The run's stage, once every field is known to be honoured; otherwise a `SetupError` naming the field."""
+    """The run's stage, once every field is known to be honoured; otherwise a `SetupError` naming the field.
+
+    Also derives gradient accumulation from `global_batch_size` (`fill_global_batch`), which the run's fingerprint
+    records.
+    """
     if script_args.stage is None:
         raise SetupError(f"No stage: give it as `llava train STAGE` or `stage:` in the recipe ({', '.join(STAGES)}).")
     stage = get_stage(script_args.stage)
@@ -167,6 +171,7 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
             f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
             f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
         )
+    fill_global_batch(script_args, training_args)
     return stage
 
 
@@ -326,11 +331,30 @@ def build_trainer(
     passes a randomly initialised model and an in-memory dataset); the stage's freezing, LoRA, collator and
     optimizer are applied to them all the same. Returns the trainer and the samples dropped for their length.
     """
-    stage = check_arguments(script_args, training_args, model_args)
+    return _assemble_trainer(
+        check_arguments(script_args, training_args, model_args),
+        script_args,
+        training_args,
+        model_args,
+        model_and_processor,
+        train_dataset,
+        fingerprint,
+    )
+
+
+def _assemble_trainer(
+    stage: Stage,
+    script_args: LlavaScriptArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    model_and_processor: tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor] | None,
+    train_dataset: Dataset | None,
+    fingerprint: dict | None,
+) -> tuple[LlavaSFTTrainer, list[dict]]:
+    """`build_trainer` for arguments `check_arguments` has passed."""
     # Before anything random exists (the projector's init, LoRA's): the same seed gives the same run.
     set_seed(training_args.seed)
     Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
-    fill_global_batch(script_args, training_args)
     model, processor = model_and_processor or build_model_and_processor(script_args, model_args, stage.quantized)
     apply_freeze(model, stage)
     dropped = []
@@ -379,7 +403,6 @@ def build_trainer(
 def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> LlavaSFTTrainer:
     """`llava train`: checks the arguments and the output folder, builds the trainer, trains, saves (and pushes)."""
     stage = check_arguments(script_args, training_args, model_args)
-    fill_global_batch(script_args, training_args)
     fingerprint = run_fingerprint(script_args, training_args, model_args)
     # The main process checks, clears and binds the folder first; the others then read what it left, so that every
     # process agrees on the checkpoint to resume from (or on the mistake to report).
@@ -393,7 +416,7 @@ def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args
         )
     for note in notes:
         logger.warning(note)
-    trainer, dropped = build_trainer(script_args, training_args, model_args, fingerprint=fingerprint)
+    trainer, dropped = _assemble_trainer(stage, script_args, training_args, model_args, None, None, fingerprint)
 
     output_dir = Path(training_args.output_dir)
     if dropped and training_args.process_index == 0:
