@@ -10,7 +10,7 @@ from typing import Any
 
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from .images import open_image
+from .images import image_background, open_image
 
 
 @dataclass
@@ -24,9 +24,7 @@ class LlavaDataCollator(DataCollatorForVisionLanguageModeling):
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        # Transparent pixels show the processor's mean colour, the colour LLaVA-1.5 pads with.
-        mean = getattr(self.processor.image_processor, "image_mean", None) or (0, 0, 0)
-        background = tuple(round(255 * value) for value in mean)
+        background = image_background(self.processor)
         examples = [
             {
                 "messages": example["messages"],

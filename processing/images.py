@@ -1,4 +1,5 @@
-"""Decoding a training image into the RGB picture the model should see, whatever the file's mode.
+"""Decoding an image (a training sample's, or one sent to `llava chat`/`serve`) into the RGB picture the model should
+see, whatever the file's mode.
 
 `PIL.Image.convert("RGB")` alone gets several real files wrong: a 16-bit PNG clips to almost white, transparent
 pixels take whatever colour the file stored under them, and a phone photo ignores its EXIF rotation. Each mode is
@@ -17,10 +18,12 @@ error that names the record and the file, not a warning or a crash in a dataload
 """
 
 import warnings
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from modeling_llava.processing_llava_plugin import LlavaPluginProcessor
 
 from .llava_data import DataError
 
@@ -45,16 +48,45 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (0, 0, 0)) -> 
     return image.convert("RGB")
 
 
+def image_background(processor: LlavaPluginProcessor) -> tuple[int, int, int]:
+    """The colour transparent pixels become: the processor's mean colour, the colour LLaVA-1.5 pads images with."""
+    mean = getattr(processor.image_processor, "image_mean", None) or (0, 0, 0)
+    return tuple(round(255 * value) for value in mean)
+
+
+def decode_image(
+    file: str | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
+) -> Image.Image:
+    """The RGB picture in `file` (a path or a binary stream).
+
+    Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
+    any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
+    anything that is not a whole image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(file) as opened:
+                if max_pixels is not None and opened.width * opened.height > max_pixels:
+                    raise Image.DecompressionBombError(
+                        f"{opened.width}x{opened.height} = {opened.width * opened.height:,} pixels, "
+                        f"more than the limit of {max_pixels:,}"
+                    )
+                opened.load()  # a truncated file fails here, not later in the processor
+                return to_rgb(opened, background)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from warning
+        except (SyntaxError, ValueError, EOFError) as error:  # what some of PIL's decoders raise on corrupt data
+            raise OSError(str(error)) from error
+
+
 def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
     """An RGB PIL image from a path (or an already decoded image), with an error naming the record if it is bad."""
     if not isinstance(image, str):
         return to_rgb(image, background)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(image) as opened:
-                return to_rgb(opened, background)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return decode_image(image, background)
+    except Image.DecompressionBombError as error:
         raise DataError(
             f"Record {record_id!r}: image file {image!r} is larger than the pixel limit "
             f"({Image.MAX_IMAGE_PIXELS:,} pixels; {error}). Resize it, or raise the limit with --max_image_pixels."
@@ -63,4 +95,4 @@ def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0
         raise DataError(f"Record {record_id!r}: image file {image!r} cannot be read ({error}).") from error
 
 
-__all__ = ["open_image", "to_rgb"]
+__all__ = ["decode_image", "image_background", "open_image", "to_rgb"]

@@ -2,19 +2,15 @@
 
 Training renders with the processor's chat template and tokenizes the result without adding special tokens (the
 template writes the BOS); answering must do exactly the same, or the model sees prompts it was never trained on. Images
-are decoded as the training collator decodes them: `processing.images.to_rgb`, transparent pixels on the processor's
-mean colour.
+are decoded as the training collator decodes them (`processing.images.decode_image`, transparent pixels on the
+processor's mean colour).
 """
-
-import warnings
-from typing import IO
 
 import torch
 from PIL import Image
 from transformers import BatchFeature
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from processing.images import to_rgb
 
 
 def user_message(text: str, images: int = 0) -> dict:
@@ -49,43 +45,9 @@ def decode_answer(processor: LlavaPluginProcessor, new_tokens: torch.Tensor) -> 
     return processor.decode(new_tokens, skip_special_tokens=True).strip()
 
 
-def image_background(processor: LlavaPluginProcessor) -> tuple[int, int, int]:
-    """The colour transparent pixels become: the processor's mean colour, the colour LLaVA-1.5 pads images with."""
-    mean = getattr(processor.image_processor, "image_mean", None) or (0, 0, 0)
-    return tuple(round(255 * value) for value in mean)
-
-
-def decode_image(
-    file: str | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
-) -> Image.Image:
-    """The RGB picture in `file` (a path or a binary stream).
-
-    Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
-    any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
-    anything that is not a whole image.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(file) as opened:
-                if max_pixels is not None and opened.width * opened.height > max_pixels:
-                    raise Image.DecompressionBombError(
-                        f"{opened.width}x{opened.height} = {opened.width * opened.height:,} pixels, "
-                        f"more than the limit of {max_pixels:,}"
-                    )
-                opened.load()  # a truncated file fails here, not later in the processor
-                return to_rgb(opened, background)
-        except Image.DecompressionBombWarning as warning:
-            raise Image.DecompressionBombError(str(warning)) from warning
-        except (SyntaxError, ValueError, EOFError) as error:  # what some of PIL's decoders raise on corrupt data
-            raise OSError(str(error)) from error
-
-
 __all__ = [
     "assistant_message",
     "decode_answer",
-    "decode_image",
-    "image_background",
     "on_model",
     "render_conversation",
     "user_message",

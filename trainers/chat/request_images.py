@@ -18,7 +18,8 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from .conversation import decode_image
+from processing.images import decode_image
+
 from .request_error import RequestError
 
 

@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.images import image_background
 
-from .conversation import image_background
 from .openai_format import ChatRequest, chunk, completion, completion_id, parse_chat_request, usage
 from .page import build_page
 from .request_error import RequestError

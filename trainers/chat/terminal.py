@@ -16,17 +16,10 @@ from PIL import Image
 from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.images import decode_image, image_background
 
 from ..generation import load_llava
-from .conversation import (
-    assistant_message,
-    decode_answer,
-    decode_image,
-    image_background,
-    on_model,
-    render_conversation,
-    user_message,
-)
+from .conversation import assistant_message, decode_answer, on_model, render_conversation, user_message
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 
