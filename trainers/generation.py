@@ -36,11 +36,6 @@ def load_llava(path: str | Path, device: str | None = None, vision_tower: str | 
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
-def user_turn(text: str, image: bool) -> list[dict]:
-    """A one-question conversation, the image (if any) before the text as LLaVA asks."""
-    return [{"role": "user", "content": ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]}]
-
-
 def decoding_kwargs(model, static_cache: bool | None = None) -> dict[str, str]:
     """`generate()` arguments for fast decoding: a static KV cache where `static_cache` (default: on a GPU)."""
     if static_cache is None:
@@ -100,4 +95,4 @@ def generate_greedy(
     return answers
 
 
-__all__ = ["add_decoding_arguments", "decoding_kwargs", "generate_greedy", "load_llava", "user_turn"]
+__all__ = ["add_decoding_arguments", "decoding_kwargs", "generate_greedy", "load_llava"]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava import LlavaPluginProcessor
 
 
 def user_message(text: str, images: int = 0) -> dict:
@@ -32,14 +32,6 @@ def render_conversation(
     return processor(images=images or None, text=prompt, add_special_tokens=False, return_tensors="pt")
 
 
-def on_model(inputs: BatchFeature, model: LlavaPluginForConditionalGeneration) -> BatchFeature:
-    """`inputs` on the model's device, pixel values in its dtype (token ids stay integers)."""
-    inputs = inputs.to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    return inputs
-
-
 def decode_answer(processor: LlavaPluginProcessor, new_tokens: torch.Tensor) -> str:
     """The text of generated tokens (1-D), special tokens dropped, stripped as the original's CLI strips it."""
     return processor.decode(new_tokens, skip_special_tokens=True).strip()
@@ -48,7 +40,6 @@ def decode_answer(processor: LlavaPluginProcessor, new_tokens: torch.Tensor) -> 
 __all__ = [
     "assistant_message",
     "decode_answer",
-    "on_model",
     "render_conversation",
     "user_message",
 ]

@@ -19,7 +19,7 @@ from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProce
 from processing.images import decode_image, image_background
 
 from ..generation import load_llava
-from .conversation import assistant_message, decode_answer, on_model, render_conversation, user_message
+from .conversation import assistant_message, decode_answer, render_conversation, user_message
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 
@@ -61,7 +61,9 @@ class ChatSession:
         with_image = self.image is not None and not self.messages
         messages = [*self.messages, user_message(text, images=int(with_image))]
         images = [self.image] if self.image is not None else None  # every turn sees the image of the first
-        inputs = on_model(render_conversation(self.processor, messages, images), self.model)
+        inputs = render_conversation(self.processor, messages, images).to(
+            self.model.device, dtype=self.model.dtype
+        )  # the dtype applies to floating tensors only
         with torch.inference_mode():
             output = self.model.generate(**inputs, **self.generation, streamer=streamer)
         answer = decode_answer(self.processor, output[0, inputs["input_ids"].shape[1] :])

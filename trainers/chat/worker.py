@@ -20,7 +20,7 @@ from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 
-from .conversation import decode_answer, on_model, render_conversation
+from .conversation import decode_answer, render_conversation
 from .openai_format import Sampling
 from .request_error import RequestError
 
@@ -188,7 +188,7 @@ class GenerationWorker:
                 job._emit(_END)
 
     def _generate(self, job: Job) -> None:
-        inputs = on_model(job.inputs, self.model)
+        inputs = job.inputs.to(self.model.device, dtype=self.model.dtype)  # the dtype applies to floating tensors only
         streamer = _AnswerStreamer(self.processor, job)
         if job.seed is not None and job.generation["do_sample"]:
             torch.manual_seed(job.seed)

@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ..generation import generate_greedy, user_turn
+from ..chat.conversation import user_message
+from ..generation import generate_greedy
 from .world import WorldFiles, blank_image
 
 MAX_NEW_TOKENS = 16
@@ -54,7 +55,7 @@ def answer_questions(
     model, processor, images: list[Image.Image], questions: list[str], batch_size: int = 32, progress: bool = True
 ) -> list[str]:
     """Greedy answers to `questions[i]` about `images[i]`, generated in left-padded batches."""
-    conversations = [user_turn(question, image=True) for question in questions]
+    conversations = [[user_message(question, images=1)] for question in questions]
     return generate_greedy(
         model, processor, conversations, images, batch_size, MAX_NEW_TOKENS, progress=progress, desc="answering"
     )

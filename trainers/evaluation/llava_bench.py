@@ -33,7 +33,8 @@ from pathlib import Path
 
 from hub_cards.model_card import OWN_JUDGE_PROMPTS, refresh_card_after_eval
 
-from ..generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
+from ..chat.conversation import user_message
+from ..generation import add_decoding_arguments, generate_greedy, load_llava
 from ..teacher import Message, Teacher, TeacherError, add_teacher_arguments, chat_concurrently, teacher_from_args
 
 RESULTS_NAME = "llava_bench_results.json"
@@ -256,7 +257,7 @@ def evaluate(
     answers = generate_greedy(
         model,
         processor,
-        [user_turn(question.text, image=True) for question in questions],
+        [[user_message(question.text, images=1)] for question in questions],
         [question.image for question in questions],
         batch_size,
         max_new_tokens,

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
 
-from ..generation import add_decoding_arguments, generate_greedy, load_llava, user_turn
+from ..chat.conversation import user_message
+from ..generation import add_decoding_arguments, generate_greedy, load_llava
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
@@ -246,7 +247,7 @@ def evaluate(
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
     problems = load_problems(data, split)
     model, processor = load_llava(model_path, device)
-    conversations = [user_turn(problem.prompt, image=problem.image is not None) for problem in problems]
+    conversations = [[user_message(problem.prompt, images=int(problem.image is not None))] for problem in problems]
     outputs = generate_greedy(
         model,
         processor,
