@@ -105,6 +105,19 @@ def loaded(llava_checkpoint) -> tuple[LlavaPluginForConditionalGeneration, Llava
     return model, LlavaPluginProcessor.from_pretrained(llava_checkpoint)
 
 
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory, llava_checkpoint) -> Path:
+    """A LoRA adapter (r 4, alpha 8) on the session's tiny LLaVA, saved as PEFT saves it."""
+    from peft import get_peft_model
+
+    from trainers.stages import lora_config
+
+    folder = tmp_path_factory.mktemp("lora") / "adapter"
+    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint)
+    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(folder)
+    return folder
+
+
 def random_image(seed: int, size: tuple[int, int] = (40, 52)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from peft import get_peft_model
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import random_image
@@ -17,7 +16,6 @@ from tests.original_llava import save_original
 from trainers.chat.terminal import ChatSession, interactive
 from trainers.cli import main as llava
 from trainers.generation import load_llava
-from trainers.stages import lora_config
 
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
@@ -121,13 +119,12 @@ def test_one_shot_command_prints_the_answer(loaded, llava_checkpoint, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == expected
 
 
-def test_a_lora_folder_is_pointed_to_merge_lora_in_one_line(tmp_path, llava_checkpoint, capsys):
-    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint)
-    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(tmp_path / "adapter")
+@pytest.mark.parametrize("command", [["chat", "--prompt", "Hello?"], ["serve", "--port", "0"]])
+def test_a_lora_folder_is_pointed_to_merge_lora_in_one_line(lora_adapter, capsys, command):
     capsys.readouterr()  # only what the command prints
     with pytest.raises(SystemExit) as exit_info:
-        llava(["chat", str(tmp_path / "adapter"), "--prompt", "Hello?"])
+        llava([command[0], str(lora_adapter), *command[1:]])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("llava chat: ") and "is a LoRA adapter" in message and "llava merge-lora" in message
-    assert "\n" not in message
+    assert message.startswith(f"llava {command[0]}: ") and "is a LoRA adapter" in message
+    assert "llava merge-lora" in message and "\n" not in message

@@ -6,12 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from peft import get_peft_model
 from transformers import AutoModelForImageTextToText
 
 from trainers.demo.run import run_demo
 from trainers.projector_artifact import save_projector
-from trainers.stages import lora_config
 
 
 @pytest.mark.slow
@@ -64,12 +62,13 @@ print("imported:", sorted(name for name in ("torch", "transformers") if name in 
 """
 
 
-def test_info_describes_every_saved_kind_without_importing_torch(tmp_path, llava_checkpoint, checkpoints):
+def test_info_describes_every_saved_kind_without_importing_torch(
+    tmp_path, llava_checkpoint, checkpoints, lora_adapter
+):
     model = AutoModelForImageTextToText.from_pretrained(llava_checkpoint)
     save_projector(model, tmp_path / "projector", vision_tower=checkpoints["clip"], language_model="lmsys/vicuna")
-    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(tmp_path / "adapter")
     expected = {"checkpoint": "mlp2x_gelu", "adapter": "LoRA r 4, alpha 8", "projector": "mlp2x_gelu"}
-    folders = {"checkpoint": llava_checkpoint, "adapter": tmp_path / "adapter", "projector": tmp_path / "projector"}
+    folders = {"checkpoint": llava_checkpoint, "adapter": lora_adapter, "projector": tmp_path / "projector"}
     for kind, folder in folders.items():
         result = subprocess.run(
             [sys.executable, "-c", NO_HEAVY_IMPORTS, str(folder)], capture_output=True, text=True, check=True

@@ -18,7 +18,6 @@ import numpy as np
 import openai
 import pytest
 import torch
-from peft import get_peft_model
 from PIL import Image
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
@@ -26,8 +25,6 @@ from tests.conftest import data_url, random_image
 from trainers.chat.example_images import EXAMPLES, EXAMPLES_DIR, write_examples
 from trainers.chat.server import ServeSettings, create_app, serving_in_thread
 from trainers.chat.terminal import ChatSession
-from trainers.cli import main as llava
-from trainers.stages import lora_config
 
 QUESTION = "What is the colour of the square?"
 MAX_PIXELS = 10_000  # the module server's --max-image-pixels: random_image's 40x52 pass, a 200x200 image does not
@@ -317,18 +314,6 @@ def test_shipped_example_images_are_the_demo_world_drawings(tmp_path):
     for shipped, drawn in zip([EXAMPLES_DIR / name for name, _, _ in EXAMPLES], write_examples(tmp_path), strict=True):
         assert np.array_equal(np.asarray(Image.open(shipped)), np.asarray(Image.open(drawn))), shipped.name
         assert shipped.stat().st_size < 10_000
-
-
-def test_serve_points_a_lora_folder_to_merge_lora_in_one_line(tmp_path, llava_checkpoint, capsys):
-    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint)
-    get_peft_model(model, lora_config(model, r=4, alpha=8, dropout=0.0)).save_pretrained(tmp_path / "adapter")
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        llava(["serve", str(tmp_path / "adapter"), "--port", "0"])
-    assert exit_info.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message.startswith("llava serve: ") and "is a LoRA adapter" in message and "llava merge-lora" in message
-    assert "\n" not in message
 
 
 @pytest.mark.slow
