@@ -134,12 +134,21 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
+def listen(host: str, port: int) -> tuple[socket.socket, str]:
+    """A socket bound to `host:port` (IPv4 or IPv6; port 0 takes a free one) and the base URL it answers at."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind((host, port))
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return listening, f"http://{shown}:{listening.getsockname()[1]}"
+
+
 @contextmanager
 def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     """Serves `app` on a free port of `host` from a thread until the block ends; yields the base URL. For tests and
     benchmarks, which talk to the server over real HTTP from the same process."""
-    listening = socket.socket()
-    listening.bind((host, 0))
+    listening, url = listen(host, 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
@@ -149,7 +158,7 @@ def serving_in_thread(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("The server did not start; see its log above.")
         time.sleep(0.02)
     try:
-        yield f"http://{host}:{listening.getsockname()[1]}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -166,12 +175,7 @@ def serve(
 
     model, processor = load_llava(checkpoint, device, vision_tower)
     app = create_app(model, processor, str(checkpoint), settings)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listening.bind((settings.host, settings.port))  # bound here so that --port 0 can print the port it got
-    port = listening.getsockname()[1]
-    url = f"http://{f'[{settings.host}]' if family == socket.AF_INET6 else settings.host}:{port}"
+    listening, url = listen(settings.host, settings.port)  # bound here so that --port 0 can print the port it got
     print(f"llava serve: {checkpoint} answers at {url}/ (OpenAI API: {url}{API_PREFIX})", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
 
