@@ -28,15 +28,18 @@ class LlavaDataCollator(DataCollatorForVisionLanguageModeling):
         examples = [
             {
                 "messages": example["messages"],
-                "images": [
-                    open_image(example.get("id", "?"), image, background) for image in example.get("images") or []
-                ],
+                "images": [open_image(example.get("id", "?"), image, background) for image in _images(example)],
             }
             for example in examples
         ]
         batch = super().torch_call(examples)
         batch["labels"][batch["input_ids"] == self.processor.image_token_id] = -100
         return batch
+
+
+def _images(example: dict[str, Any]) -> list[Any]:
+    images = example.get("images") or []
+    return images if isinstance(images, list) else [images]  # a Hub dataset's single Image column
 
 
 __all__ = ["LlavaDataCollator"]

@@ -17,6 +17,7 @@ A file larger than PIL's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`, set by `llav
 error that names the record and the file, not a warning or a crash in a dataloader worker.
 """
 
+import io
 import warnings
 from typing import IO, Any
 
@@ -81,18 +82,26 @@ def decode_image(
 
 
 def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """An RGB PIL image from a path (or an already decoded image), with an error naming the record if it is bad."""
-    if not isinstance(image, str):
+    """An RGB PIL image from a path, an undecoded `datasets.Image` value (`{"bytes", "path"}`) or an already decoded
+    image, with an error naming the record and the file if it is bad."""
+    if isinstance(image, dict):  # a Hub dataset's Image column, read without decoding so that workers decode it
+        name = image.get("path") or "(image bytes)"
+        file = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image.get("path")
+        if file is None:
+            raise DataError(f"Record {record_id!r}: an image of the dataset holds neither bytes nor a path.")
+    elif isinstance(image, str):
+        name = file = image
+    else:
         return to_rgb(image, background)
     try:
-        return decode_image(image, background)
+        return decode_image(file, background)
     except Image.DecompressionBombError as error:
         raise DataError(
-            f"Record {record_id!r}: image file {image!r} is larger than the pixel limit "
+            f"Record {record_id!r}: image file {name!r} is larger than the pixel limit "
             f"({Image.MAX_IMAGE_PIXELS:,} pixels; {error}). Resize it, or raise the limit with --max_image_pixels."
         ) from error
     except OSError as error:
-        raise DataError(f"Record {record_id!r}: image file {image!r} cannot be read ({error}).") from error
+        raise DataError(f"Record {record_id!r}: image file {name!r} cannot be read ({error}).") from error
 
 
 __all__ = ["decode_image", "image_background", "open_image", "to_rgb"]

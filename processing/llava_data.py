@@ -6,12 +6,13 @@ checked up front, and a bad one stops the run with an error that names its id an
 skipped: LLaVA-665K-sized mixes hide broken records well.
 """
 
+import contextlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
 from tqdm.auto import tqdm
 
 from modeling_llava.processing_llava_plugin import IMAGE_TOKEN
@@ -180,83 +181,111 @@ def read_records(
     return convert_records(records, image_folder, allow_outside, progress)
 
 
+def convert_record(
+    record: Any, index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+) -> dict[str, Any]:
+    """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id."""
+    if not isinstance(record, dict):
+        raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
+    if "conversations" in record:
+        return from_llava_record(record, index, image_folder, allow_outside)
+    if "messages" in record:
+        return from_messages_record(record, index, image_folder, allow_outside)
+    raise DataError(f"Record {record.get('id', f'#{index}')!r} has neither 'conversations' nor 'messages'.")
+
+
 def convert_records(
     records: Iterable[dict[str, Any]],
     image_folder: str | Path | None = None,
     allow_outside: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Training rows from LLaVA or `messages` records (a list, or a `datasets.Dataset`), in order, none skipped."""
-    rows = []
-    for index, record in enumerate(tqdm(records, desc="checking records", disable=not progress, leave=False)):
-        if not isinstance(record, dict):
-            raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
-        if "conversations" in record:
-            rows.append(from_llava_record(record, index, image_folder, allow_outside))
-        elif "messages" in record:
-            rows.append(from_messages_record(record, index, image_folder, allow_outside))
-        else:
-            raise DataError(f"Record {record.get('id', f'#{index}')!r} has neither 'conversations' nor 'messages'.")
-    return rows
+    """Training rows from a list of LLaVA or `messages` records, in order, none skipped."""
+    return [
+        convert_record(record, index, image_folder, allow_outside)
+        for index, record in enumerate(tqdm(records, desc="checking records", disable=not progress, leave=False))
+    ]
 
 
-@dataclass
-class OverflowReport:
-    """Samples longer than `max_length`: dropped (never truncated through their image tokens) and listed by id."""
-
-    max_length: int
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-
-    def listing(self) -> str:
-        """The first 20 samples as `id (length tokens)`, and how many more."""
-        listed = ", ".join(f"{item['id']} ({item['length']} tokens)" for item in self.dropped[:20])
-        return listed + (f" and {len(self.dropped) - 20} more" if len(self.dropped) > 20 else "")
-
-    def summary(self) -> str:
-        return f"{len(self.dropped)} samples longer than max_length={self.max_length} were dropped: {self.listing()}"
+@contextlib.contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    """datasets' progress bars on or off for one call (they are one global switch): off on all but the first rank."""
+    switch_off = not enabled and not datasets.utils.are_progress_bars_disabled()
+    if switch_off:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if switch_off:
+            datasets.enable_progress_bars()
 
 
-def sample_length(row: dict[str, Any], processor, chat_template: str | None = None) -> int:
-    """Exact token count of a row after image expansion, without opening its images: the collator's own
-    tokenization (`LlavaPluginProcessor.encode_prompt`) of the rendered text."""
-    text = processor.apply_chat_template(row["messages"], chat_template=chat_template, tokenize=False)
-    return len(processor.encode_prompt(text, add_special_tokens=False)[0])
+def _undecoded(feature: Any) -> Any:
+    """A `datasets.Image` feature (or a list of them) that reads `{"bytes", "path"}` instead of a decoded image."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image):
+        return datasets.List(datasets.Image(decode=False), length=feature.length)
+    return None
 
 
-def drop_overflowing(
-    rows: list[dict[str, Any]],
-    processor,
-    max_length: int | None,
-    chat_template: str | None = None,
-    on_overflow="drop",
+def _converted_batch(
+    records: dict[str, list], indices: list[int], image_folder: str | None, allow_outside: bool, keep_images: bool
+) -> dict[str, list]:
+    rows = [
+        convert_record({name: values[offset] for name, values in records.items()}, index, image_folder, allow_outside)
+        for offset, index in enumerate(indices)
+    ]
+    names = ("id", "messages") if keep_images else ("id", "messages", "images")
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def convert_dataset(
+    dataset: datasets.Dataset,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    num_proc: int | None = None,
     progress: bool = True,
-) -> tuple[list[dict[str, Any]], OverflowReport | None]:
-    """Removes rows longer than `max_length` (`on_overflow="drop"`) or raises listing them (`"error"`)."""
-    if max_length is None:
-        return rows, None
-    report = OverflowReport(max_length)
-    kept = []
-    for row in tqdm(rows, desc="measuring sample lengths", disable=not progress, leave=False):
-        length = sample_length(row, processor, chat_template)
-        if length > max_length:
-            report.dropped.append({"id": row["id"], "length": length})
-        else:
-            kept.append(row)
-    if report.dropped and on_overflow == "error":
-        raise DataError(
-            f"{len(report.dropped)} samples are longer than max_length={max_length}: {report.listing()}. Raise "
-            "max_length, or drop them with on_overflow='drop'."
+) -> datasets.Dataset:
+    """Training rows from a `datasets.Dataset` of LLaVA or `messages` records, checked as `convert_records` checks,
+    without holding the dataset in memory or decoding its images.
+
+    An `Image` column is read undecoded (`{"bytes", "path"}`), kept as it is on disk, and decoded by the collator in
+    a dataloader worker when its sample is batched: a LLaVA-665K-sized dataset of images never sits decoded in
+    memory. Image paths (a string column) are resolved against `image_folder` as in a LLaVA JSON.
+    """
+    image_column = next((name for name in ("images", "image") if name in dataset.column_names), None)
+    undecoded = _undecoded(dataset.features[image_column]) if image_column else None
+    if undecoded is not None:
+        dataset = dataset.cast_column(image_column, undecoded)
+    keep = [image_column] if undecoded is not None else []
+    with datasets_progress(progress):
+        converted = dataset.map(
+            _converted_batch,
+            with_indices=True,
+            batched=True,
+            batch_size=1000,
+            remove_columns=[name for name in dataset.column_names if name not in keep],
+            fn_kwargs={
+                "image_folder": str(image_folder) if image_folder else None,
+                "allow_outside": allow_outside,
+                "keep_images": undecoded is not None,
+            },
+            num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
+            desc="checking records",
         )
-    return kept, report
+    if undecoded is not None and image_column != "images":
+        converted = converted.rename_column(image_column, "images")
+    return converted
 
 
 __all__ = [
     "DataError",
-    "OverflowReport",
+    "convert_dataset",
+    "convert_record",
     "convert_records",
-    "drop_overflowing",
+    "datasets_progress",
     "from_llava_record",
     "from_messages_record",
     "read_records",
-    "sample_length",
 ]

@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import sentencepiece
@@ -32,6 +33,17 @@ CORPUS = [
     "A green triangle on the right and a yellow star below it.\n",
     "How many shapes are there? There are three shapes.",
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def datasets_cache(tmp_path_factory) -> Path:
+    """datasets' cache, and the measured lengths kept in it, in a folder of this test session (subprocesses too)."""
+    folder = tmp_path_factory.mktemp("datasets_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_DATASETS_CACHE", str(folder))
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
+    yield folder
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ joining the unmasked tokens (`unmasked_text`), lengths from the collator's own o
 under `tmp_path`, and batches are built as `trainers/train.py` builds them: rows, `Dataset.from_list`, collator.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from PIL import Image
 
 from modeling_llava.chat_templates import CHAT_TEMPLATES
 from processing.collator import LlavaDataCollator
-from processing.llava_data import DataError, convert_records, drop_overflowing, read_records, sample_length
+from processing.lengths import drop_overflowing, measure_lengths, sample_length
+from processing.llava_data import DataError, convert_dataset, read_records
 from tests.conftest import (
     A1,
     A2,
@@ -54,10 +56,11 @@ def write_json(path: Path, data) -> Path:
     return path
 
 
-def collate(processor, rows: list[dict], template: str = "vicuna_v1") -> dict:
-    """Rows through `Dataset.from_list` and the collator, built exactly as `trainers/train.py` builds them."""
+def collate(processor, rows: list[dict] | Dataset, template: str = "vicuna_v1") -> dict:
+    """Rows (through `Dataset.from_list`) or a dataset's rows through the collator, built as `trainers/train.py`
+    builds it."""
     collator = LlavaDataCollator(processor=processor, assistant_only_loss=True, chat_template=CHAT_TEMPLATES[template])
-    return collator(list(Dataset.from_list(rows)))
+    return collator(list(rows if isinstance(rows, Dataset) else Dataset.from_list(rows)))
 
 
 def original_ids(processor, turns: list[tuple[str, str]]) -> list[int]:
@@ -160,17 +163,19 @@ def test_messages_record_renders_the_original_prompt(processor, tmp_path, name):
 
 @pytest.mark.parametrize("content", ["string-content", "list-content"])
 def test_hub_dataset_rows_render_the_original_prompt(processor, content):
-    rows = convert_records(hub_dataset(content))
+    rows = convert_dataset(hub_dataset(content))
     assert [row["id"] for row in rows] == ["#0", "#1"]
-    for row in rows:
-        assert isinstance(row["images"][0], Image.Image)
+    for index, row in enumerate(rows):
+        (image,) = row["images"]  # the file's bytes, decoded only when the collator batches the sample
+        assert set(image) == {"bytes", "path"}
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(image["bytes"]))), random_image(index))
         rendered = processor.apply_chat_template(row["messages"])
         assert rendered == processor.tokenizer.bos_token + vicuna_v1_get_prompt(ONE_TURN)
 
 
 @pytest.mark.parametrize("content", ["string-content", "list-content"])
 def test_hub_dataset_images_reach_the_collator_decoded(processor, content):
-    batch = collate(processor, convert_records(hub_dataset(content)))
+    batch = collate(processor, convert_dataset(hub_dataset(content)))
     expected = processor.image_processor([random_image(0), random_image(1)], return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(batch["pixel_values"].numpy(), expected, atol=1e-6)
 
@@ -257,7 +262,7 @@ ROW_FORMATS = [*LLAVA_RECORDS, *MESSAGES_RECORDS, "hub-string-content", "hub-lis
 def read_row(tmp_path: Path, name: str) -> dict:
     """The row of the record called `name` in `LLAVA_RECORDS` or `MESSAGES_RECORDS` (`hub-` + name: a Hub row)."""
     if name.startswith("hub-"):
-        return convert_records(hub_dataset(name.removeprefix("hub-")))[0]
+        return convert_dataset(hub_dataset(name.removeprefix("hub-")))[0]
     folder = write_images(tmp_path / "images", ["a.png", "b.png"])
     if name in LLAVA_RECORDS:
         record = {"id": name, **LLAVA_RECORDS[name][0]}
@@ -287,20 +292,21 @@ TWO_IMAGES = {
 
 
 @pytest.fixture
-def rows_and_lengths(processor, tmp_path) -> tuple[list[dict], dict[str, int]]:
+def rows_and_lengths(processor, tmp_path) -> tuple[Dataset, dict[str, int]]:
+    """The four rows, measured (`measure_lengths`), and each one's collated length."""
     folder = write_images(tmp_path / "images", ["a.png", "b.png"])
     records = [{"id": name, **LLAVA_RECORDS[name][0]} for name in ("multi-turn", "image-at-end", "text-only")]
     rows = read_records(write_json(tmp_path / "llava.json", [*records, TWO_IMAGES]), folder)
     lengths = {row["id"]: collated_length(processor, row) for row in rows}
     assert sorted(lengths, key=lengths.get) == ["text-only", "image-at-end", "two-images", "multi-turn"]
-    return rows, lengths
+    return measure_lengths(Dataset.from_list(rows), processor, CHAT_TEMPLATES["vicuna_v1"], cache=False), lengths
 
 
 @pytest.mark.parametrize("at", ["at-the-longest-kept", "just-under-the-dropped"])
 def test_drop_overflowing_drops_only_the_long_sample_and_reports_its_length(processor, rows_and_lengths, at):
     rows, lengths = rows_and_lengths
     max_length = lengths["two-images"] if at == "at-the-longest-kept" else lengths["multi-turn"] - 1
-    kept, report = drop_overflowing(rows, processor, max_length, CHAT_TEMPLATES["vicuna_v1"])
+    kept, report = drop_overflowing(rows, max_length)
     assert [row["id"] for row in kept] == ["image-at-end", "text-only", "two-images"]
     assert report.dropped == [{"id": "multi-turn", "length": lengths["multi-turn"]}]
     assert report.summary() == (
@@ -311,12 +317,12 @@ def test_drop_overflowing_drops_only_the_long_sample_and_reports_its_length(proc
 def test_on_overflow_error_raises_naming_the_sample(processor, rows_and_lengths):
     rows, lengths = rows_and_lengths
     with pytest.raises(DataError, match=rf"max_length={lengths['two-images']}: multi-turn \({lengths['multi-turn']}"):
-        drop_overflowing(rows, processor, lengths["two-images"], CHAT_TEMPLATES["vicuna_v1"], on_overflow="error")
+        drop_overflowing(rows, lengths["two-images"], on_overflow="error")
 
 
 def test_kept_samples_keep_every_image_token(processor, rows_and_lengths):
     rows, lengths = rows_and_lengths
-    kept, _ = drop_overflowing(rows, processor, lengths["two-images"], CHAT_TEMPLATES["vicuna_v1"])
+    kept, _ = drop_overflowing(rows, lengths["two-images"])
     batch = collate(processor, kept)
     counts = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
     assert counts == [processor.image_seq_length * len(row["images"]) for row in kept] == [25, 0, 50]
@@ -402,10 +408,10 @@ def test_bad_data_raises_a_data_error_naming_the_record_and_problem(processor, t
 def test_checking_and_measuring_the_data_show_progress_bars(processor, tmp_path, capsys):
     folder = write_images(tmp_path / "images", ["a.png", "b.png"])
     records = [{"id": name, **LLAVA_RECORDS[name][0]} for name in ("multi-turn", "text-only")]
-    rows = read_records(write_json(tmp_path / "llava.json", records), folder)
-    drop_overflowing(rows, processor, 10_000, CHAT_TEMPLATES["vicuna_v1"])
+    rows = Dataset.from_list(read_records(write_json(tmp_path / "llava.json", records), folder))
+    measure_lengths(rows, processor, CHAT_TEMPLATES["vicuna_v1"], cache=False)
     bars = capsys.readouterr().err
     assert "checking records:" in bars and "measuring sample lengths:" in bars and "0/2" in bars
     read_records(tmp_path / "llava.json", folder, progress=False)
-    drop_overflowing(rows, processor, 10_000, CHAT_TEMPLATES["vicuna_v1"], progress=False)
+    measure_lengths(rows, processor, CHAT_TEMPLATES["vicuna_v1"], progress=False, cache=False)
     assert capsys.readouterr().err == ""  # other ranks than the first stay quiet

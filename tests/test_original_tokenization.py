@@ -14,7 +14,8 @@ from datasets import Dataset
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor
 from processing.collator import LlavaDataCollator
-from processing.llava_data import read_records, sample_length
+from processing.lengths import sample_length
+from processing.llava_data import read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 from tests.conftest import random_image
 from tests.original_llava import IGNORE, OriginalLlava

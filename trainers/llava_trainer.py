@@ -10,7 +10,9 @@
    projector artifact; Trainer copies only config and weights), to a `hub_revision` branch created when missing.
 5. Checkpoints marked complete (`checkpoints.py`) once everything in them is written, so `--resume` never picks a
    half-written one.
-6. No Hub token on disk: Trainer pickles its arguments, `hub_token` included, into `training_args.bin` of every
+6. LLaVA-1.5's `group_by_modality_length` sampler (`length_grouping.py`), on the `length` and `has_images` columns
+   that `processing.lengths.measure_lengths` adds.
+7. No Hub token on disk: Trainer pickles its arguments, `hub_token` included, into `training_args.bin` of every
    checkpoint and of each push, and uploads that file. A given `hub_token` is moved into this process's `HF_TOKEN`,
    where huggingface_hub finds it for every push, and out of the arguments.
 
@@ -32,9 +34,11 @@ from trl import SFTTrainer
 
 from hub_cards.model_card import LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
 from hub_cards.push import IGNORE_PATTERNS, files_to_push
+from processing.lengths import LENGTH_COLUMNS
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import mark_complete
+from .length_grouping import ModalityLengthGroupedSampler
 from .projector_artifact import save_projector
 
 PROJECTOR = "multi_modal_projector"
@@ -85,6 +89,9 @@ class LlavaSFTTrainer(SFTTrainer):
         fingerprint (`dict`, *optional*):
             What defines the run (`checkpoints.run_fingerprint`); each checkpoint gets it in its completion marker,
             written after everything else.
+        group_by_modality_length (`bool`, *optional*, defaults to `False`):
+            Batches of image samples and of text-only samples apart, of similar lengths within each, one optimizer
+            step's samples drawn together (the original's sampler). The dataset needs `length` and `has_images`.
         kwargs:
             Everything `SFTTrainer` takes.
     """
@@ -96,9 +103,11 @@ class LlavaSFTTrainer(SFTTrainer):
         projector_provenance: dict[str, Any] | None = None,
         run_info: dict[str, Any] | None = None,
         fingerprint: dict[str, Any] | None = None,
+        group_by_modality_length: bool = False,
         **kwargs,
     ):
         self.fingerprint = fingerprint
+        self.group_by_modality_length = group_by_modality_length
         self.projector_lr = projector_lr
         self.projector_provenance = projector_provenance
         self.run_info = run_info
@@ -208,11 +217,29 @@ class LlavaSFTTrainer(SFTTrainer):
         write_loss_history(self.state.log_history, folder)
         write_model_card(folder, repo_id=args.hub_model_id)
 
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        missing = [name for name in LENGTH_COLUMNS if name not in dataset.column_names]
+        if missing:
+            raise ValueError(f"group_by_modality_length needs the columns {missing} (processing.lengths).")
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(
+            list(dataset["length"]),
+            list(dataset["has_images"]),
+            batch_size=self.args.train_batch_size,
+            # One megabatch is one optimizer step over every rank, as in the original.
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=seed,
+        )
+
     def _set_signature_columns_if_needed(self) -> None:
-        # Keep the record id through the column filter, so that an unreadable image is reported by its record.
+        # Keep the record id through the column filter, so that an unreadable image is reported by its record, and
+        # the measured lengths, which the grouped sampler reads.
         super()._set_signature_columns_if_needed()
-        if "id" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "id"]
+        kept = [name for name in ("id", *LENGTH_COLUMNS) if name not in self._signature_columns]
+        self._signature_columns = [*self._signature_columns, *kept]
 
 
 def write_loss_history(log_history: list[dict[str, Any]], folder: Path) -> None:

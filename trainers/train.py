@@ -29,7 +29,8 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.collator import LlavaDataCollator
-from processing.llava_data import DataError, convert_records, drop_overflowing, read_records
+from processing.lengths import drop_overflowing, measure_lengths
+from processing.llava_data import DataError, convert_dataset, read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
@@ -79,6 +80,13 @@ class LlavaScriptArguments:
             "attn_implementation: torch_varlen so that samples attend only to themselves."
         },
     )
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Image and text-only samples in separate batches, similar lengths together (the original's "
+            "sampler, on in the LLaVA-1.5 recipes); order only, every sample is still seen once per epoch."
+        },
+    )
     global_batch_size: int | None = field(
         default=None, metadata={"help": "Samples per optimizer step; gradient accumulation is derived from it."}
     )
@@ -116,7 +124,6 @@ NOT_HONOURED = {
     "chat_template_path": "the stage chooses the chat template (`plain` for stage1, `vicuna_v1` otherwise).",
     "dataset_text_field": "records are conversations (`messages`), not a text column.",
     "dataset_kwargs": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
-    "dataset_num_proc": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
     "shuffle_dataset": "the trainer's sampler already shuffles every epoch (`seed`, `data_seed`).",
     "eos_token": "the checkpoint's tokenizer and chat template define the end of an answer.",
     "pad_token": "the checkpoint's tokenizer defines the padding token.",
@@ -170,6 +177,12 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
         raise SetupError(
             f"dtype={model_args.dtype} loads the weights in half precision, but bf16 and fp16 are off: the run would "
             f"train in {model_args.dtype}, not fp32. Pass --dtype float32 too for fp32 (a CPU), or keep --bf16 true."
+        )
+    sampling = getattr(training_args, "train_sampling_strategy", "random")
+    if script_args.group_by_modality_length and (sampling != "random" or getattr(training_args, "group_by_length", 0)):
+        raise SetupError(
+            f"`group_by_modality_length: true` and `train_sampling_strategy: {sampling}` both choose the sampler; "
+            "keep one."
         )
     fill_global_batch(script_args, training_args)
     return stage
@@ -244,34 +257,43 @@ def load_training_rows(
     processor: LlavaPluginProcessor,
     max_length: int | None,
     template: str,
+    num_proc: int | None = None,
     progress: bool = True,
 ) -> tuple[Dataset, list[dict]]:
-    """Reads and checks every record, then drops (or refuses) the ones longer than `max_length`.
+    """Reads and checks every record, measures every sample (`processing.lengths`, cached and in `num_proc`
+    processes), then drops (or refuses) the ones longer than `max_length`.
 
-    Returns the dataset and the dropped samples (`{"id", "length"}`), which the run reports by id.
+    Images stay unopened: paths for a LLaVA JSON, undecoded bytes for a Hub dataset. Returns the dataset, with its
+    `length` and `has_images` columns, and the dropped samples (`{"id", "length"}`), which the run reports by id.
     """
     if script_args.data_path:
         rows = read_records(
             script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder, progress
         )
+        dataset = Dataset.from_list(rows)
+        del rows
     elif script_args.dataset_name:
-        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
-        rows = convert_records(dataset, progress=progress)
+        dataset = convert_dataset(
+            load_dataset(script_args.dataset_name, split=script_args.dataset_split),
+            script_args.image_folder,
+            script_args.allow_images_outside_folder,
+            num_proc,
+            progress,
+        )
     else:
         raise SetupError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
-    read = len(rows)
-    rows, report = drop_overflowing(
-        rows, processor, max_length, CHAT_TEMPLATES[template], script_args.on_overflow, progress
-    )
+    read = len(dataset)
+    dataset = measure_lengths(dataset, processor, CHAT_TEMPLATES[template], num_proc, progress)
+    dataset, report = drop_overflowing(dataset, max_length, script_args.on_overflow)
     if report is not None and report.dropped:
         logger.warning(report.summary())
-    if not rows:
+    if not len(dataset):
         source = script_args.data_path or script_args.dataset_name
         raise SetupError(
-            f"Nothing to train on: {source!r} holds {read} records and {read - len(rows)} of them are longer than "
+            f"Nothing to train on: {source!r} holds {read} records and {read - len(dataset)} of them are longer than "
             f"max_length={max_length} tokens. Raise max_length or check the data."
         )
-    return Dataset.from_list(rows), report.dropped if report is not None else []
+    return dataset, report.dropped if report is not None else []
 
 
 def fill_global_batch(script_args: LlavaScriptArguments, training_args: SFTConfig) -> None:
@@ -358,10 +380,21 @@ def _assemble_trainer(
     model, processor = model_and_processor or build_model_and_processor(script_args, model_args, stage.quantized)
     apply_freeze(model, stage)
     dropped = []
+    progress = training_args.process_index == 0 and not training_args.disable_tqdm
     if train_dataset is None:
-        progress = training_args.process_index == 0 and not training_args.disable_tqdm
-        train_dataset, dropped = load_training_rows(
-            script_args, processor, training_args.max_length, stage.template, progress
+        # Each node's first process measures and caches the lengths; the node's others then read its cache.
+        with training_args.main_process_first(local=True, desc="reading and measuring the data"):
+            train_dataset, dropped = load_training_rows(
+                script_args,
+                processor,
+                training_args.max_length,
+                stage.template,
+                training_args.dataset_num_proc,
+                progress,
+            )
+    elif script_args.group_by_modality_length and "length" not in train_dataset.column_names:
+        train_dataset = measure_lengths(
+            train_dataset, processor, CHAT_TEMPLATES[stage.template], progress=progress, cache=False
         )
     collator_class = LlavaPaddingFreeCollator if script_args.padding_free_batches else LlavaDataCollator
     peft_config = None
@@ -395,6 +428,7 @@ def _assemble_trainer(
         ),
         run_info=run_info(stage, script_args, model_args),
         fingerprint=fingerprint,
+        group_by_modality_length=script_args.group_by_modality_length,
     )
     logger.warning(f"{stage.name}: trainable parameters per part {trainable_summary(trainer.model)}")
     return trainer, dropped
