@@ -23,12 +23,15 @@ REPOSITORY = Path(__file__).parent.parent
 # Per stage: what rank-dependent machinery the run exercises besides DDP itself.
 CASES = {
     "stage1": ["--global_batch_size", "4"],  # projector only; the stage-1 artifact
+    # A padding-free row per rank; the grouped sampler deals one step's samples (sorted by length) to the ranks.
     "stage2": [
         "--padding_free_batches",
         "true",
         "--attn_implementation",
         "torch_varlen",
-    ],  # a padding-free row per rank
+        "--group_by_modality_length",
+        "true",
+    ],
     # The projector's own learning-rate group. No dropout: each rank draws its masks from its own random stream, so
     # with dropout the two runs are equal in distribution only.
     "lora": ["--projector_lr", "1e-3", "--lora_dropout", "0"],
