@@ -16,26 +16,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.collator import LlavaDataCollator
+from processing.llava_data import read_records
 from tests.conftest import TINY_LORA, run_args, train
+from trainers.stages import apply_freeze, get_stage
 
 pytestmark = pytest.mark.slow
 REPOSITORY = Path(__file__).parent.parent
-# Per stage: what rank-dependent machinery the run exercises besides DDP itself.
+# Per case: the stage, and what rank-dependent machinery the run exercises besides DDP itself.
 CASES = {
-    "stage1": ["--global_batch_size", "4"],  # projector only; the stage-1 artifact
+    "stage1": ("stage1", ["--global_batch_size", "4"]),  # projector only; the stage-1 artifact
     # A padding-free row per rank; the grouped sampler deals one step's samples (sorted by length) to the ranks.
-    "stage2": [
-        "--padding_free_batches",
-        "true",
-        "--attn_implementation",
-        "torch_varlen",
-        "--group_by_modality_length",
-        "true",
-    ],
+    "stage2": ("stage2", ["--padding_free_batches", "true", "--attn_implementation", "torch_varlen",
+                          "--group_by_modality_length", "true"]),
     # The projector's own learning-rate group. No dropout: each rank draws its masks from its own random stream, so
     # with dropout the two runs are equal in distribution only.
-    "lora": ["--projector_lr", "1e-3", "--lora_dropout", "0"],
-}
+    "lora": ("lora", ["--projector_lr", "1e-3", "--lora_dropout", "0"]),
+}  # fmt: skip
 
 
 def torchrun(processes: int, stage: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -63,16 +61,16 @@ def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.
         assert (got[name] - tensor).abs().le(1e-6).float().mean() > 0.99, name
 
 
-@pytest.mark.parametrize("stage", CASES)
-def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoints, train_data, tmp_path, stage):
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoints, train_data, tmp_path, case):
+    stage, extra = CASES[case]
     two = tmp_path / "two"
     # 9 samples, 4 a step: the last batch of an epoch would be partial, and accelerate evens it out across ranks by
     # repeating samples; dropping it keeps every step the same 4 samples on both sides, over two epochs.
     steps = ["--max_steps", "4", "--dataloader_drop_last", "true"]
-    torchrun(2, stage, run_args(checkpoints, train_data, two, *steps, *CASES[stage]))
+    torchrun(2, stage, run_args(checkpoints, train_data, two, *steps, *extra))
     one = tmp_path / "one"
-    args = run_args(checkpoints, train_data, one, *steps, "--per_device_train_batch_size", "4", *CASES[stage])
-    train(stage, args)
+    train(stage, run_args(checkpoints, train_data, one, *steps, "--per_device_train_batch_size", "4", *extra))
 
     history = {
         name: json.loads((folder / "loss_history.json").read_text()) for name, folder in [("1", one), ("2", two)]
@@ -82,6 +80,7 @@ def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoin
     assert_same_weights(weights(two), weights(one))
     record = json.loads((two / "llava_run.json").read_text())
     assert record["hyperparameters"]["global batch size"] == 4  # 2 per device x 2 processes
+    assert record["hyperparameters"]["processes"] == "2 (MULTI_CPU)"  # DDP over gloo
     if stage == "stage1":
         assert load_file(two / "mm_projector.safetensors").keys() == load_file(one / "mm_projector.safetensors").keys()
 
@@ -132,3 +131,31 @@ def test_shipped_launcher_configs_load_with_the_originals_settings(name, kind, z
         assert deepspeed["train_micro_batch_size_per_gpu"] == deepspeed["gradient_accumulation_steps"] == "auto"
         gathers = deepspeed["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save", False)
         assert gathers == (zero_stage == 3)  # ZeRO-3 saves whole 16-bit weights, loadable without DeepSpeed
+
+
+def test_fsdp2_with_the_shipped_wrap_units_trains_a_step_as_one_process(llava_checkpoint, train_data, tmp_path):
+    """FSDP2 over gloo (`tests/fsdp_step.py`): accelerate enables FSDP for GPU launches only, so this checks the model
+    under `fully_shard` with the units `fsdp.yaml` names, not `llava train --fsdp` itself."""
+    processor = LlavaPluginProcessor.from_pretrained(llava_checkpoint)
+    collator = LlavaDataCollator(processor=processor, assistant_only_loss=True)
+    rows = read_records(train_data["data_path"], train_data["image_folder"], progress=False)[:4]
+    batch = dict(collator(rows))
+    torch.save({**batch, "images_per_row": [1, 1, 1, 1]}, tmp_path / "batch.pt")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(REPOSITORY / "tests" / "fsdp_step.py"), llava_checkpoint, str(tmp_path / "batch.pt")]
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = torch.load(tmp_path / "out.pt")
+
+    model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint, dtype=torch.float32)
+    apply_freeze(model, get_stage("stage2"))
+    layers = model.config.text_config.num_hidden_layers + model.config.vision_config.num_hidden_layers
+    assert sharded["units"] == layers and sharded["whole"] / 2 <= sharded["local"] < sharded["whole"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    halves = [{name: value[rows] for name, value in batch.items()} for rows in (slice(0, 2), slice(2, 4))]
+    losses = [model(**half).loss for half in halves]  # each half's pixel_values are its rows' images: one per row
+    (sum(losses) / 2).backward()  # FSDP averages the ranks' gradients
+    optimizer.step()
+    torch.testing.assert_close(sharded["losses"], torch.stack(losses).detach(), rtol=1e-6, atol=1e-6)
+    assert_same_weights(sharded["state"], {name: value.detach() for name, value in model.state_dict().items()})

@@ -192,6 +192,9 @@ class LlavaSFTTrainer(SFTTrainer):
             "global batch size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
             "per-device batch size": args.per_device_train_batch_size,
             "gradient accumulation": args.gradient_accumulation_steps,
+            # How the processes shared the work: NO (one), MULTI_CPU / MULTI_GPU (DDP), FSDP or DEEPSPEED.
+            "processes": f"{args.world_size} ({self.accelerator.distributed_type.value})",
+            "sample order": "grouped by modality and length" if self.group_by_modality_length else "random",
             "epochs": args.num_train_epochs if args.max_steps <= 0 else f"max_steps {args.max_steps}",
             "warmup": f"{args.warmup_steps:.0%} of the steps"
             if args.warmup_steps < 1
