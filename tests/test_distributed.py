@@ -85,7 +85,7 @@ def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoin
         assert load_file(two / "mm_projector.safetensors").keys() == load_file(one / "mm_projector.safetensors").keys()
 
 
-def test_only_rank_zero_writes_and_a_two_process_run_resumes_on_one(checkpoints, train_data, tmp_path):
+def test_only_rank_zero_writes_and_a_two_process_run_resumes_on_two_and_on_one(checkpoints, train_data, tmp_path):
     run = tmp_path / "run"
     records = json.loads(Path(train_data["data_path"]).read_text())
     records.append(
@@ -102,8 +102,14 @@ def test_only_rank_zero_writes_and_a_two_process_run_resumes_on_one(checkpoints,
     assert sorted(path.name for path in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     whole = weights(run)
 
-    # Steps 3 and 4 again, on one process, from the 2-process checkpoint-2: the same final weights.
+    # Steps 3 and 4 again from the 2-process checkpoint-2, on 2 processes and then on 1: the same final weights.
     shutil.rmtree(run / "checkpoint-4")
+    (run / "model.safetensors").unlink()
+    torchrun(2, "stage2", run_args(checkpoints, data, run, *same, "--resume", "true"))
+    assert_same_weights(weights(run), whole)
+    assert sorted(path.name for path in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    shutil.rmtree(run / "checkpoint-4")
+    (run / "model.safetensors").unlink()
     resumed = train("stage2", run_args(checkpoints, data, run, *same, "--resume", "true"))
     assert resumed.state.global_step == 4 and resumed.args.gradient_accumulation_steps == 2
     assert_same_weights(weights(run), whole)

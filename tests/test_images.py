@@ -91,3 +91,23 @@ def test_image_paths_outside_the_image_folder_are_refused_unless_allowed(tmp_pat
         read_records(tmp_path / "data.json", folder)
     [row] = read_records(tmp_path / "data.json", folder, allow_outside=True)
     assert row["images"] == [str(folder / image)]
+
+
+def test_a_symlinked_dataset_folder_inside_the_image_folder_is_inside(tmp_path):
+    """LLaVA's `playground/data/coco -> /mnt/coco` layout: judged by the path's text, the image is in the folder."""
+    real = tmp_path / "mounted" / "coco"
+    real.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(real / "1.png")
+    folder = tmp_path / "playground"
+    folder.mkdir()
+    (folder / "coco").symlink_to(real, target_is_directory=True)
+    (tmp_path / "data.json").write_text(
+        json.dumps([{"id": "x", "image": "coco/1.png", "conversations": CONVERSATION}])
+    )
+    [row] = read_records(tmp_path / "data.json", folder)
+    assert row["images"] == [str(folder / "coco" / "1.png")]
+    (tmp_path / "escape.json").write_text(
+        json.dumps([{"id": "y", "image": "coco/../../mounted/coco/1.png", "conversations": CONVERSATION}])
+    )
+    with pytest.raises(DataError, match=r"Record 'y': image .* lies outside the image folder"):
+        read_records(tmp_path / "escape.json", folder)
