@@ -15,7 +15,7 @@ import datasets
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
-from .llava_data import DataError, datasets_progress
+from .llava_data import DataError, datasets_progress, processes_for
 
 # Bumped whenever the way a length is counted changes, so that older cache files are not read.
 LENGTHS_VERSION = 1
@@ -78,7 +78,8 @@ def measure_lengths(
     progress: bool = True,
     cache: bool = True,
 ) -> Dataset:
-    """`dataset` with a `length` (tokens) and a `has_images` column, measured in `num_proc` processes.
+    """`dataset` with a `length` (tokens) and a `has_images` column, measured in `num_proc` processes (`None`: the
+    CPU cores, at most 8, for a large dataset; see `processes_for`).
 
     With `cache`, the columns are kept in `lengths_cache_dir()` under the dataset's fingerprint (a hash of its
     content) and `tokenization_key`, and read back by the next run that measures the same rows the same way.
@@ -97,7 +98,7 @@ def measure_lengths(
             batch_size=256,
             remove_columns=dataset.column_names,
             fn_kwargs={"processor": processor, "chat_template": chat_template},
-            num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
+            num_proc=processes_for(len(dataset), num_proc),
             cache_file_name=cache_file,
             load_from_cache_file=cache,
             desc="measuring sample lengths",

@@ -229,6 +229,19 @@ def convert_records(
     return rows
 
 
+# Rows from which `num_proc=None` spreads checking and measuring over the CPU cores (at most 8): below, starting the
+# processes costs more than it saves.
+PARALLEL_FROM_ROWS = 20_000
+
+
+def processes_for(rows: int, num_proc: int | None) -> int | None:
+    """The `num_proc` to give `datasets.map` for `rows` rows: the one asked for, or, for `None`, the CPU cores (at most
+    8) from `PARALLEL_FROM_ROWS` rows on; `None` (this process) for one, or for fewer rows than two per process."""
+    if num_proc is None:
+        num_proc = min(8, os.cpu_count() or 1) if rows >= PARALLEL_FROM_ROWS else 1
+    return num_proc if num_proc > 1 and rows >= 2 * num_proc else None
+
+
 @contextlib.contextmanager
 def datasets_progress(enabled: bool) -> Iterator[None]:
     """datasets' progress bars on or off for one call (they are one global switch): off on all but the first rank."""
@@ -293,7 +306,7 @@ def convert_dataset(
                 "allow_outside": allow_outside,
                 "keep_images": undecoded is not None,
             },
-            num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
+            num_proc=processes_for(len(dataset), num_proc),
             desc="checking records",
         )
     if undecoded is not None and image_column != "images":
@@ -307,6 +320,7 @@ __all__ = [
     "convert_record",
     "convert_records",
     "datasets_progress",
+    "processes_for",
     "from_llava_record",
     "from_messages_record",
     "read_records",

@@ -11,7 +11,7 @@ import processing.lengths
 from modeling_llava.chat_templates import CHAT_TEMPLATES
 from processing.collator import LlavaDataCollator
 from processing.lengths import lengths_cache_dir, measure_lengths, sample_length
-from processing.llava_data import convert_dataset, read_records
+from processing.llava_data import PARALLEL_FROM_ROWS, convert_dataset, processes_for, read_records
 from tests.conftest import random_image, run_args, train
 
 VICUNA = CHAT_TEMPLATES["vicuna_v1"]
@@ -138,3 +138,9 @@ def test_dataset_num_proc_is_honoured(checkpoints, train_data, tmp_path):
     script, training, model = parse(["stage2", *args])
     check_arguments(script, training, model)
     assert training.dataset_num_proc == 2
+
+
+def test_processes_for_large_data_default_to_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert processes_for(PARALLEL_FROM_ROWS, None) == 8 and processes_for(PARALLEL_FROM_ROWS - 1, None) is None
+    assert processes_for(100, 2) == 2 and processes_for(3, 2) is None and processes_for(100, 1) is None
