@@ -17,6 +17,9 @@ sample `i` and `I` the number of images:
 - projector (always trained): `6 N_projector I S` over the `S` image tokens per image.
 
 MFU is those FLOPs per second over the GPU's dense bf16 peak (H100/H200: 989 TFLOPS).
+
+The share of real tokens that carry the loss (labels other than -100) is read off the model's own inputs, so that a
+side that computes the loss on fewer tokens shows it.
 """
 
 import time
@@ -107,6 +110,17 @@ class BatchRecorder:
     lengths: list[list[int]] = field(default_factory=list)
     padded: list[int] = field(default_factory=list)
     images: list[int] = field(default_factory=list)
+    loss_tokens: list[int] = field(default_factory=list)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Hooks `model`'s backbone (`model.model`) for the batches and `model` itself for their labels."""
+        model.model.register_forward_pre_hook(self, with_kwargs=True)
+        model.register_forward_pre_hook(self.record_labels, with_kwargs=True)
+
+    def record_labels(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        labels = kwargs.get("labels")
+        if labels is not None:
+            self.loss_tokens.append(int((labels != -100).sum()))
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         synchronize(self.device)  # the previous step's kernels belong to the previous step
@@ -129,6 +143,11 @@ class BatchRecorder:
         The last step recorded only opens the last interval, so `n` recorded steps time `n - 1 - warmup` whole
         steps (data loading, forward, backward and optimizer alike).
         """
+        if len(self.starts) < warmup + 2:
+            raise RuntimeError(
+                f"{len(self.starts)} steps were recorded, and {warmup} warm-up steps and one timed step need "
+                f"{warmup + 2}: raise the time budget (--case-seconds) or lower --warmup."
+            )
         measured = slice(warmup, len(self.starts) - 1)
         seconds = self.starts[-1] - self.starts[warmup]
         lengths, padded, images = self.lengths[measured], self.padded[measured], self.images[measured]
@@ -140,6 +159,7 @@ class BatchRecorder:
             "samples_per_s": samples / seconds,
             "tokens_per_s": real / seconds,
             "padding_fraction": 1 - real / sum(padded),
+            "loss_token_fraction": sum(self.loss_tokens[measured]) / real if self.loss_tokens else None,
             "tflops_per_s": flops / seconds / 1e12,
             "mfu": None if peak is None else flops / seconds / peak,
         }
