@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# bash benchmarks/gpu.sh OUTDIR [benchmarks.run flags]: the whole speed benchmark on a machine without a package index.
+#
+# 1. Installs the carried wheels (benchmarks/wheels, from benchmarks/fetch_wheels.sh) that this Python lacks or has
+#    too old, into $SITE, which goes first on PYTHONPATH (benchmarks/install_wheels.py).
+# 2. Runs each case in its own process under a hard time limit (`timeout`), so that a case that crashes or hangs costs
+#    only its own budget; each training side also stops stepping after a third of it (`--case-seconds`).
+# 3. benchmarks.run rewrites OUTDIR/results.json and results.md after every case; a case that raised records its
+#    error, one that was killed stays marked "started ... killed". OUTDIR/gpu.log holds the whole output.
+#
+# WHEELS names the wheel folder (default benchmarks/wheels), CASE_SECONDS the cases and their budgets: the default
+# sums, with the install, to under 8 minutes on one H200.
+# `--device cpu --small` rehearses the same run on a CPU.
+set -uo pipefail
+OUTDIR=${1:?usage: bash benchmarks/gpu.sh OUTDIR [benchmarks.run flags, e.g. --device cpu --small]}
+shift
+cd "$(dirname "$0")/.."
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+exec > >(tee -a "$OUTDIR/gpu.log") 2>&1
+
+PYTHON=${PYTHON:-python3}
+WHEELS=${WHEELS:-benchmarks/wheels}
+SITE=${SITE:-${TMPDIR:-/tmp}/llava-benchmark-site}
+CASE_SECONDS=${CASE_SECONDS:-"stage1=105 lora=105 stage2=85 generate=150"}
+# Nothing is downloaded: the machine cannot reach the Hub, and a library that tries must fail at once, not wait.
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+began=$(date +%s)
+elapsed() { echo $(($(date +%s) - began)); }
+
+echo "[gpu.sh] $(date -u '+%F %T UTC'); python: $("$PYTHON" --version 2>&1); cases: $CASE_SECONDS"
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    "$PYTHON" -m benchmarks.install_wheels "$WHEELS" --target "$SITE" || { echo "[gpu.sh] install failed"; exit 1; }
+else
+    echo "[gpu.sh] no wheels in $WHEELS: using the installed packages as they are"
+fi
+"$PYTHON" -c '
+import torch, transformers, trl, datasets, peft
+import modeling_llava, trainers.train
+from benchmarks.run import pytorch_features
+print(f"[gpu.sh] torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__}), "
+      f"trl {trl.__version__}, datasets {datasets.__version__}, peft {peft.__version__}; {pytorch_features()}")
+' || { echo "[gpu.sh] the project does not import: see above"; exit 1; }
+echo "[gpu.sh] ready after $(elapsed) s"
+
+for entry in $CASE_SECONDS; do
+    name=${entry%%=*} seconds=${entry#*=}
+    start=$(date +%s)
+    timeout --kill-after=15 "$seconds" \
+        "$PYTHON" -m benchmarks.run --cases "$name" --output "$OUTDIR" --case-seconds "$seconds" "$@"
+    status=$?
+    case $status in
+        0) outcome="done" ;;
+        124 | 137) outcome="killed at its ${seconds} s limit" ;;
+        *) outcome="exit $status" ;;
+    esac
+    echo "[gpu.sh] $name: $outcome, $(($(date +%s) - start)) s (${seconds} s budget); $(elapsed) s in all"
+done
+echo "[gpu.sh] finished in $(elapsed) s; results in $OUTDIR/results.md"
