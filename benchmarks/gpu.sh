@@ -4,7 +4,7 @@
 # 1. Installs the carried wheels (benchmarks/wheels, from benchmarks/fetch_wheels.sh) that this Python lacks or has
 #    too old, into $SITE, which goes first on PYTHONPATH (benchmarks/install_wheels.py).
 # 2. Runs each case in its own process under a hard time limit (`timeout`), so that a case that crashes or hangs costs
-#    only its own budget; each training side also stops stepping after a third of it (`--case-seconds`).
+#    only its own budget; training sides stop stepping at 85% of it (`--deadline`), sharing the time left equally.
 # 3. benchmarks.run rewrites OUTDIR/results.json and results.md after every case; a case that raised records its
 #    error, one that was killed stays marked "started ... killed". OUTDIR/gpu.log holds the whole output.
 #
@@ -22,7 +22,7 @@ exec > >(tee -a "$OUTDIR/gpu.log") 2>&1
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-benchmarks/wheels}
 SITE=${SITE:-${TMPDIR:-/tmp}/llava-benchmark-site}
-CASE_SECONDS=${CASE_SECONDS:-"stage1=105 lora=105 stage2=85 generate=150"}
+CASE_SECONDS=${CASE_SECONDS:-"stage1=90 lora=95 stage2=70 generate-b1=95 generate-b8=95"}
 # Nothing is downloaded: the machine cannot reach the Hub, and a library that tries must fail at once, not wait.
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -48,8 +48,9 @@ echo "[gpu.sh] ready after $(elapsed) s"
 for entry in $CASE_SECONDS; do
     name=${entry%%=*} seconds=${entry#*=}
     start=$(date +%s)
-    timeout --kill-after=15 "$seconds" \
-        "$PYTHON" -m benchmarks.run --cases "$name" --output "$OUTDIR" --case-seconds "$seconds" "$@"
+    # The last step, the teardown and the write of the results fit in the remaining 15%.
+    timeout --kill-after=10 "$seconds" "$PYTHON" -m benchmarks.run --cases "$name" --output "$OUTDIR" \
+        --deadline $((start + seconds * 85 / 100)) "$@"
     status=$?
     case $status in
         0) outcome="done" ;;

@@ -146,7 +146,7 @@ class BatchRecorder:
         if len(self.starts) < warmup + 2:
             raise RuntimeError(
                 f"{len(self.starts)} steps were recorded, and {warmup} warm-up steps and one timed step need "
-                f"{warmup + 2}: raise the time budget (--case-seconds) or lower --warmup."
+                f"{warmup + 2}: give the case more time (--deadline, CASE_SECONDS in gpu.sh) or lower --warmup."
             )
         measured = slice(warmup, len(self.starts) - 1)
         seconds = self.starts[-1] - self.starts[warmup]

@@ -30,7 +30,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,8 @@ class Settings:
     peak: float | None
     folder: Path
     images: list[str]
-    side_seconds: float | None = None  # time guard of one side of a training case (None: the step budget alone)
+    deadline: float | None = None  # epoch seconds by which a training case stops stepping (None: the step budget)
+    side_seconds: float | None = None  # the share of one side, set as each side starts
 
     @property
     def total_steps(self) -> int:
@@ -250,10 +251,16 @@ def run_training_case(name: str, settings: Settings) -> dict:
     builtin_processor.chat_template = CHAT_TEMPLATES[get_stage(case.stage).template]  # generation markers included
     datasets = {"baseline": with_lengths(dataset, builtin_processor), "ours": dataset}
     runs = {"baseline": [], "ours": []}
-    for _ in range(settings.repeats):  # alternating, so that a busy spell on a shared machine hits both sides
-        for side, train in (("baseline", train_baseline), ("ours", train_ours)):
-            runs[side].append(train(case, shape, processors, datasets[side], batch_size, settings))
-            free_memory()
+    # Alternating, so that a busy spell on a shared machine hits both sides.
+    sides = [("baseline", train_baseline), ("ours", train_ours)] * settings.repeats
+    for index, (side, train) in enumerate(sides):
+        # Each side may step for an equal share of the time left before the deadline.
+        seconds = (
+            None if settings.deadline is None else max(0.0, settings.deadline - time.time()) / (len(sides) - index)
+        )
+        side_settings = replace(settings, side_seconds=seconds)
+        runs[side].append(train(case, shape, processors, datasets[side], batch_size, side_settings))
+        free_memory()
     best = {side: max(results, key=lambda result: result["samples_per_s"]) for side, results in runs.items()}
     return {"llm": case.llm, "recipe": case.recipe, "batch_size": batch_size, "repeats": settings.repeats, **best}
 
@@ -276,7 +283,7 @@ def timed_generate(model, inputs: dict, settings: Settings, repeats: int, **kwar
     return tokens, best
 
 
-def run_generation_case(settings: Settings) -> dict[str, dict]:
+def run_generation_case(settings: Settings, batch_sizes: tuple[int, ...] = GENERATION_BATCHES) -> dict[str, dict]:
     shape = shapes("7b", settings.small)
     processor = processors_for(shape, settings.folder / "generate-backbones")[0]
     builtin = build(LlavaForConditionalGeneration, shape.builtin_config(processor.image_token_id), settings).eval()
@@ -284,7 +291,7 @@ def run_generation_case(settings: Settings) -> dict[str, dict]:
     ours.load_state_dict(builtin.state_dict(), strict=True)  # same weights: the tokens must agree
     weights_gib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30
     results = {}
-    for batch_size in GENERATION_BATCHES:
+    for batch_size in batch_sizes:
         images = [Image.open(path) for path in settings.images[:batch_size]]
         inputs = processor(
             images=images, text=generation_prompts(processor, batch_size), return_tensors="pt", padding=True
@@ -336,9 +343,11 @@ def pytorch_features() -> dict[str, bool]:
 
 
 def run_case(name: str, settings: Settings) -> dict[str, dict]:
-    """The results of case `name`, by row name (the generation case gives one row per batch size)."""
+    """The results of case `name`, by row name (`generate` gives one row per batch size, `generate-bN` one)."""
     if name == "generate":
         return run_generation_case(settings)
+    if name.startswith("generate-b"):
+        return run_generation_case(settings, (int(name.removeprefix("generate-b")),))
     return {name: run_training_case(name, settings)}
 
 
@@ -363,9 +372,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; the best one counts")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, if not a known GPU")
     parser.add_argument(
-        "--case-seconds",
+        "--deadline",
         type=float,
-        help="time budget of each training case: each side stops stepping after a third of it (default: none)",
+        help="epoch seconds by which each training side stops stepping, sharing the time left equally (default: none)",
     )
     parser.add_argument(
         "--ours-args", default="", help="extra `llava train` flags for ours ('--padding_free_batches false')"
@@ -376,9 +385,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cases = args.cases.split(",")
-    unknown = set(cases) - {*TRAINING_CASES, "generate"}
+    known = [*TRAINING_CASES, "generate", *(f"generate-b{batch_size}" for batch_size in GENERATION_BATCHES)]
+    unknown = set(cases) - set(known)
     if unknown:
-        raise SystemExit(f"Unknown cases {sorted(unknown)}: choose among {[*TRAINING_CASES, 'generate']}.")
+        raise SystemExit(f"Unknown cases {sorted(unknown)}: choose among {known}.")
     run = {
         "date": date.today().isoformat(),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -389,8 +399,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     merged = {}
     with tempfile.TemporaryDirectory() as folder:
-        # A third of the budget per side (times the repeats) leaves the rest for building models and data.
-        side_seconds = None if args.case_seconds is None else args.case_seconds / 3 / args.repeats
         settings = Settings(
             device=args.device,
             small=args.small,
@@ -402,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
             peak=peak_flops(args.device, args.peak_tflops),
             folder=Path(folder),
             images=save_images(Path(folder) / "images"),
-            side_seconds=side_seconds,
+            deadline=args.deadline,
         )
         for name in cases:
             print(f"[benchmark] {name} ...", flush=True)
