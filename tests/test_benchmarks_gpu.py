@@ -175,7 +175,8 @@ def test_the_baseline_runs_with_the_recipes_stock_settings(tmp_path):
     """The built-in Llava gets what stock TRL/transformers offer by a flag and the recipe turns on for ours."""
     argv = ["--device", "cpu", "--small", "--cases", "lora", "--output", str(tmp_path)]
     case = benchmark_run.main([*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"])["cases"]["lora"]
-    _, recipe, _ = train_module.parse(["--config", "llava-1.5-7b-lora"])
+    cpu = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
+    _, recipe, _ = train_module.parse(["--config", "llava-1.5-7b-lora", *cpu])
     baseline, ours = case["baseline"]["settings"], case["ours"]["settings"]
     assert baseline["dataloader_num_workers"] == ours["dataloader_num_workers"] == recipe.dataloader_num_workers
     assert baseline["sampler"] == "LengthGroupedSampler" and baseline["attn_implementation"] == "sdpa"
