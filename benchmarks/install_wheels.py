@@ -20,8 +20,10 @@ from email.parser import HeaderParser
 from importlib import metadata
 from pathlib import Path
 
-import tomllib
-
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's own copy of tomli
+    from pip._vendor import tomli as tomllib
 try:
     from packaging.requirements import Requirement
     from packaging.specifiers import SpecifierSet
