@@ -3,10 +3,11 @@
 # that the GPU machine lacks, for its Python (3.12, manylinux x86_64), without their dependencies.
 #
 # The GPU machine (one H200) has Python 3.12 with a CUDA torch 2.11, transformers 5.17 (the project needs >= 5.23),
-# accelerate 1.15, huggingface_hub 1.33, tokenizers 0.23.2, safetensors, pandas, pyarrow, xxhash and fsspec, and no
-# TRL, PEFT or datasets. So: transformers, TRL, PEFT, datasets and the dependencies of datasets it lacks (dill,
-# multiprocess) or may hold outside datasets' bounds (fsspec <= 2026.9.0), regex for transformers' lower bound, and
-# accelerate (small; installed only where older than the project's bound), each at the version that $PYTHON here has
+# accelerate 1.15, huggingface_hub 1.33, tokenizers 0.23.2, safetensors, peft, pandas, pyarrow, xxhash and fsspec
+# (versions not all known), and no TRL or datasets. So: transformers, TRL, datasets and the dependencies of datasets it
+# lacks (dill, multiprocess) or may hold outside datasets' bounds (fsspec <= 2026.9.0), regex for transformers' lower
+# bound, and, small and installed only where older than the project's bounds, PEFT and accelerate; each at the version
+# that $PYTHON here has
 # (the one the test suite runs with). benchmarks/install_wheels.py installs there only what is missing or too old.
 #
 # pyarrow (about 55 MB) is not carried: datasets asks for >= 24 and the machine's is used as it is (datasets does not
