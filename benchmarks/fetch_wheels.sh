@@ -7,8 +7,8 @@
 # (versions not all known), and no TRL or datasets. So: transformers, TRL, datasets and the dependencies of datasets it
 # lacks (dill, multiprocess) or may hold outside datasets' bounds (fsspec <= 2026.9.0), regex for transformers' lower
 # bound, and, small and installed only where older than the project's bounds, PEFT and accelerate; each at the version
-# that $PYTHON here has
-# (the one the test suite runs with). benchmarks/install_wheels.py installs there only what is missing or too old.
+# that $PYTHON here has (the one the test suite runs with). benchmarks/install_wheels.py installs there only what is
+# missing or too old.
 #
 # pyarrow (about 55 MB) is not carried: datasets asks for >= 24 and the machine's is used as it is (datasets does not
 # check it at import; install_wheels lists it if it is older). Add more as arguments, e.g. `pyarrow==24.0.0`, if the
