@@ -8,9 +8,11 @@ Model FLOPs count only non-padding tokens (so padding is waste, not work) and no
 checkpointing, as MFU is usually defined (PaLM, appendix B). Per step, with `T` the real tokens, `n_i` the length of
 sample `i` and `I` the number of images:
 
-- language model, `N` its parameters without the input embeddings (the head included): `6 N T` when its weights
-  train (stage 2), `4 N T` when they are frozen but gradients still flow through it to the projector or the LoRA
-  adapters (stage 1, LoRA: forward + input gradients, no weight gradients), plus `6 N_lora T` for the adapters;
+- language model, `N` its parameters without the input embeddings and the head: `6 N T` when its weights train
+  (stage 2), `4 N T` when they are frozen but gradients still flow through it to the projector or the LoRA adapters
+  (stage 1, LoRA: forward + input gradients, no weight gradients), plus `6 N_lora T` for the adapters;
+- LM head, `N_head` parameters, the same `6` or `4` times `N_head` but over the `T_loss` tokens that carry the loss
+  only: TRL's fused LM head projects only those (`trl.trainer.utils.add_fused_lm_head`);
 - causal attention, `L` layers of width `d`: `6 L d sum(n_i^2)` (forward `2 L d n^2`: QK^T and AV over half the
   square; backward twice that);
 - vision tower (frozen, no gradient): `I (2 N_vision P + 4 L_v d_v P^2)` over its `P` patches (577 for CLIP-L/336);
@@ -61,12 +63,13 @@ class ModelCounts:
     vision_patches: int
     image_tokens: int
     language_model_trains: bool
+    lm_head: int = 0  # part of `language_model`, counted apart because only the loss tokens go through it
 
     @classmethod
     def of(cls, model: torch.nn.Module, config) -> "ModelCounts":
         """Counts of `model` (plain or PEFT-wrapped; names are the same on both sides) under `config`."""
         counts = {"language_model": 0, "lora": 0, "vision": 0, "projector": 0}
-        language_model_trains = False
+        language_model_trains, lm_head = False, 0
         for name, parameter in model.named_parameters():
             if "lora_" in name:
                 counts["lora"] += parameter.numel()
@@ -76,6 +79,7 @@ class ModelCounts:
                 counts["projector"] += parameter.numel() if "original_module" not in name else 0
             elif "embed_tokens" not in name:  # the LLM's layers and the head
                 counts["language_model"] += parameter.numel()
+                lm_head += parameter.numel() if "lm_head" in name else 0
                 language_model_trains |= parameter.requires_grad
         vision, text = config.vision_config, config.text_config
         return cls(
@@ -87,12 +91,20 @@ class ModelCounts:
             vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1,
             image_tokens=config.image_seq_length,
             language_model_trains=language_model_trains,
+            lm_head=lm_head,
         )
 
-    def training_flops(self, lengths: list[int], num_images: int) -> float:
-        """Model FLOPs of one training step over samples of `lengths` real tokens and `num_images` images."""
+    def training_flops(self, lengths: list[int], num_images: int, loss_tokens: int | None = None) -> float:
+        """Model FLOPs of one training step over samples of `lengths` real tokens and `num_images` images.
+
+        `loss_tokens`, the tokens whose label is not -100, are the only ones the LM head projects; `None` counts the
+        head on every token.
+        """
         tokens = sum(lengths)
-        language_model = (6 if self.language_model_trains else 4) * self.language_model * tokens
+        head_tokens = tokens if loss_tokens is None else loss_tokens
+        language_model = (6 if self.language_model_trains else 4) * (
+            (self.language_model - self.lm_head) * tokens + self.lm_head * head_tokens
+        )
         attention = 6 * self.text_layers * self.text_width * sum(length**2 for length in lengths)
         vision = num_images * (
             2 * self.vision * self.vision_patches + 4 * self.vision_layers * self.vision_width * self.vision_patches**2
@@ -152,7 +164,11 @@ class BatchRecorder:
         seconds = self.starts[-1] - self.starts[warmup]
         lengths, padded, images = self.lengths[measured], self.padded[measured], self.images[measured]
         real, samples = sum(map(sum, lengths)), sum(map(len, lengths))
-        flops = sum(counts.training_flops(step, count) for step, count in zip(lengths, images, strict=True))
+        loss_tokens = self.loss_tokens[measured] if self.loss_tokens else [None] * len(lengths)
+        flops = sum(
+            counts.training_flops(step, count, loss)
+            for step, count, loss in zip(lengths, images, loss_tokens, strict=True)
+        )
         return {
             "steps": len(lengths),
             "seconds": seconds,

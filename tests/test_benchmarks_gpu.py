@@ -12,15 +12,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from packaging.requirements import Requirement
+from transformers import LlavaForConditionalGeneration
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from benchmarks import install_wheels
 from benchmarks import run as benchmark_run
 from benchmarks.install_wheels import project_requirements, read_wheels, select, unmet, wanted
-from benchmarks.measure import BatchRecorder
+from benchmarks.measure import BatchRecorder, ModelCounts
 from benchmarks.run import TimeGuard, with_lengths
-from benchmarks.synthetic import as_dataset, processors_for, save_images, shapes, stage2_rows
+from benchmarks.synthetic import SMALL_VOCAB, as_dataset, processors_for, save_images, shapes, stage2_rows
 from modeling_llava import CHAT_TEMPLATES
 from trainers import train as train_module
 
@@ -153,6 +155,18 @@ def test_too_few_steps_for_a_measurement_are_an_error():
     recorder = BatchRecorder("cpu", starts=[0.0, 1.0])
     with pytest.raises(RuntimeError, match=r"2 steps were recorded, and 1 warm-up steps .* need 3"):
         recorder.summary(warmup=1, counts=None, peak=None)
+
+
+def test_the_lm_head_is_counted_on_the_loss_tokens_only():
+    """TRL's fused LM head projects only the tokens with a label; the MFU formula counts the head's FLOPs there."""
+    config = shapes("7b", small=True).builtin_config(image_token_id=SMALL_VOCAB - 1)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    counts = ModelCounts.of(model, model.config)
+    assert counts.lm_head == model.lm_head.weight.numel()
+    every_token = counts.training_flops([10, 30], 0)
+    loss_only = counts.training_flops([10, 30], 0, loss_tokens=5)
+    assert every_token - loss_only == 6 * counts.lm_head * (40 - 5)  # every weight trains here: 6 FLOPs a weight
 
 
 def test_the_length_column_is_what_trls_collator_gives_the_model(tmp_path):
