@@ -17,7 +17,6 @@ shift
 cd "$(dirname "$0")/.."
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
-exec > >(tee -a "$OUTDIR/gpu.log") 2>&1
 
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-benchmarks/wheels}
@@ -29,34 +28,33 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISA
 began=$(date +%s)
 elapsed() { echo $(($(date +%s) - began)); }
 
-echo "[gpu.sh] $(date -u '+%F %T UTC'); python: $("$PYTHON" --version 2>&1); cases: $CASE_SECONDS"
-command -v nvidia-smi >/dev/null && nvidia-smi -L
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    "$PYTHON" -m benchmarks.install_wheels "$WHEELS" --target "$SITE" || { echo "[gpu.sh] install failed"; exit 1; }
-else
-    echo "[gpu.sh] no wheels in $WHEELS: using the installed packages as they are"
-fi
-"$PYTHON" -c '
-import torch, transformers, trl, datasets, peft
-import modeling_llava, trainers.train
-from benchmarks.run import pytorch_features
-print(f"[gpu.sh] torch {torch.__version__}, transformers {transformers.__version__} ({transformers.__file__}), "
-      f"trl {trl.__version__}, datasets {datasets.__version__}, peft {peft.__version__}; {pytorch_features()}")
-' || { echo "[gpu.sh] the project does not import: see above"; exit 1; }
-echo "[gpu.sh] ready after $(elapsed) s"
+run_all() {
+    echo "[gpu.sh] $(date -u '+%F %T UTC'); python: $("$PYTHON" --version 2>&1); cases: $CASE_SECONDS"
+    command -v nvidia-smi >/dev/null && nvidia-smi -L
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        "$PYTHON" -m benchmarks.install_wheels "$WHEELS" --target "$SITE" || { echo "[gpu.sh] install failed"; exit 1; }
+    else
+        echo "[gpu.sh] no wheels in $WHEELS: using the installed packages as they are"
+    fi
+    "$PYTHON" -c 'import trainers.train; from benchmarks.run import environment; print("[gpu.sh]", environment())' \
+        || { echo "[gpu.sh] the project does not import: see above"; exit 1; }
+    echo "[gpu.sh] ready after $(elapsed) s"
 
-for entry in $CASE_SECONDS; do
-    name=${entry%%=*} seconds=${entry#*=}
-    start=$(date +%s)
-    # The last step, the teardown and the write of the results fit in the remaining 15%.
-    timeout --kill-after=10 "$seconds" "$PYTHON" -m benchmarks.run --cases "$name" --output "$OUTDIR" \
-        --deadline $((start + seconds * 85 / 100)) "$@"
-    status=$?
-    case $status in
-        0) outcome="done" ;;
-        124 | 137) outcome="killed at its ${seconds} s limit" ;;
-        *) outcome="exit $status" ;;
-    esac
-    echo "[gpu.sh] $name: $outcome, $(($(date +%s) - start)) s (${seconds} s budget); $(elapsed) s in all"
-done
-echo "[gpu.sh] finished in $(elapsed) s; results in $OUTDIR/results.md"
+    for entry in $CASE_SECONDS; do
+        name=${entry%%=*} seconds=${entry#*=}
+        start=$(date +%s)
+        # The last step, the teardown and the write of the results fit in the remaining 15%.
+        timeout --kill-after=10 "$seconds" "$PYTHON" -m benchmarks.run --cases "$name" --output "$OUTDIR" \
+            --deadline $((start + seconds * 85 / 100)) "$@"
+        status=$?
+        case $status in
+            0) outcome="done" ;;
+            124 | 137) outcome="killed at its ${seconds} s limit" ;;
+            *) outcome="exit $status" ;;
+        esac
+        echo "[gpu.sh] $name: $outcome, $(($(date +%s) - start)) s (${seconds} s budget); $(elapsed) s in all"
+    done
+    echo "[gpu.sh] finished in $(elapsed) s; results in $OUTDIR/results.md"
+}
+
+run_all "$@" 2>&1 | tee -a "$OUTDIR/gpu.log"

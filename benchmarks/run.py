@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +341,13 @@ def pytorch_features() -> dict[str, bool]:
         "varlen_attn_enable_gqa": support is not None and support.enable_gqa,
         "flex_attention": importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
     }
+
+
+def environment() -> str:
+    """One line for a log: the versions in use, where transformers is imported from, and the PyTorch features."""
+    names = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in names)
+    return f"{versions}; transformers from {Path(transformers.__file__).parent}; {pytorch_features()}"
 
 
 def run_case(name: str, settings: Settings) -> dict[str, dict]:
