@@ -24,6 +24,7 @@ from benchmarks.measure import BatchRecorder, ModelCounts
 from benchmarks.run import TimeGuard, with_lengths
 from benchmarks.synthetic import SMALL_VOCAB, as_dataset, processors_for, save_images, shapes, stage2_rows
 from modeling_llava import CHAT_TEMPLATES
+from processing.collator import LlavaDataCollator
 from trainers import train as train_module
 
 REPOSITORY = Path(__file__).parents[1]
@@ -169,14 +170,32 @@ def test_the_lm_head_is_counted_on_the_loss_tokens_only():
     assert every_token - loss_only == 6 * counts.lm_head * (40 - 5)  # every weight trains here: 6 FLOPs a weight
 
 
-def test_the_length_column_is_what_trls_collator_gives_the_model(tmp_path):
-    """LengthGroupedSampler sorts the baseline by the lengths its own processor and TRL's collator produce."""
-    builtin = processors_for(shapes("7b", small=True), tmp_path / "backbones")[1]
+@pytest.fixture(scope="module")
+def stage2_data(tmp_path_factory):
+    """Both sides' processors over one tokenizer, and stage-2 rows, as the benchmark makes them."""
+    folder = tmp_path_factory.mktemp("benchmark-data")
+    ours, builtin = processors_for(shapes("7b", small=True), folder / "backbones")
     builtin.chat_template = CHAT_TEMPLATES["vicuna_v1"]
-    dataset = with_lengths(as_dataset(stage2_rows(3, save_images(tmp_path / "images", count=2))), builtin)
+    return ours, builtin, as_dataset(stage2_rows(6, save_images(folder / "images", count=2)))
+
+
+def test_the_length_column_is_what_trls_collator_gives_the_model(stage2_data):
+    """LengthGroupedSampler sorts the baseline by the lengths its own processor and TRL's collator produce."""
+    _, builtin, dataset = stage2_data
     collator = DataCollatorForVisionLanguageModeling(processor=builtin, assistant_only_loss=True)
-    for row in dataset:
+    for row in with_lengths(dataset, builtin):
         assert row["length"] == int(collator([dict(row)])["attention_mask"].sum())
+
+
+def test_both_sides_compute_the_loss_on_the_same_tokens(stage2_data):
+    """TRL's assistant_only_loss over the same template text masks each sample exactly as this project's collator."""
+    ours, builtin, dataset = stage2_data
+    baseline = DataCollatorForVisionLanguageModeling(processor=builtin, assistant_only_loss=True)
+    own = LlavaDataCollator(processor=ours, assistant_only_loss=True, chat_template=CHAT_TEMPLATES["vicuna_v1"])
+    for row in dataset:
+        theirs, mine = baseline([dict(row)]), own([dict(row)])
+        torch.testing.assert_close(theirs["input_ids"], mine["input_ids"])
+        torch.testing.assert_close(theirs["labels"], mine["labels"])
 
 
 def test_gpu_sh_is_valid_bash():
