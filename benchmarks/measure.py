@@ -8,15 +8,20 @@ Model FLOPs count only non-padding tokens (so padding is waste, not work) and no
 checkpointing, as MFU is usually defined (PaLM, appendix B). Per step, with `T` the real tokens, `n_i` the length of
 sample `i` and `I` the number of images:
 
-- language model, `N` its parameters without the input embeddings (the head included): `6 N T` when its weights
-  train (stage 2), `4 N T` when they are frozen but gradients still flow through it to the projector or the LoRA
-  adapters (stage 1, LoRA: forward + input gradients, no weight gradients), plus `6 N_lora T` for the adapters;
+- language model, `N` its parameters without the input embeddings and the head: `6 N T` when its weights train
+  (stage 2), `4 N T` when they are frozen but gradients still flow through it to the projector or the LoRA adapters
+  (stage 1, LoRA: forward + input gradients, no weight gradients), plus `6 N_lora T` for the adapters;
+- LM head, `N_head` parameters, the same `6` or `4` times `N_head` but over the `T_loss` tokens that carry the loss
+  only: TRL's fused LM head projects only those (`trl.trainer.utils.add_fused_lm_head`);
 - causal attention, `L` layers of width `d`: `6 L d sum(n_i^2)` (forward `2 L d n^2`: QK^T and AV over half the
   square; backward twice that);
 - vision tower (frozen, no gradient): `I (2 N_vision P + 4 L_v d_v P^2)` over its `P` patches (577 for CLIP-L/336);
 - projector (always trained): `6 N_projector I S` over the `S` image tokens per image.
 
 MFU is those FLOPs per second over the GPU's dense bf16 peak (H100/H200: 989 TFLOPS).
+
+The share of real tokens that carry the loss (labels other than -100) is read off the model's own inputs, so that a
+side that computes the loss on fewer tokens shows it.
 """
 
 import time
@@ -58,12 +63,13 @@ class ModelCounts:
     vision_patches: int
     image_tokens: int
     language_model_trains: bool
+    lm_head: int = 0  # part of `language_model`, counted apart because only the loss tokens go through it
 
     @classmethod
     def of(cls, model: torch.nn.Module, config) -> "ModelCounts":
         """Counts of `model` (plain or PEFT-wrapped; names are the same on both sides) under `config`."""
         counts = {"language_model": 0, "lora": 0, "vision": 0, "projector": 0}
-        language_model_trains = False
+        language_model_trains, lm_head = False, 0
         for name, parameter in model.named_parameters():
             if "lora_" in name:
                 counts["lora"] += parameter.numel()
@@ -73,6 +79,7 @@ class ModelCounts:
                 counts["projector"] += parameter.numel() if "original_module" not in name else 0
             elif "embed_tokens" not in name:  # the LLM's layers and the head
                 counts["language_model"] += parameter.numel()
+                lm_head += parameter.numel() if "lm_head" in name else 0
                 language_model_trains |= parameter.requires_grad
         vision, text = config.vision_config, config.text_config
         return cls(
@@ -84,12 +91,20 @@ class ModelCounts:
             vision_patches=(vision.image_size // vision.patch_size) ** 2 + 1,
             image_tokens=config.image_seq_length,
             language_model_trains=language_model_trains,
+            lm_head=lm_head,
         )
 
-    def training_flops(self, lengths: list[int], num_images: int) -> float:
-        """Model FLOPs of one training step over samples of `lengths` real tokens and `num_images` images."""
+    def training_flops(self, lengths: list[int], num_images: int, loss_tokens: int | None = None) -> float:
+        """Model FLOPs of one training step over samples of `lengths` real tokens and `num_images` images.
+
+        `loss_tokens`, the tokens whose label is not -100, are the only ones the LM head projects; `None` counts the
+        head on every token.
+        """
         tokens = sum(lengths)
-        language_model = (6 if self.language_model_trains else 4) * self.language_model * tokens
+        head_tokens = tokens if loss_tokens is None else loss_tokens
+        language_model = (6 if self.language_model_trains else 4) * (
+            (self.language_model - self.lm_head) * tokens + self.lm_head * head_tokens
+        )
         attention = 6 * self.text_layers * self.text_width * sum(length**2 for length in lengths)
         vision = num_images * (
             2 * self.vision * self.vision_patches + 4 * self.vision_layers * self.vision_width * self.vision_patches**2
@@ -107,6 +122,17 @@ class BatchRecorder:
     lengths: list[list[int]] = field(default_factory=list)
     padded: list[int] = field(default_factory=list)
     images: list[int] = field(default_factory=list)
+    loss_tokens: list[int] = field(default_factory=list)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Hooks `model`'s backbone (`model.model`) for the batches and `model` itself for their labels."""
+        model.model.register_forward_pre_hook(self, with_kwargs=True)
+        model.register_forward_pre_hook(self.record_labels, with_kwargs=True)
+
+    def record_labels(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        labels = kwargs.get("labels")
+        if labels is not None:
+            self.loss_tokens.append(int((labels != -100).sum()))
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         synchronize(self.device)  # the previous step's kernels belong to the previous step
@@ -129,17 +155,27 @@ class BatchRecorder:
         The last step recorded only opens the last interval, so `n` recorded steps time `n - 1 - warmup` whole
         steps (data loading, forward, backward and optimizer alike).
         """
+        if len(self.starts) < warmup + 2:
+            raise RuntimeError(
+                f"{len(self.starts)} steps were recorded, and {warmup} warm-up steps and one timed step need "
+                f"{warmup + 2}: give the case more time (--deadline, CASE_SECONDS in gpu.sh) or lower --warmup."
+            )
         measured = slice(warmup, len(self.starts) - 1)
         seconds = self.starts[-1] - self.starts[warmup]
         lengths, padded, images = self.lengths[measured], self.padded[measured], self.images[measured]
         real, samples = sum(map(sum, lengths)), sum(map(len, lengths))
-        flops = sum(counts.training_flops(step, count) for step, count in zip(lengths, images, strict=True))
+        loss_tokens = self.loss_tokens[measured] if self.loss_tokens else [None] * len(lengths)
+        flops = sum(
+            counts.training_flops(step, count, loss)
+            for step, count, loss in zip(lengths, images, loss_tokens, strict=True)
+        )
         return {
             "steps": len(lengths),
             "seconds": seconds,
             "samples_per_s": samples / seconds,
             "tokens_per_s": real / seconds,
             "padding_fraction": 1 - real / sum(padded),
+            "loss_token_fraction": sum(self.loss_tokens[measured]) / real if self.loss_tokens else None,
             "tflops_per_s": flops / seconds / 1e12,
             "mfu": None if peak is None else flops / seconds / peak,
         }

@@ -3,27 +3,36 @@
 Both sides run in one process on one device, on the same shapes (CLIP-L/336 with a Llama-7B or ~1.1B shape, random
 weights), the same synthetic LLaVA-1.5 data (`synthetic.py`), the same per-device batch and the same number of steps:
 
-- baseline: `transformers.LlavaForConditionalGeneration` trained by `trl.SFTTrainer` with its defaults for a VLM
-  (TRL's padded collator, gradient checkpointing, no dataloader workers), frozen as the stage is and at the recipe's
-  `max_length` and learning rate; generation is plain `generate()`.
-- ours: `LlavaPluginForConditionalGeneration` trained by `llava train`'s own `main()` with the shipped recipe (whatever
-  speed settings it holds: padding-free batches, `torch_varlen` attention, dataloader workers, ...); only the model,
-  the data and the final save are swapped for in-memory ones. Generation uses the same weights with a static KV cache,
-  which transformers compiles with CUDA graphs on a GPU.
+- baseline: `transformers.LlavaForConditionalGeneration` trained by `trl.SFTTrainer` (TRL's padded collator) with
+  every setting that stock transformers and TRL expose by a flag and that the recipe turns on for ours: its dataloader
+  workers, gradient checkpointing, assistant-only loss (TRL's `assistant_only_loss`, through the same chat template),
+  `max_length` and learning rate, sdpa attention, length-grouped batches (transformers' `group_by_length` sampler over
+  a `length` column computed by the baseline's own processor), frozen as the stage is; generation with a static KV
+  cache, which transformers compiles on a GPU.
+- ours: `LlavaPluginForConditionalGeneration` trained by `llava train`'s own `build_trainer` with the shipped recipe
+  (whatever it holds beyond that: padding-free batches, `torch_varlen` attention, modality-grouped batches, ...);
+  only the model, the data and the final save are swapped for in-memory ones. Generation uses the same weights and
+  the same static cache.
 
-Writes `results.json` (merged with the cases of an earlier run on the same device) and `results.md` into `--output`.
-`--small` keeps the real token lengths and shrinks the widths, for a quick CPU run.
+Each side records the settings it actually ran with, and the share of tokens that carried the loss.
+
+Writes `results.json` (merged with the cases of an earlier run on the same device) and `results.md` into `--output`
+after every case: a case that raises records its error and the run goes on, and a case still marked as started is one
+whose process was killed. `--small` keeps the real token lengths and shrinks the widths, for a quick CPU run.
 """
 
 import argparse
 import gc
+import importlib.util
 import json
 import shlex
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +41,12 @@ import transformers
 import trl
 from datasets import Dataset
 from PIL import Image
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, TrainerCallback
 from trl import SFTConfig, SFTTrainer
+from trl.data_utils import prepare_multimodal_messages
 
-from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration
+from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, attention_varlen
+from processing.padding_free import LlavaPaddingFreeCollator
 from trainers import train as train_module
 from trainers.generation import decoding_kwargs
 from trainers.stages import apply_freeze, get_stage, lora_config
@@ -82,6 +93,8 @@ class Settings:
     peak: float | None
     folder: Path
     images: list[str]
+    deadline: float | None = None  # epoch seconds by which a training case stops stepping (None: the step budget)
+    side_seconds: float | None = None  # the share of one side, set as each side starts
 
     @property
     def total_steps(self) -> int:
@@ -111,11 +124,38 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class TimeGuard(TrainerCallback):
+    """Stops training once `seconds` have passed since the side began, so that a slow case ends within its budget."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds is not None and time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+def with_lengths(dataset: Dataset, processor) -> Dataset:
+    """`dataset` with a `length` column, each row's tokens as `processor` renders it (image tokens expanded).
+
+    transformers' `LengthGroupedSampler` reads it; the rows render as TRL's collator renders them.
+    """
+
+    def length(row: dict[str, Any]) -> dict[str, int]:
+        messages = prepare_multimodal_messages(row["messages"], images=row["images"])
+        tokens = processor.apply_chat_template(
+            [messages], tokenize=True, return_dict=True, processor_kwargs={"add_special_tokens": False}
+        )
+        return {"length": len(tokens["input_ids"][0])}
+
+    return dataset.map(length)
+
+
 def train_baseline(
     case: TrainingCase, shape: Shapes, processors, dataset: Dataset, batch_size: int, settings: Settings
 ) -> dict:
+    """Stock TRL on the built-in Llava, with every speed setting of the recipe that stock TRL/transformers offer."""
     ours_processor, builtin_processor = processors
-    builtin_processor.chat_template = CHAT_TEMPLATES[get_stage(case.stage).template]
     _, recipe, recipe_model = train_module.parse(["--config", case.recipe, *settings.device_args()])
     args = SFTConfig(
         output_dir=str(settings.folder / f"{case.stage}-baseline"),
@@ -123,22 +163,34 @@ def train_baseline(
         max_steps=settings.total_steps,
         max_length=recipe.max_length,
         learning_rate=recipe.learning_rate,
+        assistant_only_loss=recipe.assistant_only_loss,
+        dataloader_num_workers=recipe.dataloader_num_workers,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,  # TRL keeps only its own columns of a VLM dataset; the sampler needs `length`
         bf16=settings.device == "cuda",
         use_cpu=settings.device == "cpu",
         save_strategy="no",
         report_to="none",
         logging_steps=1,
     )
+    recorder = BatchRecorder(settings.device)
+    guard = TimeGuard(settings.side_seconds)
     with PeakMemory(settings.device) as memory:
         model = build(LlavaForConditionalGeneration, shape.builtin_config(ours_processor.image_token_id), settings)
+        model.set_attn_implementation("sdpa")  # the built-in's fastest kernel for padded batches
         apply_freeze(model, get_stage(case.stage))  # the same parts train on both sides
-        recorder = BatchRecorder(settings.device)
-        model.model.register_forward_pre_hook(recorder, with_kwargs=True)
+        recorder.attach(model)
         peft_config = None
         if get_stage(case.stage).uses_lora:
             peft_config = lora_config(model, recipe_model.lora_r, recipe_model.lora_alpha, recipe_model.lora_dropout)
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=builtin_processor, peft_config=peft_config
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=builtin_processor,
+            peft_config=peft_config,
+            callbacks=[guard],
         )
         trainer.train()
     result = recorder.summary(settings.warmup, ModelCounts.of(trainer.model, model.config), settings.peak)
@@ -158,26 +210,32 @@ def train_ours(
     ]  # fmt: skip
     script_args, training_args, model_args = train_module.parse(argv)
     recorder = BatchRecorder(settings.device)
+    guard = TimeGuard(settings.side_seconds)
     with PeakMemory(settings.device) as memory:
         model = build(LlavaPluginForConditionalGeneration, shape.plugin_config(processor.image_token_id), settings)
         if model_args.attn_implementation:
             model.set_attn_implementation(model_args.attn_implementation)
-        model.model.register_forward_pre_hook(recorder, with_kwargs=True)
+        recorder.attach(model)
         trainer, _ = train_module.build_trainer(
             script_args, training_args, model_args, model_and_processor=(model, processor), train_dataset=dataset
         )
+        trainer.add_callback(guard)
         trainer.train()
     result = recorder.summary(settings.warmup, ModelCounts.of(trainer.model, model.config), settings.peak)
     return result | {"peak_memory_gib": memory.gib, "settings": settings_of(trainer, model)}
 
 
 def settings_of(trainer: SFTTrainer, model: torch.nn.Module) -> dict[str, Any]:
-    """The settings in which the two sides may differ, for the record."""
+    """The settings a training side ran with, read off its trainer and model, for the record."""
     return {
-        "collator": type(trainer.data_collator).__name__,
-        "attn_implementation": model.config.text_config._attn_implementation,
-        "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "dataloader_num_workers": trainer.args.dataloader_num_workers,
+        "sampler": type(trainer._get_train_sampler()).__name__,
+        "loss_tokens": "assistant-only" if trainer.args.assistant_only_loss else "all",
+        "attn_implementation": model.config.text_config._attn_implementation,
+        "padding_free": isinstance(trainer.data_collator, LlavaPaddingFreeCollator),
+        "collator": type(trainer.data_collator).__name__,
+        "cache": None,
+        "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
 
@@ -190,11 +248,20 @@ def run_training_case(name: str, settings: Settings) -> dict:
     # --small quarters the recipe's batch, so that a CPU gets through a step in seconds.
     batch_size = settings.batch_size or recipe.per_device_train_batch_size // (4 if settings.small else 1)
     dataset = as_dataset(case.rows(batch_size * settings.total_steps, settings.images))
+    builtin_processor = processors[1]
+    builtin_processor.chat_template = CHAT_TEMPLATES[get_stage(case.stage).template]  # generation markers included
+    datasets = {"baseline": with_lengths(dataset, builtin_processor), "ours": dataset}
     runs = {"baseline": [], "ours": []}
-    for _ in range(settings.repeats):  # alternating, so that a busy spell on a shared machine hits both sides
-        for side, train in (("baseline", train_baseline), ("ours", train_ours)):
-            runs[side].append(train(case, shape, processors, dataset, batch_size, settings))
-            free_memory()
+    # Alternating, so that a busy spell on a shared machine hits both sides.
+    sides = [("baseline", train_baseline), ("ours", train_ours)] * settings.repeats
+    for index, (side, train) in enumerate(sides):
+        # Each side may step for an equal share of the time left before the deadline.
+        seconds = (
+            None if settings.deadline is None else max(0.0, settings.deadline - time.time()) / (len(sides) - index)
+        )
+        side_settings = replace(settings, side_seconds=seconds)
+        runs[side].append(train(case, shape, processors, datasets[side], batch_size, side_settings))
+        free_memory()
     best = {side: max(results, key=lambda result: result["samples_per_s"]) for side, results in runs.items()}
     return {"llm": case.llm, "recipe": case.recipe, "batch_size": batch_size, "repeats": settings.repeats, **best}
 
@@ -217,7 +284,7 @@ def timed_generate(model, inputs: dict, settings: Settings, repeats: int, **kwar
     return tokens, best
 
 
-def run_generation_case(settings: Settings) -> dict[str, dict]:
+def run_generation_case(settings: Settings, batch_sizes: tuple[int, ...] = GENERATION_BATCHES) -> dict[str, dict]:
     shape = shapes("7b", settings.small)
     processor = processors_for(shape, settings.folder / "generate-backbones")[0]
     builtin = build(LlavaForConditionalGeneration, shape.builtin_config(processor.image_token_id), settings).eval()
@@ -225,17 +292,16 @@ def run_generation_case(settings: Settings) -> dict[str, dict]:
     ours.load_state_dict(builtin.state_dict(), strict=True)  # same weights: the tokens must agree
     weights_gib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**30
     results = {}
-    for batch_size in GENERATION_BATCHES:
+    for batch_size in batch_sizes:
         images = [Image.open(path) for path in settings.images[:batch_size]]
         inputs = processor(
             images=images, text=generation_prompts(processor, batch_size), return_tensors="pt", padding=True
         ).to(settings.device)
         sides = {}
-        # Ours decodes as `llava eval` does on a GPU (`decoding_kwargs`); forced on, so that a CPU run measures it too.
-        for side, model, kwargs in (
-            ("baseline", builtin, {}),
-            ("ours", ours, decoding_kwargs(ours, static_cache=True)),
-        ):
+        # Both decode as `llava eval` does on a GPU (`decoding_kwargs`): a static cache, which the built-in supports as
+        # well; forced on, so that a CPU run measures it too. transformers compiles it on a GPU only.
+        for side, model in (("baseline", builtin), ("ours", ours)):
+            kwargs = decoding_kwargs(model, static_cache=True)
             with PeakMemory(settings.device) as memory:
                 resident = torch.cuda.memory_allocated() / 2**30 if settings.device == "cuda" else 0.0
                 tokens, seconds = timed_generate(model, inputs, settings, repeats=2, **kwargs)
@@ -248,7 +314,12 @@ def run_generation_case(settings: Settings) -> dict[str, dict]:
                 "mfu": None,
                 # One model's weights plus what generate() allocated beyond the two resident models.
                 "peak_memory_gib": None if memory.gib is None else weights_gib + memory.gib - resident,
-                "settings": {"cache": kwargs.get("cache_implementation", "dynamic")},
+                "settings": {
+                    "attn_implementation": model.config.text_config._attn_implementation,
+                    "cache": kwargs.get("cache_implementation", "dynamic"),
+                    "compiled": settings.device == "cuda",  # transformers' rule: a static cache on a GPU
+                    "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                },
             }
         new = slice(inputs["input_ids"].shape[1], None)
         agree = (sides["ours"].pop("tokens")[:, new] == sides["baseline"].pop("tokens")[:, new]).float().mean()
@@ -259,6 +330,42 @@ def run_generation_case(settings: Settings) -> dict[str, dict]:
             **sides,
         }
     return results
+
+
+def pytorch_features() -> dict[str, bool]:
+    """The PyTorch attention APIs this run could use, detected rather than assumed from the version."""
+    varlen = attention_varlen.varlen_attn
+    support = None if varlen is None else attention_varlen.varlen_support(varlen)
+    return {
+        "varlen_attn": support is not None,
+        "varlen_attn_enable_gqa": support is not None and support.enable_gqa,
+        "flex_attention": importlib.util.find_spec("torch.nn.attention.flex_attention") is not None,
+    }
+
+
+def environment() -> str:
+    """One line for a log: the versions in use, where transformers is imported from, and the PyTorch features."""
+    names = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in names)
+    return f"{versions}; transformers from {Path(transformers.__file__).parent}; {pytorch_features()}"
+
+
+def run_case(name: str, settings: Settings) -> dict[str, dict]:
+    """The results of case `name`, by row name (`generate` gives one row per batch size, `generate-bN` one)."""
+    if name == "generate":
+        return run_generation_case(settings)
+    if name.startswith("generate-b"):
+        return run_generation_case(settings, (int(name.removeprefix("generate-b")),))
+    return {name: run_training_case(name, settings)}
+
+
+def write_results(output: Path, run: dict[str, Any], cases: dict[str, dict], drop: tuple[str, ...] = ()) -> dict:
+    """Merges `cases` into `output`'s results.json (dropping the rows `drop`), and rewrites it and results.md."""
+    merged = merge_results(output / "results.json", run, cases, drop=drop)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    (output / "results.md").write_text(markdown_table(merged))
+    return merged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -273,6 +380,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating; the best one counts")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, if not a known GPU")
     parser.add_argument(
+        "--deadline",
+        type=float,
+        help="epoch seconds by which each training side stops stepping, sharing the time left equally (default: none)",
+    )
+    parser.add_argument(
         "--ours-args", default="", help="extra `llava train` flags for ours ('--padding_free_batches false')"
     )
     return parser.parse_args(argv)
@@ -281,9 +393,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cases = args.cases.split(",")
-    unknown = set(cases) - {*TRAINING_CASES, "generate"}
+    known = [*TRAINING_CASES, "generate", *(f"generate-b{batch_size}" for batch_size in GENERATION_BATCHES)]
+    unknown = set(cases) - set(known)
     if unknown:
-        raise SystemExit(f"Unknown cases {sorted(unknown)}: choose among {[*TRAINING_CASES, 'generate']}.")
+        raise SystemExit(f"Unknown cases {sorted(unknown)}: choose among {known}.")
+    run = {
+        "date": date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "mode": "small" if args.small else "full",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "features": pytorch_features(),
+        "ours_args": args.ours_args,
+    }
+    merged = {}
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
             device=args.device,
@@ -296,28 +418,25 @@ def main(argv: list[str] | None = None) -> dict:
             peak=peak_flops(args.device, args.peak_tflops),
             folder=Path(folder),
             images=save_images(Path(folder) / "images"),
+            deadline=args.deadline,
         )
-        results = {}
         for name in cases:
             print(f"[benchmark] {name} ...", flush=True)
-            if name == "generate":
-                results |= run_generation_case(settings)
-                free_memory()
-            else:
-                results[name] = run_training_case(name, settings)
-    run = {
-        "date": date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "mode": "small" if args.small else "full",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "ours_args": args.ours_args,
-    }
-    merged = merge_results(args.output / "results.json", run, results)
-    table = markdown_table(merged)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
-    (args.output / "results.md").write_text(table)
-    print(table)
+            # Written first, so that a case whose process is killed (time limit, a crash of the device) says so.
+            started = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
+            write_results(args.output, run, {name: {"error": f"started {started}; killed before it finished"}})
+            start = time.perf_counter()
+            try:
+                results = run_case(name, settings)
+            except Exception as error:  # recorded, and the next case runs
+                traceback.print_exc()
+                results = {name: {"error": f"{type(error).__name__}: {error}"}}
+            for result in results.values():
+                result["wall_seconds"] = time.perf_counter() - start
+            print(f"[benchmark] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+            merged = write_results(args.output, run, results, drop=(name,))
+            free_memory()
+    print(markdown_table(merged))
     return merged
 
 

@@ -7,7 +7,16 @@ attention work of its samples. This attention is sdpa everywhere, except on a pa
 attends only to itself, through PyTorch's variable-length flash kernel (`torch.nn.attention.varlen.varlen_attn`,
 CUDA) or one causal SDPA call per sample (elsewhere). flash-attn is not needed. `modeling_llava/__init__.py`
 registers it with transformers, beside the Auto classes.
+
+`varlen_attn`'s keyword arguments changed across PyTorch releases (2.10 takes `is_causal` and no `scale`; `scale` and
+`window_size` came next, `enable_gqa` later still), so the call is built from the signature of the installed one
+(`VarlenSupport`), and the per-sample SDPA path serves where no causal form is found.
 """
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -19,6 +28,71 @@ except ImportError:  # older PyTorch: the per-sample SDPA path below serves ever
     varlen_attn = None
 
 VARLEN_ATTENTION = "torch_varlen"
+
+
+@dataclass(frozen=True)
+class VarlenSupport:
+    """What one PyTorch's `varlen_attn` accepts, read off its signature."""
+
+    causal: dict  # the keyword that makes it causal: `window_size=(-1, 0)` (newer) or `is_causal=True` (2.10)
+    scale: bool  # takes `scale=`; else the query is scaled beforehand
+    enable_gqa: bool  # takes `enable_gqa=`; else the key/value heads are repeated beforehand
+
+
+@functools.lru_cache
+def varlen_support(function: Callable) -> VarlenSupport | None:
+    """`function`'s keyword arguments, or `None` when it has no causal form (then the per-sample SDPA path serves)."""
+    parameters = inspect.signature(function).parameters
+    if "window_size" in parameters:
+        causal = {"window_size": (-1, 0)}
+    elif "is_causal" in parameters:
+        causal = {"is_causal": True}
+    else:
+        return None
+    return VarlenSupport(causal, scale="scale" in parameters, enable_gqa="enable_gqa" in parameters)
+
+
+def varlen_accepts_gqa(function: Callable) -> bool:
+    """Whether `function` (a `varlen_attn`) takes `enable_gqa`: the argument appeared after PyTorch 2.11."""
+    support = varlen_support(function)
+    return support is not None and support.enable_gqa
+
+
+def varlen_forward(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_lens: torch.Tensor,
+    max_length: int,
+    scaling: float | None,
+    function: Callable,
+) -> torch.Tensor:
+    """Causal attention within each sample of one padding-free row, through `function` (a `varlen_attn`).
+
+    Args:
+        query (`torch.Tensor` of shape `(1, num_heads, tokens, head_dim)`):
+            Queries; `key` and `value` have `num_key_value_heads` heads.
+        cu_seq_lens (`torch.Tensor` of shape `(num_samples + 1,)`):
+            Sample boundaries, int32, on the query's device.
+
+    Returns:
+        The attention output of shape `(1, tokens, num_heads, head_dim)`.
+    """
+    support = varlen_support(function)
+    keywords = dict(support.causal)
+    if support.enable_gqa:
+        keywords["enable_gqa"] = True
+    else:
+        # Head h of the query reads key/value head h // repeats, as `repeat_kv` and SDPA's enable_gqa lay them out.
+        key, value = (tensor.repeat_interleave(query.shape[1] // tensor.shape[1], dim=1) for tensor in (key, value))
+    if support.scale:
+        keywords["scale"] = scaling
+    elif scaling is not None:
+        query = query * (scaling * query.shape[-1] ** 0.5)  # the kernel's own scale is 1/sqrt(head_dim)
+    # (1, heads, tokens, head_dim) -> (tokens, heads, head_dim), the layout of the variable-length kernel.
+    query, key, value = (tensor[0].transpose(0, 1) for tensor in (query, key, value))
+    output = function(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, **keywords)
+    return output[None]
 
 
 def varlen_mask(
@@ -77,7 +151,12 @@ def varlen_attention_forward(
         )
     if cu_seq_lens_q is None:
         cu_seq_lens_q = sequence_boundaries(kwargs.get("position_ids"), query.shape[2], query.device)
-    if varlen_attn is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+    if (
+        varlen_attn is None
+        or varlen_support(varlen_attn) is None
+        or not query.is_cuda
+        or query.dtype not in (torch.float16, torch.bfloat16)
+    ):
         # The flash kernel needs CUDA and half precision. Elsewhere: one causal SDPA call per sample, 4-D and with the
         # key/value heads repeated, the only form PyTorch's CPU flash kernel takes (else SDPA runs its slow math path).
         key, value = (repeat_kv(tensor, query.shape[1] // tensor.shape[1]) for tensor in (key, value))
@@ -93,13 +172,16 @@ def varlen_attention_forward(
     if max_length_q is None:
         max_length_q = int(cu_seq_lens_q.diff().max())
     cu_seq_lens_q = cu_seq_lens_q.to(query.device, torch.int32)
-    # (1, heads, tokens, head_dim) -> (tokens, heads, head_dim), the layout of the variable-length kernel.
-    query, key, value = (tensor[0].transpose(0, 1) for tensor in (query, key, value))
-    output = varlen_attn(
-        query, key, value, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q,
-        scale=scaling, window_size=(-1, 0), enable_gqa=True,
-    )  # fmt: skip
-    return output[None], None
+    return varlen_forward(query, key, value, cu_seq_lens_q, max_length_q, scaling, varlen_attn), None
 
 
-__all__ = ["VARLEN_ATTENTION", "sequence_boundaries", "varlen_attention_forward", "varlen_mask"]
+__all__ = [
+    "VARLEN_ATTENTION",
+    "VarlenSupport",
+    "sequence_boundaries",
+    "varlen_accepts_gqa",
+    "varlen_attention_forward",
+    "varlen_forward",
+    "varlen_mask",
+    "varlen_support",
+]
