@@ -11,7 +11,7 @@ import processing.lengths
 from modeling_llava.chat_templates import CHAT_TEMPLATES
 from processing.collator import LlavaDataCollator
 from processing.lengths import lengths_cache_dir, measure_lengths, sample_length
-from processing.llava_data import PARALLEL_FROM_ROWS, convert_dataset, processes_for, read_records
+from processing.llava_data import PARALLEL_FROM_ROWS, convert_dataset, processes_for, read_records, rows_to_dataset
 from tests.conftest import random_image, run_args, train
 
 VICUNA = CHAT_TEMPLATES["vicuna_v1"]
@@ -144,3 +144,14 @@ def test_processes_for_large_data_default_to_the_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert processes_for(PARALLEL_FROM_ROWS, None) == 8 and processes_for(PARALLEL_FROM_ROWS - 1, None) is None
     assert processes_for(100, 2) == 2 and processes_for(3, 2) is None and processes_for(100, 1) is None
+
+
+def test_rows_become_the_dataset_from_list_builds_chunk_by_chunk(rows):
+    """One row a chunk: a text-only chunk first (no image type yet), then image rows, and a row with an extra key."""
+    mixed = [rows[-1], *rows[:3]]
+    mixed[2] = {**mixed[2], "messages": [{**mixed[2]["messages"][0], "name": "asker"}, *mixed[2]["messages"][1:]]}
+    expected = Dataset.from_list(mixed)
+    built = rows_to_dataset(list(mixed), chunk=1)
+    assert built.features == expected.features and list(built) == list(expected)
+    again = list(mixed)
+    assert rows_to_dataset(again, chunk=2)._fingerprint == built._fingerprint and again == []  # rows released

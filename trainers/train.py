@@ -30,7 +30,7 @@ from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.collator import LlavaDataCollator
 from processing.lengths import drop_overflowing, measure_lengths
-from processing.llava_data import DataError, convert_dataset, read_records
+from processing.llava_data import DataError, convert_dataset, read_records, rows_to_dataset
 from processing.padding_free import LlavaPaddingFreeCollator
 
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
@@ -270,8 +270,7 @@ def load_training_rows(
         rows = read_records(
             script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder, progress
         )
-        dataset = Dataset.from_list(rows)
-        del rows
+        dataset = rows_to_dataset(rows)  # empties `rows` as it goes
     elif script_args.dataset_name:
         dataset = convert_dataset(
             load_dataset(script_args.dataset_name, split=script_args.dataset_split),
