@@ -9,10 +9,13 @@ projector types, an error that names the sample whose image tokens and features 
 which builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained LLM (the start of LLaVA's stage 1).
 """
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.llava.modeling_llava import (
     LlavaForConditionalGeneration,
     LlavaModel,
@@ -121,6 +124,15 @@ class LlavaPluginModel(LlavaPluginPreTrainedModel, LlavaModel):
             )
 
 
+def _whole(parameter: nn.Parameter, zero3: bool) -> contextlib.AbstractContextManager:
+    """The parameter whole for the duration (gathered from its ZeRO-3 partitions, rank 0's change kept), or as is."""
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([parameter], modifier_rank=0)
+
+
 def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
     """The vision model of a bare vision checkpoint (`CLIPVisionModel`, ...) or of a full CLIP/SigLIP checkpoint."""
     vision_config = AutoConfig.from_pretrained(vision)
@@ -182,6 +194,7 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
         """
         from .processing_llava_plugin import tokenizer_with_image_token
 
+        random_state = torch.random.get_rng_state()
         vision_tower = load_vision_tower(vision, dtype)
         vision_config = vision_tower.config
         language_model = AutoModelForCausalLM.from_pretrained(
@@ -200,12 +213,18 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
             image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
             **config_kwargs,
         )
-        # Build the shell on the meta device and move the pretrained modules in, so no weight exists twice.
-        with torch.device("meta"):
+        # Build the shell on the meta device and move the pretrained modules in, so no weight exists twice. Under
+        # DeepSpeed ZeRO-3, which partitions every sub-model `from_config` creates and cannot partition a meta tensor,
+        # the shell is built for real instead: its sub-models hold 1/N of their weights each, and are dropped.
+        zero3 = is_deepspeed_zero3_enabled()
+        with contextlib.nullcontext() if zero3 else torch.device("meta"):
             model = cls(config)
         model.model.vision_tower = vision_tower
         model.model.language_model = language_model.get_decoder()
         model.lm_head = language_model.get_output_embeddings()
+        # The projector is drawn from the random state of the call, whatever building the rest drew (ZeRO-3
+        # initialises modules before loading them): one seed, one projector, with DeepSpeed or without.
+        torch.random.set_rng_state(random_state)
         model.model.multi_modal_projector = LlavaPluginMultiModalProjector(config).to(language_model.dtype)
         model.model.multi_modal_projector.apply(model._init_weights)
         # Keep the LLM's decoding defaults (its eos ends an answer) and pad with the tokenizer's pad token.
@@ -215,8 +234,8 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
         old_rows = model.get_input_embeddings().num_embeddings
         if len(tokenizer) > old_rows:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                for embeddings in {model.get_input_embeddings(), model.get_output_embeddings()}:
+            for embeddings in {model.get_input_embeddings(), model.get_output_embeddings()}:
+                with _whole(embeddings.weight, zero3), torch.no_grad():
                     embeddings.weight[old_rows:] = embeddings.weight[:old_rows].mean(dim=0, keepdim=True)
         return model
 

@@ -165,3 +165,39 @@ def test_fsdp2_with_the_shipped_wrap_units_trains_a_step_as_one_process(llava_ch
     optimizer.step()
     torch.testing.assert_close(sharded["losses"], torch.stack(losses).detach(), rtol=1e-6, atol=1e-6)
     assert_same_weights(sharded["state"], {name: value.detach() for name, value in model.state_dict().items()})
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_trains_stage2_from_the_backbones_as_without_it(checkpoints, train_data, tmp_path, zero):
+    """One process under DeepSpeed's CPU accelerator with the shipped ZeRO config: the same losses and weights as a
+    plain run. ZeRO-3 partitions every module as it is built, which `from_backbones` must allow. Skipped where
+    DeepSpeed is not installed (it is not a dependency)."""
+    pytest.importorskip("deepspeed")
+    steps = ["--max_steps", "2", "--dataloader_num_workers", "0"]
+    deepspeed = tmp_path / "deepspeed"
+    command = [sys.executable, "-m", "trainers.cli", "train", "stage2"]
+    command += run_args(checkpoints, train_data, deepspeed, *steps, "--deepspeed", str(ACCELERATE / f"{zero}.json"))
+    distributed = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29561",
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]),
+        **distributed,
+    }
+    done = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = tmp_path / "plain"
+    train("stage2", run_args(checkpoints, train_data, plain, *steps))
+    record = json.loads((deepspeed / "llava_run.json").read_text())
+    assert record["hyperparameters"]["processes"] == "1 (DEEPSPEED)"
+    history = {
+        name: json.loads((folder / "loss_history.json").read_text())
+        for name, folder in [("ds", deepspeed), ("plain", plain)]
+    }
+    assert history["ds"]["loss"] == pytest.approx(history["plain"]["loss"], rel=1e-5)
+    assert_same_weights(weights(deepspeed), weights(plain))
