@@ -128,8 +128,11 @@ def _whole(parameter: nn.Parameter, zero3: bool) -> contextlib.AbstractContextMa
     """The parameter whole for the duration (gathered from its ZeRO-3 partitions, rank 0's change kept), or as is."""
     if not zero3:
         return contextlib.nullcontext()
-    import deepspeed
-
+    # In a try block, which transformers' check of remote code's imports leaves out: DeepSpeed is optional.
+    try:
+        import deepspeed
+    except ImportError as error:  # ZeRO-3 is only ever on where DeepSpeed is installed
+        raise ImportError("ZeRO-3 is enabled but DeepSpeed cannot be imported.") from error
     return deepspeed.zero.GatheredParameters([parameter], modifier_rank=0)
 
 
