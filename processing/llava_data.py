@@ -269,6 +269,8 @@ def rows_to_dataset(rows: list[dict[str, Any]], chunk: int = 50_000) -> datasets
         del rows[:chunk]
     if not tables:
         return datasets.Dataset.from_list([])
+    # Fingerprinted by content and (in some datasets releases) by the chunks, which a fixed `chunk` keeps the same from
+    # one start to the next: the lengths cache is found by the fingerprint.
     return datasets.Dataset(InMemoryTable(pa.concat_tables(tables, promote_options="permissive")))
 
 
