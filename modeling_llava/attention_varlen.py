@@ -52,12 +52,6 @@ def varlen_support(function: Callable) -> VarlenSupport | None:
     return VarlenSupport(causal, scale="scale" in parameters, enable_gqa="enable_gqa" in parameters)
 
 
-def varlen_accepts_gqa(function: Callable) -> bool:
-    """Whether `function` (a `varlen_attn`) takes `enable_gqa`: the argument appeared after PyTorch 2.11."""
-    support = varlen_support(function)
-    return support is not None and support.enable_gqa
-
-
 def varlen_forward(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -83,8 +77,8 @@ def varlen_forward(
     if support.enable_gqa:
         keywords["enable_gqa"] = True
     else:
-        # Head h of the query reads key/value head h // repeats, as `repeat_kv` and SDPA's enable_gqa lay them out.
-        key, value = (tensor.repeat_interleave(query.shape[1] // tensor.shape[1], dim=1) for tensor in (key, value))
+        # Head h of the query reads key/value head h // repeats, as SDPA's enable_gqa lays them out.
+        key, value = (repeat_kv(tensor, query.shape[1] // tensor.shape[1]) for tensor in (key, value))
     if support.scale:
         keywords["scale"] = scaling
     elif scaling is not None:
@@ -179,7 +173,6 @@ __all__ = [
     "VARLEN_ATTENTION",
     "VarlenSupport",
     "sequence_boundaries",
-    "varlen_accepts_gqa",
     "varlen_attention_forward",
     "varlen_forward",
     "varlen_mask",

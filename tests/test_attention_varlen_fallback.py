@@ -12,7 +12,6 @@ import torch
 
 from modeling_llava import attention_varlen
 from modeling_llava.attention_varlen import (
-    varlen_accepts_gqa,
     varlen_attention_forward,
     varlen_forward,
     varlen_support,
@@ -93,12 +92,10 @@ def row():
 def test_support_is_read_off_the_signature(function, causal, scale, gqa):
     support = varlen_support(function)
     assert (support.causal, support.scale, support.enable_gqa) == (causal, scale, gqa)
-    assert varlen_accepts_gqa(function) is gqa
 
 
 def test_a_varlen_attn_without_causal_form_is_not_used():
     assert varlen_support(varlen_without_causal) is None
-    assert not varlen_accepts_gqa(varlen_without_causal)
 
 
 @pytest.mark.parametrize("function", [varlen_2_10, varlen_2_11, varlen_newer])
