@@ -6,6 +6,7 @@ own `generate` for token counts: the server must render and answer exactly as th
 
 import base64
 import io
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from PIL import Image
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from tests.conftest import data_url, random_image
 from trainers.chat.example_images import EXAMPLES, EXAMPLES_DIR, write_examples
-from trainers.chat.server import ServeSettings, create_app, serving_in_thread
+from trainers.chat.server import ServeSettings, create_app, listen, serving_in_thread
 from trainers.chat.terminal import ChatSession
 
 QUESTION = "What is the colour of the square?"
@@ -333,3 +334,11 @@ def test_llava_serve_command_answers_as_llava_chat(llava_checkpoint, loaded, tmp
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_served_socket_accepts_connections_before_the_server_has_started():
+    """`llava serve` prints its URL before uvicorn starts: a client connecting then waits in the backlog instead of
+    being refused (a refused connection failed this file's command test once on a busy machine)."""
+    listening, url = listen("127.0.0.1", 0)
+    with listening, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5):
+        pass

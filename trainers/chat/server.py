@@ -135,11 +135,16 @@ def _event(payload: dict) -> str:
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:
-    """A socket bound to `host:port` (IPv4 or IPv6; port 0 takes a free one) and the base URL it answers at."""
+    """A socket listening on `host:port` (IPv4 or IPv6; port 0 takes a free one) and the base URL it answers at.
+
+    It listens from here, not from when uvicorn has started: a client that connects as soon as the URL is printed
+    waits in the backlog instead of being refused.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listening.bind((host, port))
+    listening.listen(2048)  # uvicorn's default backlog
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     return listening, f"http://{shown}:{listening.getsockname()[1]}"
 
