@@ -46,9 +46,9 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import prepare_multimodal_messages
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, attention_varlen
+from processing.generation import decoding_kwargs
 from processing.padding_free import LlavaPaddingFreeCollator
 from trainers import train as train_module
-from trainers.generation import decoding_kwargs
 from trainers.stages import apply_freeze, get_stage, lora_config
 
 from .measure import BatchRecorder, ModelCounts, PeakMemory, peak_flops, synchronize

@@ -17,9 +17,9 @@ import numpy as np
 import openai
 from PIL import Image
 
-from trainers.chat.server import ServeSettings, create_app, serving_in_thread
+from processing.generation import load_llava
+from serving.server import ServeSettings, create_app, serving_in_thread
 from trainers.demo.world import COLOURS, POSITIONS, SHAPES, Scene, render
-from trainers.generation import load_llava
 
 
 def _data_url(image: Image.Image) -> str:

@@ -34,7 +34,7 @@ LOSS_PLOT_NAME = "loss_curve.png"
 # Training state only (`trainers/checkpoints.py`), never uploaded: a checkpoint's completion marker, a run's identity.
 COMPLETE_NAME = "llava_checkpoint_complete.json"
 FINGERPRINT_NAME = "llava_fingerprint.json"
-# Written by `llava eval`; each holds an `accuracy` / `overall` score (see trainers/evaluation).
+# Written by `llava eval`; each holds an `accuracy` / `overall` score (see evaluation/).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
 OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with

@@ -211,13 +211,15 @@ def reference_outputs(checkpoint: str, image_path: Path) -> tuple[torch.Tensor, 
         return model(**inputs).logits, model.generate(**inputs, **GREEDY)
 
 
-# The opening of every script that must run without this package: its four packages cannot be imported.
+# The opening of every script that must run without this package: none of its packages can be imported.
 BLOCK_THE_PACKAGE = """
 import importlib.abc, sys
 
 class BlockProject(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_llava", "processing", "trainers", "hub_cards"}:
+        if name.split(".")[0] in {
+            "modeling_llava", "processing", "hub_cards", "trainers", "evaluation", "serving", "command_line"
+        }:
             raise ImportError(f"{name} is blocked: this process must not see the llava-plugin package")
 
 sys.meta_path.insert(0, BlockProject())

@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
+from command_line.main import main as llava
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.generation import load_llava
+from serving.terminal import ChatSession, interactive
 from tests.conftest import random_image
 from tests.original_llava import save_original
-from trainers.chat.terminal import ChatSession, interactive
-from trainers.cli import main as llava
-from trainers.generation import load_llava
 
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
 
@@ -109,7 +109,7 @@ def test_one_shot_command_prints_the_answer(loaded, llava_checkpoint, tmp_path):
     model, processor = loaded
     random_image(2).save(tmp_path / "a.png")
     result = subprocess.run(
-        [sys.executable, "-m", "trainers.cli", "chat", llava_checkpoint, "--image", str(tmp_path / "a.png"),
+        [sys.executable, "-m", "command_line.main", "chat", llava_checkpoint, "--image", str(tmp_path / "a.png"),
          "--prompt", "What is the colour of the square?", "--max-new-tokens", "8"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip

@@ -15,7 +15,10 @@ from trainers.projector_artifact import save_projector
 @pytest.mark.slow
 def test_info_describes_the_checkpoint_and_counts_parameters_per_part(llava_checkpoint):
     result = subprocess.run(
-        [sys.executable, "-m", "trainers.cli", "info", llava_checkpoint], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "command_line.main", "info", llava_checkpoint],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = dict(line.split("  ", 1) for line in result.stdout.splitlines())
     lines = {key.strip(): value.strip() for key, value in lines.items()}
@@ -33,7 +36,7 @@ def test_info_describes_the_checkpoint_and_counts_parameters_per_part(llava_chec
 
 def test_info_refuses_a_checkpoint_of_another_model_type(checkpoints):
     result = subprocess.run(
-        [sys.executable, "-m", "trainers.cli", "info", checkpoints["llama"]], capture_output=True, text=True
+        [sys.executable, "-m", "command_line.main", "info", checkpoints["llama"]], capture_output=True, text=True
     )
     assert result.returncode == 1 and "'llama' checkpoint, not a llava_plugin one" in result.stderr
 
@@ -56,7 +59,7 @@ def test_quick_demo_writes_every_result_and_says_where(tmp_path, capsys):
 
 NO_HEAVY_IMPORTS = """
 import sys
-from trainers.cli import main
+from command_line.main import main
 main(["info", sys.argv[1]])
 print("imported:", sorted(name for name in ("torch", "transformers") if name in sys.modules))
 """

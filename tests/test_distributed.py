@@ -38,7 +38,7 @@ CASES = {
 
 def torchrun(processes: int, stage: str, args: list[str]) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command += ["-m", "trainers.cli", "train", stage, *args, "--use_cpu", "true", "--dataloader_num_workers", "0"]
+    command += ["-m", "command_line.main", "train", stage, *args, "--use_cpu", "true", "--dataloader_num_workers", "0"]
     command += TINY_LORA if stage == "lora" else []  # as `train` adds for one process
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
@@ -175,7 +175,7 @@ def test_deepspeed_trains_stage2_from_the_backbones_as_without_it(checkpoints, t
     pytest.importorskip("deepspeed")
     steps = ["--max_steps", "2", "--dataloader_num_workers", "0"]
     deepspeed = tmp_path / "deepspeed"
-    command = [sys.executable, "-m", "trainers.cli", "train", "stage2"]
+    command = [sys.executable, "-m", "command_line.main", "train", "stage2"]
     command += run_args(checkpoints, train_data, deepspeed, *steps, "--deepspeed", str(ACCELERATE / f"{zero}.json"))
     distributed = {
         "RANK": "0",

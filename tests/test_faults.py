@@ -90,7 +90,7 @@ def test_a_killed_conversion_leaves_no_destination_and_the_next_one_cleans_up(ll
     assert (staging / "config.json").is_file()  # a complete-looking folder, but not at the destination
 
     subprocess.run(
-        [sys.executable, "-m", "trainers.cli", "convert", llava_checkpoint, str(tmp_path / "exported"), "--to",
+        [sys.executable, "-m", "command_line.main", "convert", llava_checkpoint, str(tmp_path / "exported"), "--to",
          "llava-hf"],
         env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, check=True, capture_output=True, timeout=600,
     )  # fmt: skip

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from command_line.main import main as llava
 from processing.llava_data import read_records
 from tests.openai_server import ScriptedServer
 from tests.tiny_backbones import save_tiny_language_model
-from trainers.cli import main as llava
 from trainers.generate_data import (
     KINDS,
     InstructionDataError,

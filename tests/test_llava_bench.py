@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import random_image
-from tests.openai_server import ScriptedServer
-from tests.tiny_backbones import save_tiny_language_model
-from trainers.cli import main as llava
-from trainers.evaluation.llava_bench import (
+from command_line.main import main as llava
+from evaluation.llava_bench import (
     ANSWERS_NAME,
     RESULTS_NAME,
     LlavaBenchError,
@@ -21,6 +18,9 @@ from trainers.evaluation.llava_bench import (
     paper_scores,
     parse_scores,
 )
+from tests.conftest import random_image
+from tests.openai_server import ScriptedServer
+from tests.tiny_backbones import save_tiny_language_model
 
 QUESTIONS = [
     {"question_id": 0, "image": "001.jpg", "text": "What is on the table?", "category": "conv"},

@@ -21,8 +21,8 @@ from transformers import (
 )
 
 from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration, LlavaPluginModel
+from processing.generation import decoding_kwargs
 from tests.tiny_backbones import TINY_TEXT, TINY_VISION
-from trainers.generation import decoding_kwargs
 
 VOCAB_SIZE = 99
 IMAGE_TOKEN_ID = 98

@@ -21,6 +21,7 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from trl import ModelConfig
 
+from command_line.main import main as llava
 from hub_cards.model_card import (
     ADAPTER_BASE_NAME,
     COMPLETE_NAME,
@@ -35,7 +36,6 @@ from hub_cards.push import PushError, files_to_push, push_to_hub
 from modeling_llava import LlavaPluginForConditionalGeneration
 from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs, run_args, train
 from tests.hub_server import HubServer
-from trainers.cli import main as llava
 from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
 from trainers.train import LlavaScriptArguments, base_description

@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import EvalResult, ModelCard
 
-from hub_cards.model_card import card_text, render_model_card
-from tests.conftest import random_image
-from trainers.cli import main as llava
-from trainers.evaluation.scienceqa import (
+from command_line.main import main as llava
+from evaluation.scienceqa import (
     RESULTS_NAME,
     ScienceQAError,
     build_prompt,
@@ -22,6 +20,8 @@ from trainers.evaluation.scienceqa import (
     paper_choice,
     score,
 )
+from hub_cards.model_card import card_text, render_model_card
+from tests.conftest import random_image
 
 
 def problem(subject, grade, hint, image, answer, question="Which is it?", choices=("cat", "dog", "fox")):
@@ -263,9 +263,9 @@ def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_che
 
 @pytest.mark.slow
 def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tmp_path):
-    """`python -m trainers.cli eval scienceqa`, in a process where nothing registered the Auto classes beforehand."""
+    """`python -m command_line.main eval scienceqa`, in a process where nothing registered the Auto classes first."""
     command = ["eval", "scienceqa", llava_checkpoint, "--data", str(release), "--output-dir", str(tmp_path)]
     command += ["--max-new-tokens", "8"]
-    result = subprocess.run([sys.executable, "-m", "trainers.cli", *command], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "command_line.main", *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "ScienceQA test (paper mode): " in result.stdout and (tmp_path / RESULTS_NAME).is_file()

@@ -15,9 +15,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from serving.server import ServeSettings, create_app, serving_in_thread
+from serving.terminal import ChatSession
 from tests.conftest import random_image
-from trainers.chat.server import ServeSettings, create_app, serving_in_thread
-from trainers.chat.terminal import ChatSession
 
 QUESTION = "What is the colour of the square?"
 

@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from tests.openai_server import ScriptedServer
-from tests.tiny_backbones import save_tiny_language_model
-from trainers.teacher import (
+from processing.teacher import (
     LocalChat,
     OpenAIChat,
     Teacher,
@@ -19,6 +17,8 @@ from trainers.teacher import (
     chat_concurrently,
     teacher_from_args,
 )
+from tests.openai_server import ScriptedServer
+from tests.tiny_backbones import save_tiny_language_model
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 

@@ -4,8 +4,8 @@ that shows the chosen recipe's values."""
 import pytest
 import torch
 
+from command_line.main import main as llava
 from tests.conftest import run_args, unmasked_text
-from trainers.cli import main as llava
 from trainers.train import SetupError, build_trainer, check_arguments, parse
 
 ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes on a CPU need use_cpu

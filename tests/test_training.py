@@ -18,6 +18,7 @@ from transformers import AutoModelForImageTextToText, CLIPModel, TrainerCallback
 from trl import ModelConfig
 
 import trainers.train as train_module
+from command_line.main import main as llava
 from hub_cards.model_card import RUN_INFO_NAME
 from tests.conftest import BLOCK_THE_PACKAGE, random_image, run_args, train
 from trainers.checkpoints import (
@@ -27,7 +28,6 @@ from trainers.checkpoints import (
     mark_complete,
     prepare_output_dir,
 )
-from trainers.cli import main as llava
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 from trainers.stages import get_stage

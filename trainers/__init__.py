@@ -1,1 +1,1 @@
-"""Training recipes, the `llava` command line and the offline demo."""
+"""Training: the stage recipes over one TRL path, LoRA merging, instruction-data generation and the offline demo."""

@@ -2,8 +2,8 @@
 
 Each image becomes its symbolic context, all that a text-only teacher knows of it (the paper's section 3): its
 captions, one per line, then each annotated object as `name: [x1, y1, x2, y2]`, the box in fractions of the image's
-width and height. The teacher (an OpenAI-compatible endpoint or a local causal LM, see `trainers/teacher.py`) gets the
-system message and few-shot examples of the instruction type (`prompts/conversation.yaml`, `detail.yaml`,
+width and height. The teacher (an OpenAI-compatible endpoint or a local causal LM, see `processing/teacher.py`) gets
+the system message and few-shot examples of the instruction type (`prompts/conversation.yaml`, `detail.yaml`,
 `complex.yaml`) and then the context; its reply is parsed into a LLaVA record and validated (turns alternate from the
 human, none is empty, `<image>` opens the first human turn and appears nowhere else). `stage1` is the paper's simple
 expansion instead: one record per image, a random caption answering a random brief-description instruction
@@ -30,8 +30,7 @@ from pathlib import Path
 import yaml
 
 from modeling_llava.processing_llava_plugin import IMAGE_TOKEN
-
-from .teacher import (
+from processing.teacher import (
     Message,
     Teacher,
     TeacherError,

@@ -14,8 +14,9 @@ from pathlib import Path
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ..chat.conversation import user_message
-from ..generation import generate_greedy
+from processing.conversation import user_message
+from processing.generation import generate_greedy
+
 from .world import WorldFiles, blank_image
 
 MAX_NEW_TOKENS = 16

@@ -3,7 +3,7 @@
 Data are LLaVA-Bench's files: questions (`{"question_id", "image", "text", "category"}` per line), image contexts
 (`{"id" or "image", "caption"}`: the textual stand-in for the image that the judge reads) and reference answers
 (`{"question_id", "text"}`), with the images in `--image-folder` (default: `images/` beside the questions). The
-model answers greedily; the judge (any OpenAI-compatible endpoint, or a local causal LM: `trainers/teacher.py`) sees
+model answers greedily; the judge (any OpenAI-compatible endpoint, or a local causal LM: `processing/teacher.py`) sees
 the context, the question, the reference as answer 1 and the model's answer as answer 2, scores each 1-10 for
 helpfulness, relevance, accuracy and detail, and writes the two scores on its first line.
 
@@ -32,10 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub_cards.model_card import OWN_JUDGE_PROMPTS, refresh_card_after_eval
-
-from ..chat.conversation import user_message
-from ..generation import add_decoding_arguments, generate_greedy, load_llava
-from ..teacher import Message, Teacher, TeacherError, add_teacher_arguments, chat_concurrently, teacher_from_args
+from processing.conversation import user_message
+from processing.generation import add_decoding_arguments, generate_greedy, load_llava
+from processing.teacher import (
+    Message,
+    Teacher,
+    TeacherError,
+    add_teacher_arguments,
+    chat_concurrently,
+    teacher_from_args,
+)
 
 RESULTS_NAME = "llava_bench_results.json"
 ANSWERS_NAME = "llava_bench_answers.jsonl"

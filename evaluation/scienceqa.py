@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
-
-from ..chat.conversation import user_message
-from ..generation import add_decoding_arguments, generate_greedy, load_llava
+from processing.conversation import user_message
+from processing.generation import add_decoding_arguments, generate_greedy, load_llava
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase

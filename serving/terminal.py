@@ -16,10 +16,9 @@ from PIL import Image
 from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.conversation import assistant_message, decode_answer, render_conversation, user_message
+from processing.generation import load_llava
 from processing.images import decode_image, image_background
-
-from ..generation import load_llava
-from .conversation import assistant_message, decode_answer, render_conversation, user_message
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
 

@@ -19,8 +19,8 @@ from PIL import Image
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from processing.conversation import decode_answer, render_conversation
 
-from .conversation import decode_answer, render_conversation
 from .openai_format import Sampling
 from .request_error import RequestError
 

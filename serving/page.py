@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import gradio as gr
 
+from processing.conversation import assistant_message, user_message
 from processing.images import decode_image
 
-from .conversation import assistant_message, user_message
 from .example_images import examples
 from .openai_format import Sampling
 from .request_error import RequestError

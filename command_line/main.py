@@ -28,8 +28,8 @@ def info(path: str) -> None:
 def serve(args: argparse.Namespace) -> None:
     """`llava serve`: user errors (a missing extra, a wrong folder, a taken port) end in one line and exit code 2."""
     try:
-        from .chat.server import ServeSettings
-        from .chat.server import serve as run_server
+        from serving.server import ServeSettings
+        from serving.server import serve as run_server
     except ImportError as error:
         print(
             f"llava serve: needs the serve extra ({error.name} is missing): pip install 'llava-plugin[serve]'",
@@ -152,15 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "info":
         info(args.path)
     elif args.command == "train":
-        from .train import cli
+        from trainers.train import cli
 
         cli(rest)
     elif args.command == "merge-lora":
-        from .merge_lora import merge_lora
+        from trainers.merge_lora import merge_lora
 
         print(f"Merged checkpoint written to {merge_lora(args.adapter, args.out)}")
     elif args.command == "demo":
-        from .demo.run import run_demo
+        from trainers.demo.run import run_demo
 
         run_demo(args.output_dir, quick=args.quick, seed=args.seed)
     elif args.command == "convert":
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(str(error))
         print(f"Converted checkpoint written to {args.destination}")
     elif args.command == "chat":
-        from .chat.terminal import run
+        from serving.terminal import run
 
         try:
             run(
@@ -204,11 +204,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(str(error))
         print(f"Pushed {args.folder} to {url}")
     elif args.command == "eval":
-        from .evaluation import main as evaluate
+        from evaluation import main as evaluate
 
         evaluate(rest)
     elif args.command == "generate-data":
-        from .generate_data import main as generate_data
+        from trainers.generate_data import main as generate_data
 
         generate_data(rest)
 

@@ -176,7 +176,7 @@ def serve(
     vision_tower: str | None = None,
 ) -> None:
     """Loads `checkpoint` (any format `llava chat` reads) and serves it until interrupted."""
-    from ..generation import load_llava
+    from processing.generation import load_llava
 
     model, processor = load_llava(checkpoint, device, vision_tower)
     app = create_app(model, processor, str(checkpoint), settings)

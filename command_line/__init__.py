@@ -1,0 +1,1 @@
+"""The `llava` command line (`main.py`): the one layer that may import training, evaluation and serving alike."""

@@ -1,1 +1,0 @@
-"""Talking to a trained LLaVA: the terminal chat (`llava chat`), one conversation at a time."""
