@@ -42,8 +42,9 @@ RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Average")
-# eval_science_qa.py's options; ScienceQA problems have at most five choices.
-PAPER_OPTIONS = "ABCDE"
+# eval_science_qa.py's options, a list: its tests are membership in it ("AB" is no option), never substring tests.
+# ScienceQA problems have at most five choices.
+PAPER_OPTIONS = ("A", "B", "C", "D", "E")
 # Verbatim from eval_science_qa.py: the "." is any one character, and it must be there.
 _PAPER_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}

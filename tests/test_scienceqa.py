@@ -151,6 +151,16 @@ def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
         ("The answer is A. Again, the answer is A. The answer is A.", 3, None),  # two matches, even agreeing
         ("The answer is E.", 3, None),
         ("C\nBecause foxes are red.", 3, None),
+        # The original tests membership in its list of letters: a run of letters is no letter (a substring test of
+        # "ABCDE" read these as A, B, A).
+        ("AB", 3, None),
+        ("BC", 3, None),
+        ("ABCDE", 5, None),
+        ("A.", 3, None),  # neither a letter nor "A. " with text after it
+        ("A. x", 3, 0),
+        ("", 3, None),
+        ("D", 3, None),  # a letter beyond the choices
+        ("The answer is F.", 5, None),
     ],
 )
 def test_paper_mode_reads_answers_as_the_original_scorer(output, num_choices, expected):
