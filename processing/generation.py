@@ -4,7 +4,8 @@ model and its answers.
 Each sample is one conversation (Hugging Face chat format) and at most one image; prompts go through the processor's
 chat template (`vicuna_v1` for this project's checkpoints), batches are left-padded so that every answer starts in
 the same column, and a batch may mix samples with and without an image (ScienceQA's text-only problems). Images may
-be given as paths: they are opened batch by batch, not all at once.
+be given as paths: they are decoded batch by batch, not all at once, by training's decoder (`processing.images`), so
+that a model is scored on the pixels it was trained on.
 
 Decoding uses a static KV cache on a GPU, where transformers compiles the decoding step and replays it as CUDA graphs
 (the speed benchmark's generation case); the greedy tokens are those of the default dynamic cache (tested). On a CPU
@@ -20,17 +21,36 @@ from tqdm.auto import tqdm
 
 import modeling_llava  # noqa: F401  (registers the Auto classes)
 
+from .images import image_background, open_image
+
+
+class CheckpointError(ValueError):
+    """A model that cannot be loaded; the message names the folder or Hub id and why."""
+
 
 def load_llava(path: str | Path, device: str | None = None, vision_tower: str | None = None):
     """The model (in eval mode) and processor of a LLaVA checkpoint in any format `llava convert` reads (this
     plugin's, llava-hf, the original repository's), from a folder or the Hub; on `device` (default: CUDA when present)
-    in bf16 there, else in fp32. `vision_tower` stands in for an original checkpoint's `mm_vision_tower`."""
+    in bf16 there, else in fp32. `vision_tower` stands in for an original checkpoint's `mm_vision_tower`.
+
+    Raises `CheckpointError` when `path` is neither a checkpoint folder nor a model the Hub serves."""
     from huggingface_hub import snapshot_download
 
     from modeling_llava.convert_checkpoint import load_any
 
-    folder = path if Path(path).is_dir() else snapshot_download(str(path))
-    model, processor = load_any(folder, vision_tower=vision_tower)
+    local = Path(path)
+    if not local.is_dir() and (local.exists() or local.is_absolute() or str(path).startswith((".", "~"))):
+        raise CheckpointError(f"{str(path)!r} is not a folder: give a checkpoint folder or a Hub model id.")
+    try:
+        folder = path if local.is_dir() else snapshot_download(str(path))
+    except (OSError, ValueError) as error:  # not a repo id, unknown on the Hub, or offline
+        message = f"{str(path)!r} is neither a checkpoint folder nor a model on the Hub ({error})."
+        raise CheckpointError(message) from error
+    try:
+        model, processor = load_any(folder, vision_tower=vision_tower)
+    except (OSError, ValueError) as error:  # no config.json, another model type, a LoRA adapter, unreadable weights
+        message = str(error) if str(path) in str(error) else f"Checkpoint {str(path)!r}: {error}"
+        raise CheckpointError(message) from error
     device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     return model.to(device=device, dtype=dtype).eval(), processor
@@ -63,21 +83,24 @@ def generate_greedy(
     progress: bool = True,
     desc: str = "generating",
     static_cache: bool | None = None,
+    ids: list[str] | None = None,
 ) -> list[str]:
     """The greedy answer to each `conversations[i]` about `images[i]` (None: no image), stripped of whitespace.
 
-    `static_cache` decodes with a static KV cache (see `decoding_kwargs`; default: on a GPU).
+    Images (paths or PIL images) are decoded as training decodes them (`processing.images.open_image`); one that
+    cannot be read raises a `DataError` naming `ids[i]` (default: `#i`) and the file. `static_cache` decodes with a
+    static KV cache (see `decoding_kwargs`; default: on a GPU).
     """
     if len(conversations) != len(images):
         raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
+    ids = ids if ids is not None else [f"#{index}" for index in range(len(images))]
+    background = image_background(processor)
     answers = []
     for start in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress, leave=False):
         batch = conversations[start : start + batch_size]
         prompts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in batch]
-        batch_images = [
-            [] if image is None else [image if isinstance(image, Image.Image) else Image.open(image).convert("RGB")]
-            for image in images[start : start + batch_size]
-        ]
+        positions = range(start, start + len(batch))
+        batch_images = [[] if images[i] is None else [open_image(ids[i], images[i], background)] for i in positions]
         inputs = processor(
             images=batch_images if any(batch_images) else None,
             text=prompts,
@@ -95,4 +118,4 @@ def generate_greedy(
     return answers
 
 
-__all__ = ["add_decoding_arguments", "decoding_kwargs", "generate_greedy", "load_llava"]
+__all__ = ["CheckpointError", "add_decoding_arguments", "decoding_kwargs", "generate_greedy", "load_llava"]

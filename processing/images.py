@@ -1,5 +1,6 @@
-"""Decoding an image (a training sample's, or one sent to `llava chat`/`serve`) into the RGB picture the model should
-see, whatever the file's mode.
+"""Decoding an image into the RGB picture the model should see, whatever the file's mode: the one decoder of every
+place that shows the model an image (the training collator, `llava chat`, `llava serve`'s API and page, every
+evaluation through `generate_greedy`, the demo), so that a model is scored and served on the pixels it was trained on.
 
 `PIL.Image.convert("RGB")` alone gets several real files wrong: a 16-bit PNG clips to almost white, transparent
 pixels take whatever colour the file stored under them, and a phone photo ignores its EXIF rotation. Each mode is
@@ -18,6 +19,7 @@ error that names the record and the file, not a warning or a crash in a dataload
 """
 
 import io
+import os
 import warnings
 from typing import IO, Any
 
@@ -56,9 +58,9 @@ def image_background(processor: LlavaPluginProcessor) -> tuple[int, int, int]:
 
 
 def decode_image(
-    file: str | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
+    file: str | os.PathLike | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
 ) -> Image.Image:
-    """The RGB picture in `file` (a path or a binary stream).
+    """The RGB picture in `file` (a path or a binary stream), transparent pixels on `background`.
 
     Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
     any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
@@ -83,14 +85,15 @@ def decode_image(
 
 def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
     """An RGB PIL image from a path, an undecoded `datasets.Image` value (`{"bytes", "path"}`) or an already decoded
-    image, with an error naming the record and the file if it is bad."""
+    image, with a `DataError` naming the record and the file if it is bad: how a sample of a data file (training's, a
+    benchmark's) reaches the model."""
     if isinstance(image, dict):  # a Hub dataset's Image column, read without decoding so that workers decode it
         name = image.get("path") or "(image bytes)"
         file = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image.get("path")
         if file is None:
             raise DataError(f"Record {record_id!r}: an image of the dataset holds neither bytes nor a path.")
-    elif isinstance(image, str):
-        name = file = image
+    elif isinstance(image, str | os.PathLike):
+        name = file = os.fspath(image)
     else:
         return to_rgb(image, background)
     try:

@@ -53,9 +53,15 @@ class Accuracy:
 
 
 def answer_questions(
-    model, processor, images: list[Image.Image], questions: list[str], batch_size: int = 32, progress: bool = True
+    model,
+    processor,
+    images: list[Image.Image | Path],
+    questions: list[str],
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> list[str]:
-    """Greedy answers to `questions[i]` about `images[i]`, generated in left-padded batches."""
+    """Greedy answers to `questions[i]` about `images[i]` (decoded as training decodes them), in left-padded
+    batches."""
     conversations = [[user_message(question, images=1)] for question in questions]
     return generate_greedy(
         model, processor, conversations, images, batch_size, MAX_NEW_TOKENS, progress=progress, desc="answering"
@@ -68,10 +74,7 @@ def heldout_accuracy(model_dir: str | Path, world: WorldFiles, blank: bool = Fal
     processor = AutoProcessor.from_pretrained(model_dir)
     records = json.loads(Path(world.heldout).read_text())
     image_size = processor.image_processor.crop_size["height"]
-    images = [
-        blank_image(image_size) if blank else Image.open(world.image_folder / record["image"]).convert("RGB")
-        for record in records
-    ]
+    images = [blank_image(image_size) if blank else world.image_folder / record["image"] for record in records]
     questions = [record["conversations"][0]["value"].removeprefix("<image>\n") for record in records]
     answers = answer_questions(model, processor, images, questions, progress=progress)
     accuracy = Accuracy()

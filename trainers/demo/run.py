@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
-from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from ..train import main, parse
@@ -87,7 +86,7 @@ def plot_losses(curves: dict[str, dict], path: Path) -> None:
 def show_chat(model_dir: Path, world: WorldFiles) -> list[dict[str, str]]:
     """Asks the trained model every question about the first held-out image, as `llava chat` would."""
     image_name, scene = heldout_scenes(world)[0]
-    image = Image.open(world.image_folder / image_name).convert("RGB")
+    image = world.image_folder / image_name
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     questions = [question for question, _ in scene.questions()]
