@@ -1,10 +1,19 @@
 """The `llava` command line: one entry point whose subcommands live in the modules that do the work.
 
-Each subcommand imports its module only when it runs, so `llava info` answers without importing TRL or PEFT.
+Each subcommand imports its module only when it runs, so `llava info` answers without importing TRL or PEFT. A user's
+mistake (a path that is not what the command needs, a bad record) ends every command the same way: one line on stderr,
+`llava COMMAND: ...`, naming the file or record and what to do, and exit status 2.
 """
 
 import argparse
 import sys
+from typing import NoReturn
+
+
+def fail(command: str, error: Exception | str) -> NoReturn:
+    """Ends `llava COMMAND` on a user's mistake: one line on stderr and exit status 2, as argparse's own errors."""
+    print(f"llava {command}: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def info(path: str) -> None:
@@ -19,7 +28,7 @@ def info(path: str) -> None:
     try:
         rows = describe_folder(path)
     except ValueError as error:
-        sys.exit(str(error))
+        fail("info", error)
     width = max(len(key) for key in rows)
     for key, value in rows.items():
         print(f"{key:<{width}}  {value}")
@@ -31,11 +40,7 @@ def serve(args: argparse.Namespace) -> None:
         from serving.server import ServeSettings
         from serving.server import serve as run_server
     except ImportError as error:
-        print(
-            f"llava serve: needs the serve extra ({error.name} is missing): pip install 'llava-plugin[serve]'",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        fail("serve", f"needs the serve extra ({error.name} is missing): pip install 'llava-plugin[serve]'")
     settings = ServeSettings(
         host=args.host,
         port=args.port,
@@ -50,8 +55,7 @@ def serve(args: argparse.Namespace) -> None:
     try:
         run_server(args.model, settings, args.device, args.vision_tower)
     except (ValueError, OSError) as error:  # a wrong folder or format, a port in use: the message says which
-        print(f"llava serve: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail("serve", error)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,7 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "merge-lora":
         from trainers.merge_lora import merge_lora
 
-        print(f"Merged checkpoint written to {merge_lora(args.adapter, args.out)}")
+        try:
+            merged = merge_lora(args.adapter, args.out)
+        except (OSError, ValueError) as error:  # not an adapter folder, its base missing, the output taken
+            fail("merge-lora", error)
+        print(f"Merged checkpoint written to {merged}")
     elif args.command == "demo":
         from trainers.demo.run import run_demo
 
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             convert(args.source, args.destination, to=args.to, vision_tower=args.vision_tower, template=args.template)
         except (OSError, ValueError) as error:  # a bad source or destination: the message says which and why
-            sys.exit(str(error))
+            fail("convert", error)
         print(f"Converted checkpoint written to {args.destination}")
     elif args.command == "chat":
         from serving.terminal import run
@@ -185,8 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.vision_tower,
             )
         except (ValueError, OSError) as error:  # a wrong folder or format: the message says which and what to do
-            print(f"llava chat: {error}", file=sys.stderr)
-            sys.exit(2)
+            fail("chat", error)
     elif args.command == "serve":
         serve(args)
     elif args.command == "push":
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                 overwrite_card=args.overwrite_card,
             )
         except PushError as error:
-            sys.exit(str(error))
+            fail("push", error)
         print(f"Pushed {args.folder} to {url}")
     elif args.command == "eval":
         from evaluation import main as evaluate

@@ -8,8 +8,17 @@ data and scoring functions come without them.
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`llava eval BENCHMARK ...`: each benchmark's module defines its flags and runs it."""
+    """`llava eval BENCHMARK ...`: each benchmark's module defines its flags and runs it.
+
+    A mistake in the checkpoint, the data or an image (a file that is not there or not an image, a path leading out of
+    the image folder, a row without a field), or a judge that fails for good, is one line naming the file, question
+    or record, and exit status 2, as `llava train`'s."""
     import argparse
+    import sys
+
+    from processing.generation import CheckpointError
+    from processing.llava_data import DataError
+    from processing.teacher import TeacherError
 
     from . import llava_bench, scienceqa
 
@@ -18,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     scienceqa.add_arguments(benchmarks.add_parser("scienceqa", help="multiple-choice accuracy on ScienceQA"))
     llava_bench.add_arguments(benchmarks.add_parser("llava-bench", help="relative score from a judge model"))
     args = parser.parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (CheckpointError, DataError, TeacherError, llava_bench.LlavaBenchError, scienceqa.ScienceQAError) as error:
+        print(f"llava eval {args.benchmark}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 __all__ = ["main"]

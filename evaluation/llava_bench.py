@@ -2,10 +2,12 @@
 
 Data are LLaVA-Bench's files: questions (`{"question_id", "image", "text", "category"}` per line), image contexts
 (`{"id" or "image", "caption"}`: the textual stand-in for the image that the judge reads) and reference answers
-(`{"question_id", "text"}`), with the images in `--image-folder` (default: `images/` beside the questions). The
-model answers greedily; the judge (any OpenAI-compatible endpoint, or a local causal LM: `processing/teacher.py`) sees
-the context, the question, the reference as answer 1 and the model's answer as answer 2, scores each 1-10 for
-helpfulness, relevance, accuracy and detail, and writes the two scores on its first line.
+(`{"question_id", "text"}`), with the images in `--image-folder` (default: `images/` beside the questions; a path
+leading outside it is refused unless `--allow-images-outside-folder`; a row without a field it needs is named by
+file and line). The model answers greedily, the images decoded as training decodes them; the judge (any
+OpenAI-compatible endpoint, or a local causal LM: `processing/teacher.py`) sees the context, the question, the
+reference as answer 1 and the model's answer as answer 2, scores each 1-10 for helpfulness, relevance, accuracy and
+detail, and writes the two scores on its first line.
 
 Paper mode (`--scoring paper`, the default) scores as the original release (`eval_gpt_review_bench.py`,
 `summarize_gpt_review.py`): the judge's prompts come from the benchmark's rule file (`--rules`, the release's
@@ -34,6 +36,7 @@ from pathlib import Path
 from hub_cards.model_card import OWN_JUDGE_PROMPTS, refresh_card_after_eval
 from processing.conversation import user_message
 from processing.generation import add_decoding_arguments, generate_greedy, load_llava
+from processing.llava_data import outside_folder
 from processing.teacher import (
     Message,
     Teacher,
@@ -79,32 +82,53 @@ class Question:
     reference: str
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The rows of a JSON-lines file, blank lines skipped; a bad line is named by its number."""
+def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
+    """The rows of a JSON-lines file, blank lines skipped, each an object holding `fields`; a bad line is named by its
+    number."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LlavaBenchError(f"Cannot read {str(path)!r}: {error}") from error
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise LlavaBenchError(f"{str(path)!r} line {number} is not valid JSON: {error}") from error
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise LlavaBenchError(f"{str(path)!r} line {number} is not valid JSON: {error}") from error
+        missing = [field for field in fields if field not in row] if isinstance(row, dict) else list(fields)
+        if missing:
+            raise LlavaBenchError(f"{str(path)!r} line {number} has no {', '.join(map(repr, missing))}.")
+        rows.append(row)
     return rows
 
 
 def load_questions(
-    questions: str | Path, context: str | Path, reference: str | Path, image_folder: str | Path | None = None
+    questions: str | Path,
+    context: str | Path,
+    reference: str | Path,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
 ) -> list[Question]:
-    """The benchmark's questions, each with its image path, image context and reference answer."""
+    """The benchmark's questions, each with its image path, image context and reference answer.
+
+    An image path leading outside `image_folder` (`../`, an absolute path) is refused unless `allow_outside`."""
     image_folder = Path(image_folder) if image_folder else Path(questions).parent / "images"
     contexts = {}
-    for row in read_jsonl(context):
+    for row in read_jsonl(context, ("caption",)):
         caption = row["caption"]
         text = "\n".join(caption) if isinstance(caption, list) else caption
         contexts.update({str(row[key]): text for key in ("id", "image") if key in row})
-    references = {str(row["question_id"]): row["text"] for row in read_jsonl(reference)}
+    references = {str(row["question_id"]): row["text"] for row in read_jsonl(reference, ("question_id", "text"))}
     loaded = []
-    for row in read_jsonl(questions):
+    for row in read_jsonl(questions, ("question_id", "image", "text", "category")):
         question_id, image = str(row["question_id"]), str(row["image"])
+        if not allow_outside and outside_folder(image, image_folder):
+            raise LlavaBenchError(
+                f"Question {question_id}: image {image!r} lies outside the image folder {str(image_folder)!r}; allow "
+                "that with --allow-images-outside-folder."
+            )
         found = contexts.get(image, contexts.get(Path(image).stem))
         if found is None:
             raise LlavaBenchError(f"Question {question_id}: no context for image {image!r} in {str(context)!r}.")
@@ -269,6 +293,7 @@ def evaluate(
         max_new_tokens,
         desc="answering",
         static_cache=static_cache,
+        ids=[question.question_id for question in questions],
     )
     rows = [
         {"question_id": q.question_id, "prompt": q.text, "text": a, "model_id": str(model_path)}
@@ -344,6 +369,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", required=True, help="context.jsonl: the image descriptions the judge reads")
     parser.add_argument("--reference", required=True, help="reference answers (jsonl)")
     parser.add_argument("--image-folder", help="default: images/ beside the questions file")
+    parser.add_argument(
+        "--allow-images-outside-folder", action="store_true", help="read image paths that lead outside the folder"
+    )
     parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
     parser.add_argument("--rules", help="the release's rule.json: the judge prompts of the paper (default: our own)")
     parser.add_argument(
@@ -363,9 +391,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.output_dir is None and not Path(args.model).is_dir():
-        raise SystemExit(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
+        raise LlavaBenchError(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
     output_dir = Path(args.output_dir or args.model)
-    questions = load_questions(args.questions, args.context, args.reference, args.image_folder)
+    questions = load_questions(
+        args.questions, args.context, args.reference, args.image_folder, args.allow_images_outside_folder
+    )
     teacher = teacher_from_args(args, "judge")
     results = evaluate(
         args.model,

@@ -5,7 +5,9 @@ Data: the ScienceQA release (`DIR/problems.json`, `DIR/pid_splits.json`, images 
 "conversations"}`) with the release's `problems.json` and `pid_splits.json` beside it. The prompt is LLaVA's
 (`CQM-A` conversion plus its single-prediction instruction): `Context: <hint or N/A>\\nQuestion: ...\\nOptions: (A)
 ... (B) ...\\nAnswer with the option's letter from the given choices directly.`, the image first when the problem has
-one, in the checkpoint's chat template; answers come from batched greedy generation.
+one, in the checkpoint's chat template; answers come from batched greedy generation, the images decoded as training
+decodes them. An image path that leads outside the image folders (`../`, an absolute path) is refused unless
+`--allow-images-outside-folder`.
 
 Paper mode (the default) scores as the original release does, so the number stands beside the paper's: greedy
 answers of up to 1024 new tokens (LLaVA-1.5's `sqa.sh`), read by `eval_science_qa.py`'s rules only (the whole answer
@@ -37,6 +39,7 @@ from pathlib import Path
 from hub_cards.model_card import refresh_card_after_eval
 from processing.conversation import user_message
 from processing.generation import add_decoding_arguments, generate_greedy, load_llava
+from processing.llava_data import outside_folder
 
 RESULTS_NAME = "scienceqa_results.json"
 LETTERS = string.ascii_uppercase
@@ -132,8 +135,14 @@ def _read_json(path: Path):
         raise ScienceQAError(f"{str(path)!r} is not valid JSON: {error}") from error
 
 
-def _image_path(root: Path, split: str, relative: str, pid: str) -> Path:
-    candidates = [root / "images" / split / relative, root / split / relative]
+def _image_path(root: Path, split: str, relative: str, pid: str, allow_outside: bool) -> Path:
+    folders = [root / "images" / split, root / split]
+    if not allow_outside and all(outside_folder(relative, folder) for folder in folders):
+        raise ScienceQAError(
+            f"Problem {pid!r}: image {relative!r} lies outside the image folder {str(folders[0])!r}; allow that with "
+            "--allow-images-outside-folder."
+        )
+    candidates = [folder / relative for folder in folders]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -143,6 +152,8 @@ def _image_path(root: Path, split: str, relative: str, pid: str) -> Path:
 
 
 def _check(pid: str, problem: dict) -> None:
+    if not isinstance(problem.get("choices"), list) or not isinstance(problem.get("answer"), int):
+        raise ScienceQAError(f"Problem {pid!r} needs 'choices' (a list) and 'answer' (an index into it).")
     if problem.get("subject") not in SUBJECTS or not re.fullmatch(r"grade([1-9]|1[0-2])", str(problem.get("grade"))):
         raise ScienceQAError(
             f"Problem {pid!r}: subject {problem.get('subject')!r} / grade {problem.get('grade')!r} is not one of "
@@ -154,9 +165,15 @@ def _check(pid: str, problem: dict) -> None:
         )
 
 
-def load_problems(data: str | Path, split: str = "test") -> list[Problem]:
-    """The problems of `split` in a release folder, or those of a LLaVA question file with the release beside it."""
+def load_problems(data: str | Path, split: str = "test", allow_outside: bool = False) -> list[Problem]:
+    """The problems of `split` in a release folder, or those of a LLaVA question file with the release beside it.
+
+    An image path leading outside the image folders is refused unless `allow_outside`."""
     data = Path(data)
+    if not data.exists():
+        raise ScienceQAError(
+            f"{str(data)!r} does not exist: give the ScienceQA release folder or LLaVA's question file."
+        )
     root = data if data.is_dir() else data.parent
     problems = _read_json(root / "problems.json")
     if data.is_dir():
@@ -167,24 +184,33 @@ def load_problems(data: str | Path, split: str = "test") -> list[Problem]:
     else:
         records = _read_json(data)
     loaded = []
-    for record in records:
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or "id" not in record:
+            raise ScienceQAError(f"{str(data)!r}: question #{index} has no 'id' (a pid of problems.json).")
         pid = str(record["id"])
         if pid not in problems:
             raise ScienceQAError(f"Problem {pid!r} is not in {str(root / 'problems.json')!r}.")
         problem = problems[pid]
         _check(pid, problem)
         if "conversations" in record:  # LLaVA's file: its own prompt text, the instruction added as its eval does
-            prompt = record["conversations"][0]["value"].replace("<image>", "").strip()
+            prompt = _first_value(data, pid, record["conversations"]).replace("<image>", "").strip()
             prompt = prompt if prompt.endswith(INSTRUCTION) else f"{prompt}\n{INSTRUCTION}"
             image = record.get("image")
         else:
             prompt = build_prompt(problem)
             image = f"{pid}/{problem['image']}" if problem.get("image") else None
-        image_path = _image_path(root, split, image, pid) if image else None
+        image_path = _image_path(root, split, str(image), pid, allow_outside) if image else None
         loaded.append(
             Problem(pid, prompt, image_path, len(problem["choices"]), problem["answer"], problem_columns(problem))
         )
     return loaded
+
+
+def _first_value(path: Path, pid: str, conversations) -> str:
+    first = conversations[0] if isinstance(conversations, list) and conversations else None
+    if not isinstance(first, dict) or not isinstance(first.get("value"), str):
+        raise ScienceQAError(f"{str(path)!r}: question {pid!r} has no first turn with a 'value' (the question text).")
+    return first["value"]
 
 
 def score(problems: list[Problem], outputs: list[str], read_choice=paper_choice) -> dict:
@@ -243,9 +269,10 @@ def evaluate(
     device: str | None = None,
     static_cache: bool | None = None,
     lenient: bool = False,
+    allow_images_outside_folder: bool = False,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
-    problems = load_problems(data, split)
+    problems = load_problems(data, split, allow_images_outside_folder)
     model, processor = load_llava(model_path, device)
     conversations = [[user_message(problem.prompt, images=int(problem.image is not None))] for problem in problems]
     outputs = generate_greedy(
@@ -257,6 +284,7 @@ def evaluate(
         max_new_tokens,
         desc="ScienceQA",
         static_cache=static_cache,
+        ids=[problem.pid for problem in problems],
     )
     results = {"model": str(model_path), "split": split, "scoring": "paper", **score(problems, outputs)}
     results["model_index"] = model_index(results["accuracy"], split)
@@ -294,13 +322,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="default: the original evaluation's 1024")
     parser.add_argument("--lenient", action="store_true", help="also score with a tolerant parser (labelled apart)")
     parser.add_argument("--overwrite-card", action="store_true", help="regenerate a model card edited by hand")
+    parser.add_argument(
+        "--allow-images-outside-folder", action="store_true", help="read image paths that lead outside the folders"
+    )
     add_decoding_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     if args.output_dir is None and not Path(args.model).is_dir():
-        raise SystemExit(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
+        raise ScienceQAError(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
     output_dir = args.output_dir or args.model
     results = evaluate(
         args.model,
@@ -312,6 +343,7 @@ def run(args: argparse.Namespace) -> None:
         args.device,
         args.static_cache,
         args.lenient,
+        args.allow_images_outside_folder,
     )
     print_report(results, Path(output_dir) / RESULTS_NAME)
     print(refresh_card_after_eval(output_dir, args.overwrite_card))

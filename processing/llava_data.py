@@ -48,26 +48,31 @@ def _folder_root(image_folder: str) -> str:
     return os.path.normpath(os.path.abspath(image_folder))
 
 
+def outside_folder(image: str, image_folder: str | Path) -> bool:
+    """Whether the image path `image`, written in a data file relative to `image_folder`, leads outside it.
+
+    Judged by the path's text (`../`, an absolute path), not by where symlinks lead: a folder of symlinks to the real
+    datasets (`coco -> /mnt/coco`, as LLaVA's `playground/data` is often laid out) is inside. Plain string operations
+    keep 665K records to seconds. Training and every benchmark refuse such paths unless told to allow them.
+    """
+    root = _folder_root(str(image_folder))
+    return not os.path.normpath(os.path.join(root, image)).startswith(root + os.sep)
+
+
 def _resolve_images(
     record_id: str, images: Any, image_folder: str | Path | None, allow_outside: bool = False
 ) -> list[str]:
-    """The records' image paths joined to `image_folder`, each checked to be a file.
-
-    A path that leads outside the folder is judged by its text (`../`, an absolute path), not by where symlinks lead:
-    a folder of symlinks to the real datasets (`coco -> /mnt/coco`, as LLaVA's `playground/data` is often laid out)
-    is inside. Plain string operations and one `stat` per image keep 665K records to seconds.
-    """
+    """The records' image paths joined to `image_folder`, each checked to be a file and, unless `allow_outside`, to
+    lie inside the folder (`outside_folder`); one `stat` per image."""
     images = [] if images is None else [images] if isinstance(images, str) else list(images)
     paths = []
     for image in images:
         path = image if image_folder is None else os.path.join(image_folder, image)
-        if image_folder is not None and not allow_outside:
-            root = _folder_root(str(image_folder))
-            if not os.path.normpath(os.path.join(root, image)).startswith(root + os.sep):
-                raise DataError(
-                    f"Record {record_id!r}: image {image!r} lies outside the image folder {str(image_folder)!r}; "
-                    "allow that with --allow_images_outside_folder."
-                )
+        if image_folder is not None and not allow_outside and outside_folder(image, image_folder):
+            raise DataError(
+                f"Record {record_id!r}: image {image!r} lies outside the image folder {str(image_folder)!r}; "
+                "allow that with --allow_images_outside_folder."
+            )
         if not os.path.isfile(path):
             raise DataError(f"Record {record_id!r}: image file {path!r} does not exist.")
         paths.append(path)
@@ -342,6 +347,7 @@ __all__ = [
     "processes_for",
     "from_llava_record",
     "from_messages_record",
+    "outside_folder",
     "read_records",
     "rows_to_dataset",
 ]

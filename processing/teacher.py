@@ -7,7 +7,8 @@ reset connections, truncated bodies and garbled status lines, and failing with a
 problem) or `LocalChat` (`AutoModelForCausalLM` with its tokenizer's chat template). `Teacher` adds an on-disk cache,
 one JSON file per call named by a hash of (backend, model, messages, parameters), where the backend is the endpoint
 URL or the local model, so a rerun of an interrupted job pays for no call twice and two judges never share replies.
-A cache file that cannot be read is named in a warning, set aside (`*.corrupt`) and the call made again. The
+A cache file that cannot be read is named in a warning, set aside (`*.corrupt`) and the call made again; one that
+cannot be written (a full disk, no permission) is a `TeacherError` naming it, and leaves no staging file. The
 command-line default for that cache is one folder under the Hugging Face cache, shared by every job: a key says
 everything about a call.
 """
@@ -126,8 +127,11 @@ class LocalChat:
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.name = model
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+        except (OSError, ValueError) as error:  # no such folder or Hub model, or not a causal LM
+            raise TeacherError(f"Cannot load {model!r} as a local causal LM: {error}") from error
         self._lock = threading.Lock()
 
     def complete(self, messages: list[Message], temperature: float, max_tokens: int) -> str:
@@ -165,7 +169,10 @@ class Teacher:
         self.backend, self.temperature, self.max_tokens = backend, temperature, max_tokens
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TeacherError(f"Cannot create the cache folder {str(self.cache_dir)!r}: {error}") from error
         self.calls = self.cache_hits = 0
         self._count = threading.Lock()
 
@@ -196,10 +203,21 @@ class Teacher:
         with self._count:
             self.calls += 1
         if path is not None:
-            staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique across threads and processes
-            staging.write_text(json.dumps({**request, "reply": reply}, ensure_ascii=False, indent=1))
-            staging.replace(path)
+            self._store(path, {**request, "reply": reply})
         return reply
+
+    @staticmethod
+    def _store(path: Path, entry: dict) -> None:
+        """Writes a cache entry whole or not at all: a failed write (a full disk) removes its staging file."""
+        staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique across threads and processes
+        try:
+            staging.write_text(json.dumps(entry, ensure_ascii=False, indent=1))
+            staging.replace(path)
+        except OSError as error:
+            staging.unlink(missing_ok=True)
+            raise TeacherError(
+                f"Cannot write the cache file {str(path)!r} ({error}); free space there or use another cache folder."
+            ) from error
 
 
 def chat_concurrently(

@@ -7,8 +7,10 @@ Nothing is downloaded. Sizes follow transformers' ModelTester (width 32, 2 layer
 """
 
 import base64
+import errno
 import io
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -316,3 +318,31 @@ def data_url(image: Image.Image) -> str:
     png = io.BytesIO()
     image.save(png, format="PNG")
     return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """Runs `llava ARGV` in this process, which must stop on a user's mistake as every command does: exit status 2
+    and no traceback, the error one line on stderr starting `llava COMMAND`, after any progress bar. Returns it."""
+    from command_line.main import main as llava
+
+    capsys.readouterr()  # only what this command writes
+    with pytest.raises(SystemExit) as exit_info:
+        llava(argv)
+    err = capsys.readouterr().err
+    message = err.strip().splitlines()[-1] if err.strip() else ""  # splitlines also ends a progress bar's \r
+    assert exit_info.value.code == 2, err
+    assert message.startswith(f"llava {argv[0]}") and "Traceback" not in err, err
+    return message
+
+
+def fill_the_disk(monkeypatch, folder):
+    """Writes into `folder` find no space left: the staging file is created, then nothing fits in it (ENOSPC)."""
+    write_text = Path.write_text
+
+    def full(path: Path, *args, **kwargs):
+        if path.parent == folder:
+            path.touch()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)

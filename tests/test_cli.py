@@ -1,4 +1,5 @@
-"""The `llava` command line: `info` reads a checkpoint without loading it, `demo --quick` runs the whole pipeline."""
+"""The `llava` command line: `info` reads a checkpoint without loading it, `demo --quick` runs the whole pipeline, and
+every command ends a user's mistake in one line and exit status 2."""
 
 import json
 import subprocess
@@ -6,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText
 
+from tests.conftest import refused
 from trainers.demo.run import run_demo
 from trainers.projector_artifact import save_projector
 
@@ -38,7 +41,8 @@ def test_info_refuses_a_checkpoint_of_another_model_type(checkpoints):
     result = subprocess.run(
         [sys.executable, "-m", "command_line.main", "info", checkpoints["llama"]], capture_output=True, text=True
     )
-    assert result.returncode == 1 and "'llama' checkpoint, not a llava_plugin one" in result.stderr
+    assert result.returncode == 2 and "'llama' checkpoint, not a llava_plugin one" in result.stderr
+    assert result.stderr.startswith("llava info: ") and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
@@ -80,3 +84,50 @@ def test_info_describes_every_saved_kind_without_importing_torch(
         rows = dict(line.split("  ", 1) for line in result.stdout.splitlines()[:-1])
         assert rows["kind"].strip() == kind
         assert expected[kind] in " ".join(rows.values())
+
+
+# Each command given a path where nothing is: `MISSING` stands for it, `OUT` for a fresh output folder.
+BAD_PATHS = {
+    "eval scienceqa": ["eval", "scienceqa", "OUT", "--data", "MISSING", "--output-dir", "OUT"],
+    "eval llava-bench": [
+        "eval", "llava-bench", "OUT", "--questions", "MISSING", "--context", "MISSING", "--reference", "MISSING",
+        "--judge-model", "judge", "--output-dir", "OUT",
+    ],
+    "chat": ["chat", "MISSING", "--prompt", "Hello?"],
+    "serve": ["serve", "MISSING", "--port", "0"],
+    "convert": ["convert", "MISSING", "OUT"],
+    "info": ["info", "MISSING"],
+    "merge-lora": ["merge-lora", "MISSING", "OUT"],
+    "push": ["push", "MISSING", "tester/repo"],
+    "generate-data": ["generate-data", "stage1", "--captions", "MISSING", "--output", "OUT/data.json"],
+    "train": ["train", "stage1", "--data_path", "MISSING", "--output_dir", "OUT", "--bf16", "false"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", BAD_PATHS)
+def test_a_bad_path_is_one_line_naming_it_and_exit_status_2_in_every_command(command, checkpoints, tmp_path, capsys):
+    missing = tmp_path / "missing"
+    paths = {"MISSING": str(missing), "OUT": str(tmp_path / "out")}
+    argv = [paths.get(part, part) for part in BAD_PATHS[command]]
+    if command == "train":
+        argv += ["--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"]]
+    message = refused(capsys, argv)
+    assert message.startswith(f"llava {command}: ") and str(missing) in message
+
+
+def test_a_bad_path_in_a_fresh_process_prints_no_traceback(tmp_path):
+    argv = ["eval", "scienceqa", str(tmp_path), "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "command_line.main", *argv], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"llava eval scienceqa: '{tmp_path / 'missing'}' does not exist: give the ScienceQA release folder or LLaVA's "
+        "question file."
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 is refused only where no GPU supports it")
+def test_a_value_transformers_refuses_is_one_line_too(checkpoints, tmp_path, capsys):
+    """bf16, the recipes' default, on a machine without a GPU: transformers' own check, one line, not a traceback."""
+    argv = ["train", "stage1", "--data_path", str(tmp_path / "data.json"), "--output_dir", str(tmp_path)]
+    message = refused(capsys, [*argv, "--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"]])
+    assert "bf16" in message

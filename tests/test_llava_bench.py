@@ -4,6 +4,7 @@ a local judge model's unreadable replies."""
 
 import json
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from evaluation.llava_bench import (
     paper_scores,
     parse_scores,
 )
-from tests.conftest import random_image
+from tests.conftest import fill_the_disk, random_image, refused
 from tests.openai_server import ScriptedServer
 from tests.tiny_backbones import save_tiny_language_model
 
@@ -186,7 +187,7 @@ def test_paper_mode_scores_as_the_original_scripts(bench, llava_checkpoint, tmp_
         )
 
 
-def test_without_a_rule_file_the_results_say_whose_prompts_judged(bench, llava_checkpoint, tmp_path):
+def test_without_a_rule_file_the_results_say_whose_prompts_judged(bench, llava_checkpoint, tmp_path, capsys):
     with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
         judge = ["--judge-url", server.url, "--judge-model", "judge-1"]
         llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
@@ -194,8 +195,8 @@ def test_without_a_rule_file_the_results_say_whose_prompts_judged(bench, llava_c
     (tmp_path / "rule.json").write_text(json.dumps({"llava_bench_conv": RULES["llava_bench_conv"]}))
     judge = ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "judge-1"]  # never called: the rules fail first
     judge += ["--rules", str(tmp_path / "rule.json")]
-    with pytest.raises(LlavaBenchError, match=r"rule.json' has no 'llava_bench_detail' entry"):
-        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert re.search(r"rule.json' has no 'llava_bench_detail' entry", message)
 
 
 def test_missing_context_or_reference_is_named(bench, tmp_path):
@@ -245,30 +246,74 @@ def test_strict_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(be
         assert json.loads((tmp_path / RESULTS_NAME).read_text()) == results
 
 
-def test_a_local_judge_whose_replies_are_unreadable_is_reported(bench, tokenizer, llava_checkpoint, tmp_path):
+def test_a_local_judge_whose_replies_are_unreadable_is_reported(bench, tokenizer, llava_checkpoint, tmp_path, capsys):
     judge_model = save_tiny_language_model(tmp_path / "judge", tokenizer)
     judge = ["--judge-model", str(judge_model), "--judge-max-tokens", "4", "--judge-attempts", "2"]
     judge += ["--scoring", "strict"]
-    with pytest.raises(
-        LlavaBenchError, match=r"None of the 4 judgements has two readable scores.*questions 0, 1, 2, 3"
-    ):
-        llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert re.search(r"None of the 4 judgements has two readable scores.*questions 0, 1, 2, 3", message)
     assert len(list((tmp_path / "cache").iterdir())) == 4 * 2  # every attempt was made, and cached
     assert not (tmp_path / RESULTS_NAME).exists()
 
 
 @pytest.mark.parametrize("scoring", ["paper", "strict"])
-def test_a_judge_that_scores_everything_zero_gets_a_clear_error(bench, llava_checkpoint, tmp_path, scoring):
+def test_a_judge_that_scores_everything_zero_gets_a_clear_error(bench, llava_checkpoint, tmp_path, scoring, capsys):
     with ScriptedServer(lambda body: "0 0\nNothing to say.") as server:
         judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--scoring", scoring]
-        with pytest.raises(LlavaBenchError, match=r"mean score of the reference answers is 0"):
-            llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert "mean score of the reference answers is 0" in message
     assert not (tmp_path / RESULTS_NAME).exists()
 
 
-def test_a_judge_that_keeps_failing_is_reported_with_the_question(bench, llava_checkpoint, tmp_path):
+def test_a_judge_that_keeps_failing_is_reported_with_the_question(bench, llava_checkpoint, tmp_path, capsys):
     with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
         server.script(*["http500"] * 3)  # the first question asked gets nothing but errors, its retries included
         judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-retries", "2", "--judge-workers", "1"]
-        with pytest.raises(LlavaBenchError, match=r"Question 0: the judge failed .*HTTP 500.* run the same command"):
-            llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+        message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert re.search(r"Question 0: the judge failed .*HTTP 500.* run the same command", message)
+
+
+def bench_copy(bench: Path, tmp_path: Path, **files: list[dict]) -> Path:
+    """The benchmark copied to `tmp_path / "bench"`, with some of its files (`questions`, `context`) replaced."""
+    copy = tmp_path / "bench"
+    shutil.copytree(bench, copy)
+    for name, rows in files.items():
+        (copy / f"{name}.jsonl").write_text(lines(rows))
+    return copy
+
+
+def test_an_image_path_leading_outside_the_image_folder_is_refused_unless_allowed(
+    bench, llava_checkpoint, tmp_path, capsys
+):
+    escape = "../notes/passwd"  # outside images/, and not an image
+    copy = bench_copy(
+        bench, tmp_path, questions=[{**QUESTIONS[0], "image": escape}], context=[{"image": escape, "caption": "c"}]
+    )
+    (copy / "notes").mkdir()
+    (copy / "notes" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    judge = ["--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "judge-1"]  # never called
+    command = ["eval", "llava-bench", llava_checkpoint, *flags(copy, tmp_path / "out", *judge)]
+    message = refused(capsys, command)
+    assert f"Question 0: image '{escape}' lies outside the image folder '{copy / 'images'}'" in message
+    assert "--allow-images-outside-folder" in message
+    # Allowed, the file is read, and its not being an image is named with the question and the file.
+    message = refused(capsys, [*command, "--allow-images-outside-folder"])
+    assert f"Record '0': image file '{copy / 'images' / escape}' cannot be read" in message
+
+
+def test_a_row_without_a_field_is_named_by_file_and_line(bench, llava_checkpoint, tmp_path, capsys):
+    copy = bench_copy(bench, tmp_path, context=[{"image": "001.jpg", "caption": "c"}, {"image": "002.jpg"}])
+    message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(copy, tmp_path, "--judge-model", "j")])
+    assert message.endswith(f"'{copy / 'context.jsonl'}' line 2 has no 'caption'.")
+
+
+def test_a_full_disk_under_the_judge_cache_is_one_line_and_leaves_no_staging_file(
+    bench, llava_checkpoint, tmp_path, capsys, monkeypatch
+):
+    fill_the_disk(monkeypatch, tmp_path / "cache")
+    with ScriptedServer(scripted_judge(PAPER_REPLIES)) as server:
+        judge = ["--judge-url", server.url, "--judge-model", "judge-1", "--judge-workers", "2"]
+        message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert re.search(r"Question \d: the judge failed \(Cannot write the cache file '.*/cache/\w+\.json'", message)
+    assert "No space left on device" in message
+    assert list((tmp_path / "cache").iterdir()) == []

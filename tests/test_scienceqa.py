@@ -21,7 +21,7 @@ from evaluation.scienceqa import (
     score,
 )
 from hub_cards.model_card import card_text, render_model_card
-from tests.conftest import random_image
+from tests.conftest import random_image, refused
 
 
 def problem(subject, grade, hint, image, answer, question="Which is it?", choices=("cat", "dog", "fox")):
@@ -279,3 +279,27 @@ def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tm
     result = subprocess.run([sys.executable, "-m", "command_line.main", *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "ScienceQA test (paper mode): " in result.stdout and (tmp_path / RESULTS_NAME).is_file()
+
+
+@pytest.mark.parametrize("checkpoint", ["empty", "llama"])
+def test_a_checkpoint_folder_that_is_not_a_llava_model_is_one_line(checkpoint, release, checkpoints, tmp_path, capsys):
+    folder = tmp_path / "empty" if checkpoint == "empty" else Path(checkpoints["llama"])
+    folder.mkdir(exist_ok=True)
+    command = ["eval", "scienceqa", str(folder), "--data", str(release), "--output-dir", str(tmp_path / "out")]
+    message = refused(capsys, command)
+    assert str(folder) in message
+    assert ("has no config.json" if checkpoint == "empty" else "has model_type 'llama'") in message
+
+
+def test_an_image_path_leading_outside_the_image_folders_is_refused_unless_allowed(release, tmp_path, capsys):
+    root = tmp_path / "release"
+    shutil.copytree(release, root)
+    random_image(0).save(root / "outside.png")
+    question = {"id": "p1", "image": "../../outside.png", "conversations": [{"from": "human", "value": "Which?"}]}
+    (root / "llava_test.json").write_text(json.dumps([question]))
+    command = ["eval", "scienceqa", str(tmp_path), "--data", str(root / "llava_test.json"), "--output-dir", "x"]
+    message = refused(capsys, command)
+    assert f"Problem 'p1': image '../../outside.png' lies outside the image folder '{root / 'images/test'}'" in message
+    assert "--allow-images-outside-folder" in message
+    [problem] = load_problems(root / "llava_test.json", allow_outside=True)
+    assert problem.image == root / "images/test/../../outside.png"

@@ -17,6 +17,7 @@ from processing.teacher import (
     chat_concurrently,
     teacher_from_args,
 )
+from tests.conftest import fill_the_disk
 from tests.openai_server import ScriptedServer
 from tests.tiny_backbones import save_tiny_language_model
 
@@ -197,3 +198,18 @@ def test_an_unreadable_cache_file_is_named_set_aside_and_recomputed(server, tmp_
         assert Teacher(client(server), tmp_path / "cache").chat(MESSAGES) == first
     assert len(server.requests) == 2
     assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [cached.name, f"{cached.name}.corrupt"]
+
+
+class Hello:
+    name = "hello-1"
+
+    def complete(self, messages, temperature, max_tokens):
+        return "hello"
+
+
+def test_a_cache_write_on_a_full_disk_says_where_and_leaves_no_staging_file(tmp_path, monkeypatch):
+    teacher = Teacher(Hello(), tmp_path / "cache")
+    fill_the_disk(monkeypatch, tmp_path / "cache")
+    with pytest.raises(TeacherError, match=r"Cannot write the cache file '.*/cache/[0-9a-f]{64}\.json' \(.*No space"):
+        teacher.chat(MESSAGES)
+    assert list((tmp_path / "cache").iterdir()) == []

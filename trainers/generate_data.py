@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import re
+import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -296,8 +297,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.kind != "stage1" and (args.teacher_model is None or args.instances is None):
-        raise SystemExit(f"llava generate-data {args.kind} needs --teacher-model and --instances.")
     images = read_coco(args.captions, args.instances)[: args.limit]
     if args.kind == "stage1":
         summary = expand_stage1(images, args.output, args.seed)
@@ -316,7 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         description="LLaVA instruction data from COCO annotations, written by a teacher (or stage-1 expansion).",
     )
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.kind != "stage1" and (args.teacher_model is None or args.instances is None):
+        parser.error(f"{args.kind} needs --teacher-model and --instances")
+    try:
+        run(args)
+    except (InstructionDataError, TeacherError) as error:  # unreadable annotations, an unusable teacher or cache
+        print(f"llava generate-data: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 __all__ = [

@@ -552,7 +552,12 @@ def cli(argv: list[str]) -> None:
             raise SystemExit(f"llava train: {error}") from None
         return
     try:
-        main(*parse(argv))
+        arguments = parse(argv)
+    except ValueError as error:  # a value transformers' or TRL's own checks refuse: bf16 without a GPU, ...
+        print(f"llava train: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        main(*arguments)
     except (SetupError, RunMismatchError, DataError, FileNotFoundError) as error:
         print(f"llava train: {error}", file=sys.stderr)
         raise SystemExit(2) from None
