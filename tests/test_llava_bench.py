@@ -317,3 +317,9 @@ def test_a_full_disk_under_the_judge_cache_is_one_line_and_leaves_no_staging_fil
     assert re.search(r"Question \d: the judge failed \(Cannot write the cache file '.*/cache/\w+\.json'", message)
     assert "No space left on device" in message
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_local_judge_that_is_not_there_is_one_line(bench, llava_checkpoint, tmp_path, capsys):
+    judge = ["--judge-model", str(tmp_path / "no-judge")]  # no --judge-url: a local causal LM
+    message = refused(capsys, ["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
+    assert f"Cannot load '{tmp_path / 'no-judge'}' as a local causal LM" in message

@@ -303,3 +303,14 @@ def test_an_image_path_leading_outside_the_image_folders_is_refused_unless_allow
     assert "--allow-images-outside-folder" in message
     [problem] = load_problems(root / "llava_test.json", allow_outside=True)
     assert problem.image == root / "images/test/../../outside.png"
+
+
+def test_a_question_file_row_without_what_it_needs_is_named(release, tmp_path):
+    root = tmp_path / "release"
+    shutil.copytree(release, root)
+    (root / "llava_test.json").write_text(json.dumps([{"image": "p1/image.png"}]))
+    with pytest.raises(ScienceQAError, match=r"llava_test.json': question #0 has no 'id'"):
+        load_problems(root / "llava_test.json")
+    (root / "llava_test.json").write_text(json.dumps([{"id": "p1", "conversations": []}]))
+    with pytest.raises(ScienceQAError, match=r"llava_test.json': question 'p1' has no first turn with a 'value'"):
+        load_problems(root / "llava_test.json")
