@@ -5,6 +5,9 @@ bit), a model rebuilt the same way before training, the PEFT model an adapter ca
 """
 
 import json
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,13 +26,14 @@ from hub_cards.model_card import RUN_INFO_NAME
 from tests.conftest import BLOCK_THE_PACKAGE, random_image, run_args, train
 from trainers.checkpoints import (
     COMPLETE_NAME,
+    FINGERPRINT_NAME,
     RunMismatchError,
     checkpoint_folders,
     mark_complete,
     prepare_output_dir,
 )
 from trainers.merge_lora import merge_lora
-from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME
+from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
 from trainers.stages import get_stage
 from trainers.train import (
     LlavaScriptArguments,
@@ -227,6 +231,49 @@ class StepRecorder(TrainerCallback):
             raise KeyboardInterrupt
 
 
+def train_recording(monkeypatch, *train_args, stop_after: int | None = None):
+    """`train`, returning the trainer (None if stopped) and the steps it executed."""
+    recorder = StepRecorder(stop_after)
+
+    class RecordingTrainer(train_module.LlavaSFTTrainer):
+        def __init__(self, *trainer_args, **kwargs):
+            super().__init__(*trainer_args, **kwargs)
+            self.add_callback(recorder)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "LlavaSFTTrainer", RecordingTrainer)
+        try:
+            return train(*train_args), recorder.steps
+        except KeyboardInterrupt:
+            return None, recorder.steps
+
+
+def recording_notes(monkeypatch) -> list[str]:
+    """The lines `main` logs about its output folder (what `prepare_output_dir` returns), from every run after this."""
+    notes = []
+
+    def prepare(*args, **kwargs):
+        resume_from, found = prepare_output_dir(*args, **kwargs)
+        notes.extend(found)
+        return resume_from, found
+
+    monkeypatch.setattr(train_module, "prepare_output_dir", prepare)
+    return notes
+
+
+def as_interrupted_after(output_dir: Path, step: int) -> None:
+    """The folder as a run killed after `checkpoint-{step}` leaves it: no later checkpoint, no final model."""
+    for folder in checkpoint_folders(output_dir):
+        if int(folder.name.split("-")[-1]) > step:
+            shutil.rmtree(folder)
+    (output_dir / "model.safetensors").unlink()
+
+
+def assert_same_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, expected[name]), name
+
+
 @pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(checkpoints, train_data, tmp_path, monkeypatch):
     def args(output_dir: Path, *extra: str) -> list[str]:
@@ -235,31 +282,116 @@ def test_resume_continues_from_the_last_checkpoint(checkpoints, train_data, tmp_
             "--learning_rate", "1e-3", *extra,
         )  # fmt: skip
 
-    def train_recording(*train_args, stop_after: int | None = None):
-        recorder = StepRecorder(stop_after)
-
-        class RecordingTrainer(train_module.LlavaSFTTrainer):
-            def __init__(self, *trainer_args, **kwargs):
-                super().__init__(*trainer_args, **kwargs)
-                self.add_callback(recorder)
-
-        with monkeypatch.context() as patch:
-            patch.setattr(train_module, "LlavaSFTTrainer", RecordingTrainer)
-            try:
-                return train(*train_args), recorder.steps
-            except KeyboardInterrupt:
-                return None, recorder.steps
-
-    uninterrupted, _ = train_recording("stage2", args(tmp_path / "whole"))
-    killed, steps = train_recording("stage2", args(tmp_path / "resumed"), stop_after=3)
+    uninterrupted, _ = train_recording(monkeypatch, "stage2", args(tmp_path / "whole"))
+    killed, steps = train_recording(monkeypatch, "stage2", args(tmp_path / "resumed"), stop_after=3)
     assert killed is None and steps == [1, 2, 3]
     assert sorted(path.name for path in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2"]
 
-    resumed, steps = train_recording("stage2", args(tmp_path / "resumed", "--resume"))
+    resumed, steps = train_recording(monkeypatch, "stage2", args(tmp_path / "resumed", "--resume"))
     assert steps == [3, 4]  # steps 1-2 came from checkpoint-2, step 3 is trained again
     expected = uninterrupted.model.state_dict()
     for name, weight in resumed.model.state_dict().items():
         torch.testing.assert_close(weight, expected[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_resume_with_the_data_at_another_place_continues_and_says_what_moved(
+    checkpoints, train_data, tmp_path, monkeypatch
+):
+    def args(data: dict[str, str], *extra: str) -> list[str]:
+        return run_args(
+            checkpoints, data, tmp_path / "run", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+            "--learning_rate", "1e-3", *extra,
+        )  # fmt: skip
+
+    notes = recording_notes(monkeypatch)
+    uninterrupted = {
+        name: value.clone() for name, value in train("stage2", args(train_data)).model.state_dict().items()
+    }
+    as_interrupted_after(tmp_path / "run", 2)
+    # The same data copied elsewhere (another machine, a moved dataset): the run goes on from checkpoint-2.
+    copy = tmp_path / "copy"
+    shutil.copytree(train_data["image_folder"], copy / "images")
+    shutil.copy(train_data["data_path"], copy / "data.json")
+    copied = {"data_path": str(copy / "data.json"), "image_folder": str(copy / "images")}
+    steps_before = len(notes)
+    resumed, steps = train_recording(monkeypatch, "stage2", args(copied, "--resume"))
+    assert steps == [3, 4]
+    assert_same_weights(resumed.model, uninterrupted)
+    moved = next(note for note in notes[steps_before:] if note.startswith("The same content at another place"))
+    assert f"data_path: {train_data['data_path']!r} -> {copied['data_path']!r}" in moved
+    assert f"image_folder: {train_data['image_folder']!r} -> {copied['image_folder']!r}" in moved
+
+    # Through a symlink to the copy.
+    as_interrupted_after(tmp_path / "run", 2)
+    (tmp_path / "link").symlink_to(copy / "images")
+    linked = {**copied, "image_folder": str(tmp_path / "link")}
+    resumed, steps = train_recording(monkeypatch, "stage2", args(linked, "--resume"))
+    assert steps == [3, 4]
+    assert_same_weights(resumed.model, uninterrupted)
+    assert f"image_folder: {copied['image_folder']!r} -> {linked['image_folder']!r}" in notes[-2]
+
+    # Other images under the same names are other data.
+    random_image(99, size=(30, 30)).save(copy / "images" / "3.png")
+    with pytest.raises(RunMismatchError, match=r"what differs: data.images.bytes: \d+ -> \d+; data.images.sha256"):
+        train("stage2", args(linked, "--resume"))
+
+
+@pytest.mark.slow
+def test_a_larger_max_steps_with_resume_continues_and_ends_as_a_run_to_that_budget(
+    checkpoints, train_data, tmp_path, monkeypatch
+):
+    def args(output_dir: Path, max_steps: int, *extra: str) -> list[str]:
+        # A constant learning rate: the steps before the extension then follow the same schedule as a longer run's.
+        return run_args(
+            checkpoints, train_data, output_dir, "--max_steps", str(max_steps), "--save_strategy", "steps",
+            "--save_steps", "2", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", *extra,
+        )  # fmt: skip
+
+    uninterrupted = train("stage2", args(tmp_path / "whole", 6)).model.state_dict()
+    train("stage2", args(tmp_path / "run", 4))
+    with pytest.raises(RunMismatchError, match=r"already holds checkpoints .*--resume continues that run"):
+        train("stage2", args(tmp_path / "run", 6))
+    extended, steps = train_recording(monkeypatch, "stage2", args(tmp_path / "run", 6, "--resume"))
+    assert steps == [5, 6]  # from checkpoint-4
+    assert_same_weights(extended.model, uninterrupted)
+    history = "max_steps 4, then max_steps 6 from step 4"
+    for folder in (tmp_path / "run", tmp_path / "run" / "checkpoint-6"):
+        assert json.loads((folder / RUN_INFO_NAME).read_text())["progress"]["step budgets"] == history
+    assert history in (tmp_path / "run" / "README.md").read_text()
+    budgets = json.loads((tmp_path / "run" / FINGERPRINT_NAME).read_text())["budgets"]
+    assert [(budget["max_steps"], budget["from_step"]) for budget in budgets] == [(4, 0), (6, 4)]
+
+    with pytest.raises(RunMismatchError, match=r"max_steps 5 ends before checkpoint-6 \(step 6\)"):
+        train("stage2", args(tmp_path / "run", 5, "--resume"))
+
+
+@pytest.mark.slow
+def test_a_refused_resume_offers_a_new_run_from_the_checkpoint_and_that_works(checkpoints, train_data, tmp_path):
+    # A stage-2 run from the backbones and a stage-1 projector, as the LLaVA-1.5 recipes start.
+    stage1 = tmp_path / "stage1"
+    save_projector(starting_model("stage1", run_args(checkpoints, train_data, stage1)), stage1)
+
+    def args(output_dir: Path, *extra: str) -> list[str]:
+        return run_args(
+            checkpoints, train_data, output_dir, "--save_strategy", "steps", "--save_steps", "2",
+            "--pretrain_projector", str(stage1), *extra,
+        )  # fmt: skip
+
+    train("stage2", args(tmp_path / "run"))
+    with pytest.raises(RunMismatchError, match="what differs: training.learning_rate: '0.01' -> '0.002'") as refused:
+        train("stage2", args(tmp_path / "run", "--resume", "--learning_rate", "2e-3"))
+    assert checkpoint_folders(tmp_path / "run") == [tmp_path / "run" / "checkpoint-2"]  # kept
+
+    suggestion = re.search(r"--model_name_or_path .*?NEW_FOLDER.*?(?=;)", str(refused.value)).group(0)
+    flags = shlex.split(suggestion.replace("NEW_FOLDER", str(tmp_path / "new")))
+    new_run = [*args(tmp_path / "run", "--learning_rate", "2e-3"), *flags]
+    # The new run starts from checkpoint-2's weights, its trained projector included, not from the stage-1 one.
+    saved = load_file(tmp_path / "run" / "checkpoint-2" / "model.safetensors")
+    start = starting_model("stage2", new_run).state_dict()
+    assert all(torch.equal(start[name], saved[name]) for name in saved)
+    trainer = train("stage2", new_run)
+    assert trainer.state.global_step == 2 and (tmp_path / "new" / "model.safetensors").is_file()
 
 
 STOCK_TRL_SFT = (
@@ -324,26 +456,95 @@ def test_nothing_left_to_train_on_stops_before_training_with_the_counts(checkpoi
         main(*parse(["stage2", *args]))
 
 
-def test_an_output_dir_is_bound_to_one_run(tmp_path):
-    fingerprint = {"stage": "stage2", "training": {"learning_rate": "0.01"}, "data_sha256": "ab"}
-    assert prepare_output_dir(tmp_path, fingerprint, resume=False, overwrite=False) == (None, [])
-    for step, complete in [(2, True), (4, False)]:  # checkpoint-4's save was killed half-way
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"partial" if not complete else b"whole")
+def fingerprint(learning_rate: str = "0.01", image_folder: str = "/data/images", max_steps: int = 4) -> dict:
+    """A fingerprint of `run_fingerprint`'s shape, small enough to read."""
+    return {
+        "format": 2,
+        "run": {"stage": "stage2", "training": {"learning_rate": learning_rate, "lr_scheduler_type": "linear",
+                "warmup_steps": "0"}, "data": {"data_file_sha256": "ab"}},
+        "where": {"image_folder": image_folder, "output_dir": "/runs/a"},
+        "budget": {"max_steps": max_steps, "num_train_epochs": 3.0},
+    }  # fmt: skip
+
+
+def make_checkpoints(output_dir: Path, steps_complete: list[tuple[int, bool]]) -> None:
+    """`checkpoint-N` folders as Trainer leaves them (its `trainer_state.json`), with or without the marker."""
+    for step, complete in steps_complete:
+        folder = output_dir / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"whole" if complete else b"partial")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "epoch": step / 5}))
         if complete:
-            mark_complete(tmp_path / f"checkpoint-{step}", fingerprint, step)
+            mark_complete(folder, fingerprint(), step)
+
+
+def test_an_output_dir_is_bound_to_one_run(tmp_path):
+    assert prepare_output_dir(tmp_path, fingerprint(), resume=False, overwrite=False) == (None, [])
+    make_checkpoints(tmp_path, [(2, True), (4, False)])  # checkpoint-4's save was killed half-way
 
     with pytest.raises(RunMismatchError, match=r"already holds checkpoints \(checkpoint-4, checkpoint-2\): --resume"):
-        prepare_output_dir(tmp_path, fingerprint, resume=False, overwrite=False)
-    resume_from, notes = prepare_output_dir(tmp_path, fingerprint, resume=True, overwrite=False)
+        prepare_output_dir(tmp_path, fingerprint(), resume=False, overwrite=False)
+    resume_from, notes = prepare_output_dir(tmp_path, fingerprint(), resume=True, overwrite=False)
     assert resume_from == tmp_path / "checkpoint-2"
     assert notes[0].startswith(f"checkpoint-4: no {COMPLETE_NAME}") and notes[-1] == "Resuming from checkpoint-2."
 
-    other = {**fingerprint, "training": {"learning_rate": "0.001"}}
     with pytest.raises(RunMismatchError, match=r"holds another run \(what differs: training.learning_rate: '0.01' ->"):
-        prepare_output_dir(tmp_path, other, resume=True, overwrite=False)
-    assert prepare_output_dir(tmp_path, other, resume=False, overwrite=True) == (None, [])
+        prepare_output_dir(tmp_path, fingerprint("0.001"), resume=True, overwrite=False)
+    assert prepare_output_dir(tmp_path, fingerprint("0.001"), resume=False, overwrite=True) == (None, [])
     assert checkpoint_folders(tmp_path) == []
+
+
+def test_a_refused_resume_names_a_way_that_keeps_the_checkpoints(tmp_path):
+    prepare_output_dir(tmp_path, fingerprint(), resume=False, overwrite=False)
+    make_checkpoints(tmp_path, [(2, True), (4, False)])
+    with pytest.raises(RunMismatchError) as refused:
+        prepare_output_dir(tmp_path, fingerprint("0.001"), resume=True, overwrite=False)
+    # The newest complete checkpoint, never the half-written one.
+    assert f"--model_name_or_path {tmp_path / 'checkpoint-2'} --output_dir NEW_FOLDER" in str(refused.value)
+    assert "put back the recorded values and --resume" in str(refused.value)
+    assert len(checkpoint_folders(tmp_path)) == 2
+
+
+def test_the_same_content_at_another_place_resumes_and_says_what_moved(tmp_path):
+    prepare_output_dir(tmp_path, fingerprint(), resume=False, overwrite=False)
+    make_checkpoints(tmp_path, [(2, True)])
+    moved = fingerprint(image_folder="/mnt/copy/images")
+    resume_from, notes = prepare_output_dir(tmp_path, moved, resume=True, overwrite=False)
+    assert resume_from == tmp_path / "checkpoint-2"
+    assert "image_folder: '/data/images' -> '/mnt/copy/images'" in notes[0]
+    assert json.loads((tmp_path / FINGERPRINT_NAME).read_text())["where"]["image_folder"] == "/mnt/copy/images"
+
+
+def test_a_fingerprint_of_an_earlier_version_resumes_with_a_note(tmp_path):
+    (tmp_path / FINGERPRINT_NAME).write_text(json.dumps({"stage": "stage2", "data_sha256": "ab"}))  # no "format"
+    make_checkpoints(tmp_path, [(2, True)])
+    resume_from, notes = prepare_output_dir(tmp_path, fingerprint(), resume=True, overwrite=False)
+    assert resume_from == tmp_path / "checkpoint-2"
+    earlier = f"{str(tmp_path / FINGERPRINT_NAME)!r} was written by an earlier llava-plugin"
+    assert notes == [f"{earlier}: its checkpoints cannot be checked.", "Resuming from checkpoint-2."]
+    assert json.loads((tmp_path / FINGERPRINT_NAME).read_text())["format"] == 2
+
+
+def test_a_step_budget_may_grow_on_resume_but_not_end_before_the_checkpoint(tmp_path):
+    prepare_output_dir(tmp_path, fingerprint(max_steps=4), resume=False, overwrite=False)
+    make_checkpoints(tmp_path, [(2, True), (4, True)])
+    with pytest.raises(RunMismatchError, match=r"max_steps 3 ends before checkpoint-4 \(step 4\)"):
+        prepare_output_dir(tmp_path, fingerprint(max_steps=3), resume=True, overwrite=False)
+    with pytest.raises(RunMismatchError, match="already holds checkpoints"):  # a bigger budget, but no --resume
+        prepare_output_dir(tmp_path, fingerprint(max_steps=8), resume=False, overwrite=False)
+
+    longer = fingerprint(max_steps=8)
+    resume_from, notes = prepare_output_dir(tmp_path, longer, resume=True, overwrite=False)
+    assert resume_from == tmp_path / "checkpoint-4"
+    assert "Extending the run from max_steps 4 to max_steps 8, from checkpoint-4." in notes
+    assert any("schedule (linear) follows the step budget" in note for note in notes)  # linear decay: say so
+    budgets = [{"max_steps": 4, "num_train_epochs": 3.0, "from_step": 0}]
+    budgets.append({"max_steps": 8, "num_train_epochs": 3.0, "from_step": 4})
+    assert json.loads((tmp_path / FINGERPRINT_NAME).read_text())["budgets"] == budgets
+    # Epochs against the checkpoint's epoch (0.8 here): fewer refused, as many as it reached accepted.
+    with pytest.raises(RunMismatchError, match=r"num_train_epochs 0.5 ends before checkpoint-4 \(epoch 0.8\)"):
+        prepare_output_dir(tmp_path, {**longer, "budget": {"max_steps": -1, "num_train_epochs": 0.5}}, True, False)
+    assert prepare_output_dir(tmp_path, {**longer, "budget": {"max_steps": -1, "num_train_epochs": 1.0}}, True, False)
 
 
 @pytest.mark.slow

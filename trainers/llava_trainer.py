@@ -37,7 +37,7 @@ from hub_cards.push import IGNORE_PATTERNS, files_to_push
 from processing.lengths import LENGTH_COLUMNS
 from processing.padding_free import LlavaPaddingFreeCollator
 
-from .checkpoints import mark_complete
+from .checkpoints import describe_budgets, mark_complete
 from .length_grouping import ModalityLengthGroupedSampler
 from .projector_artifact import save_projector
 
@@ -214,6 +214,9 @@ class LlavaSFTTrainer(SFTTrainer):
         progress = {"steps done": self.state.global_step, "epoch": round(self.state.epoch or 0.0, 4)}
         if losses:
             progress["last logged loss"] = round(losses[-1], 4)
+        budgets = (self.fingerprint or {}).get("budgets", [])
+        if len(budgets) > 1:  # extended with --resume
+            progress["step budgets"] = describe_budgets(budgets)
         run = {**self.run_info, "hyperparameters": hyperparameters, "progress": progress}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RUN_INFO_NAME).write_text(json.dumps(run, indent=2) + "\n")
