@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     convert_parser = commands.add_parser(
         "convert",
         help="convert an original LLaVA, llava-hf or plugin checkpoint",
-        description="Convert SRC (format read from its config.json: the original repository's llava_llama/"
-        "llava_mistral, llava-hf, or llava_plugin) into DST. DST is written beside its place and renamed into it, "
-        "so a failed conversion leaves nothing there.",
+        description="Convert SRC (format read from its config.json: the original repository's, known by its mm_* "
+        "fields whether its model_type says llava, llava_llama or llava_mistral; llava-hf; or llava_plugin) into DST. "
+        "DST is written beside its place and renamed into it, so a failed conversion leaves nothing there.",
     )
     convert_parser.add_argument("source", metavar="SRC")
     convert_parser.add_argument("destination", metavar="DST")

@@ -63,11 +63,21 @@ def folder_kind(folder: str | Path) -> Kind:
         return "adapter"
     config = folder / "config.json"
     if config.is_file():
-        model_type = json.loads(config.read_text()).get("model_type")
+        contents = json.loads(config.read_text())
+        model_type = contents.get("model_type")
         if model_type != "llava_plugin":
+            from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format  # torch: only when refused
+
+            try:
+                kind = FORMAT_NAMES[checkpoint_format(contents)]
+            except ValueError:
+                raise ValueError(
+                    f"{str(folder)!r} holds a {model_type!r} checkpoint, not a llava_plugin one nor one that "
+                    "`llava convert` reads."
+                ) from None
             raise ValueError(
-                f"{str(folder)!r} holds a {model_type!r} checkpoint, not a llava_plugin one: convert it first "
-                "(`llava convert`)."
+                f"{str(folder)!r} holds {kind} checkpoint (model_type {model_type!r}), not a llava_plugin one: "
+                "convert it first (`llava convert`)."
             )
         return "checkpoint"
     if (folder / PROJECTOR_CONFIG_NAME).is_file() and (folder / PROJECTOR_WEIGHTS_NAME).is_file():

@@ -2,12 +2,18 @@
 
 The three formats hold the same weights under different names:
 
-- original (`liuhaotian/llava-v1.5-7b`, model_type `llava_llama`/`llava_mistral`): the LLM at `model.*` and
-  `lm_head`, the projector at `model.mm_projector.{0,2}` (`model.mm_projector` for `linear`), the vision tower
-  usually not in the weights but named by `mm_vision_tower`;
+- original (`liuhaotian/llava-v1.5-7b`): the LLM at `model.*` and `lm_head`, the projector at
+  `model.mm_projector.{0,2}` (`model.mm_projector` for `linear`), the vision tower usually not in the weights but
+  named by `mm_vision_tower`;
 - llava-hf (transformers' built-in, model_type `llava`): `model.vision_tower`,
   `model.multi_modal_projector.linear_{1,2}`, `model.language_model`, `lm_head`;
 - this plugin (`llava_plugin`): as llava-hf, with `linear_N` for projectors of any depth.
+
+`model_type` alone does not tell the first two apart: the original's Llama class was registered as `llava` from its
+v1.0.0 (July 2023) through LLaVA-1.5, and renamed `llava_llama` only in 1.6 (January 2024), so every LLaVA-1.5 release
+says `"model_type": "llava"`, as llava-hf does. An original config is known by the `mm_*` fields the original writes
+into it (`mm_vision_tower`, `mm_hidden_size`), a llava-hf one by its `vision_config` and `text_config`
+(`checkpoint_format`, which everything that sorts checkpoints calls).
 
 This module is the one place where those mappings live. The original splices image features at a sentinel id
 (-200) that no tokenizer holds; the converted tokenizer gets a real `<image>` token (its embedding row the mean of the
@@ -38,12 +44,17 @@ from transformers.utils import logging
 from .chat_templates import CHAT_TEMPLATES
 from .configuration_llava_plugin import LlavaPluginConfig, image_seq_length_for
 from .modeling_llava_plugin import LlavaPluginForConditionalGeneration, load_vision_tower
-from .processing_llava_plugin import IMAGE_PROCESSOR_CLASS, LlavaPluginProcessor
+from .processing_llava_plugin import IMAGE_PROCESSOR_CLASS, LlavaPluginProcessor, load_tokenizer
 
 logger = logging.get_logger(__name__)
 
 Format = Literal["original", "llava-hf", "plugin"]
-ORIGINAL_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
+FORMAT_NAMES = {"original": "an original LLaVA", "llava-hf": "a llava-hf", "plugin": "a llava_plugin"}
+# What an original checkpoint's config class wraps, by its model_type: `llava` is LlavaLlama's name until LLaVA-1.5.
+ORIGINAL_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
+# What the original writes into every config it trains (`initialize_vision_modules`, all versions): its own model
+# builds the tower and projector when `mm_vision_tower` is there.
+ORIGINAL_FIELDS = ("mm_vision_tower", "mm_hidden_size")
 # Fields of an original config that are LLaVA's, not the language model's (besides every `mm_*`).
 ORIGINAL_ONLY = {
     "model_type",
@@ -73,8 +84,29 @@ UNSUPPORTED = {
 }
 
 
+def checkpoint_format(config: dict, where: str = "config.json") -> Format:
+    """The format of a checkpoint from its `config.json` contents: the one rule that sorts checkpoints.
+
+    An original checkpoint by its `mm_*` fields whatever its model_type (`llava`, `llava_llama`, `llava_mistral`, ...),
+    a llava-hf one by its `vision_config` and `text_config` under model_type `llava`, this plugin's by `llava_plugin`.
+    `where` names the config in the error.
+    """
+    model_type = config.get("model_type")
+    if model_type == "llava_plugin":
+        return "plugin"
+    if any(field in config for field in ORIGINAL_FIELDS):
+        return "original"
+    if model_type == "llava" and "vision_config" in config and "text_config" in config:
+        return "llava-hf"
+    raise ValueError(
+        f"{where!r} has model_type {model_type!r} and neither the original LLaVA's {' / '.join(ORIGINAL_FIELDS)} "
+        "fields nor llava-hf's vision_config and text_config: expected an original LLaVA checkpoint, a llava-hf one "
+        "(model_type 'llava') or this plugin's ('llava_plugin')."
+    )
+
+
 def detect_format(source: str | Path) -> Format:
-    """The format of a checkpoint folder, from its `config.json`."""
+    """The format of a checkpoint folder, from its `config.json` (see `checkpoint_format`)."""
     config_path = Path(source) / "config.json"
     if (Path(source) / "adapter_config.json").is_file():
         raise ValueError(
@@ -83,17 +115,7 @@ def detect_format(source: str | Path) -> Format:
         )
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(source)!r} has no config.json: not a checkpoint folder.")
-    model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type in ORIGINAL_MODEL_TYPES:
-        return "original"
-    if model_type == "llava":
-        return "llava-hf"
-    if model_type == "llava_plugin":
-        return "plugin"
-    raise ValueError(
-        f"{str(config_path)!r} has model_type {model_type!r}: expected an original LLaVA checkpoint "
-        f"({', '.join(ORIGINAL_MODEL_TYPES)}), a llava-hf one ('llava') or this plugin's ('llava_plugin')."
-    )
+    return checkpoint_format(json.loads(config_path.read_text()), str(config_path))
 
 
 def read_weights(source: Path) -> dict[str, torch.Tensor]:
@@ -136,8 +158,13 @@ def _grow_embeddings(weights: dict[str, torch.Tensor], new_rows: int, names: lis
 def load_original(
     source: Path, vision_tower: str | None, template: str
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """An original-repository checkpoint (`llava_llama`, ...) as a plugin model and processor."""
+    """An original-repository checkpoint (`llava`, `llava_llama`, ...) as a plugin model and processor."""
     raw = json.loads((source / "config.json").read_text())
+    if raw.get("model_type") not in ORIGINAL_MODEL_TYPES:
+        raise ValueError(
+            f"{str(source)!r} is an original LLaVA checkpoint with model_type {raw.get('model_type')!r}, whose "
+            f"language model this plugin does not map; it converts {', '.join(map(repr, ORIGINAL_MODEL_TYPES))}."
+        )
     for field, (value, what) in UNSUPPORTED.items():
         if raw.get(field) == value:
             raise ValueError(f"{str(source)!r} uses {field}={value!r} ({what}), which this plugin does not implement.")
@@ -231,7 +258,7 @@ def load_llava_hf(source: Path) -> tuple[LlavaPluginForConditionalGeneration, Ll
     model = _assemble(LlavaPluginForConditionalGeneration, config, hf_model.state_dict(), hf_model.dtype)
     model.generation_config = hf_model.generation_config
 
-    tokenizer = hf_processor.tokenizer
+    tokenizer = load_tokenizer(str(source))  # the processor's own, with `legacy` read as the original read it
     image_token = hf_processor.image_token
     tokenizer.image_token = image_token  # what LlavaPluginProcessor looks the placeholder up by
     source_images = hf_processor.image_processor
@@ -374,4 +401,4 @@ def convert(
     return destination
 
 
-__all__ = ["convert", "detect_format", "load_any", "to_llava_hf"]
+__all__ = ["FORMAT_NAMES", "checkpoint_format", "convert", "detect_format", "load_any", "to_llava_hf"]

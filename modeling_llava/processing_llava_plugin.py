@@ -8,15 +8,20 @@ LLaVA's `tokenizer_image_token` does: BOS once, then each piece between `<image>
 config uses) in place of each marker.
 """
 
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, LlamaTokenizer, ProcessorMixin
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-from transformers.utils import is_torchvision_available
+from transformers.utils import is_torchvision_available, logging
 
 from .chat_templates import CHAT_TEMPLATES
 from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS, image_seq_length_for
 from .prompt_tokenization import encode_prompt, folds_leading_space
 
+logger = logging.get_logger(__name__)
+
 IMAGE_TOKEN = "<image>"
+# The `from_pretrained` keyword arguments that say where a tokenizer's files are.
+LOCATION_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
 # The text keyword arguments `__call__` honours; everything else goes to the image processor.
 TEXT_KWARGS = (
     "add_special_tokens",
@@ -36,15 +41,39 @@ else:
     IMAGE_PROCESSOR_CLASS = LlavaImageProcessorPil
 
 
+def load_tokenizer(checkpoint: str, **kwargs):
+    """`AutoTokenizer.from_pretrained`, reading a Llama tokenizer as the original LLaVA read it: the one place that
+    decides `legacy`.
+
+    `legacy` decides the text after a special token: in `</s>USER`, `USER` starts with SentencePiece's `▁` when legacy
+    (a fresh text), without it when not. The original loaded its Llama tokenizers with the slow
+    `LlamaTokenizer` of transformers 4.30.2 (v1.0.0), 4.31.0 (LLaVA-1.5) and 4.36-4.37 (1.6): there, a tokenizer
+    config without the key (Vicuna v0 to v1.3, the paper's backbones, and every tokenizer saved before the key existed)
+    reads as legacy, the only behaviour before 4.31 and the default, with a warning, after. Transformers 5 reads it as
+    non-legacy (and drops the key when it saves a Llama tokenizer). So such a tokenizer is loaded with `legacy=True`,
+    said once in the log; the processor writes the key on save, so a trained checkpoint reloads as it was trained.
+    A `legacy` in `kwargs` wins.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs)
+    if isinstance(tokenizer, LlamaTokenizer) and kwargs.get("legacy") is None:
+        location = {key: kwargs[key] for key in LOCATION_KWARGS if key in kwargs}
+        if get_tokenizer_config(checkpoint, **location).get("legacy") is None:
+            logger.warning_once(
+                f"The Llama tokenizer of {checkpoint!r} has no `legacy` in its config: read as legacy=True, as the "
+                'original LLaVA\'s transformers read it; write `"legacy": false` into its tokenizer_config.json '
+                "for the other reading."
+            )
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs, legacy=True)
+    return tokenizer
+
+
 def tokenizer_with_image_token(text_checkpoint: str, **kwargs):
-    """Loads an LLM's tokenizer with `<image>` added as its special `image_token`, and a pad token.
+    """Loads an LLM's tokenizer (`load_tokenizer`) with `<image>` added as its special `image_token`, and a pad token.
 
     The one place where the image token enters a tokenizer, so the model and processor built from the same LLM agree
     on its id. Like the original LLaVA, a tokenizer without a pad token pads with `unk` (or `eos` when it has none).
     """
-    tokenizer = AutoTokenizer.from_pretrained(
-        text_checkpoint, extra_special_tokens={"image_token": IMAGE_TOKEN}, **kwargs
-    )
+    tokenizer = load_tokenizer(text_checkpoint, extra_special_tokens={"image_token": IMAGE_TOKEN}, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
@@ -85,8 +114,8 @@ class LlavaPluginProcessor(ProcessorMixin):
             )
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if getattr(tokenizer, "legacy", None) is not None:
-            # Llama's `legacy` decides the text after a special token (`</s>USER` vs `</s>▁USER`); transformers does
-            # not write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize otherwise.
+            # Llama's `legacy` decides the text after a special token (see `load_tokenizer`); transformers does not
+            # write it back on save, so a saved legacy tokenizer would reload non-legacy and tokenize otherwise.
             tokenizer.init_kwargs["legacy"] = tokenizer.legacy
         self._folds_leading_space = folds_leading_space(tokenizer)
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
@@ -208,4 +237,4 @@ class LlavaPluginProcessor(ProcessorMixin):
         )
 
 
-__all__ = ["LlavaPluginProcessor", "tokenizer_with_image_token"]
+__all__ = ["LlavaPluginProcessor", "load_tokenizer", "tokenizer_with_image_token"]

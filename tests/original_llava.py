@@ -125,6 +125,7 @@ def save_original(
     select_layer: int = -2,
     pad: bool = True,
     safetensors: bool = True,
+    model_type: str = "llava_llama",
 ):
     """A tiny checkpoint as the original repository saves it: Llama weights + mm_projector, the tower named.
 
@@ -132,7 +133,8 @@ def save_original(
     `tower`, its weights are saved too, as the original's trainer writes them (`model.vision_tower.vision_tower.*`,
     with the `position_ids` buffer the transformers of its day saved, as also each layer's rotary `inv_freq`).
     LLaVA v1 is `projector_type="linear", select_layer=-1, pad=False`; LLaVA-1.5 the defaults. `safetensors=False`
-    writes sharded `pytorch_model-*.bin` files, as the original's older checkpoints are.
+    writes sharded `pytorch_model-*.bin` files, as the original's older checkpoints are. `model_type` is the config
+    class's name: `llava` until LLaVA-1.5, `llava_llama` / `llava_mistral` from 1.6 on.
     """
     text = text or checkpoints["llama"]
     llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
@@ -163,8 +165,8 @@ def save_original(
     folder.mkdir(parents=True)
     save_torch_state_dict(weights, folder, max_shard_size="20KB", safe_serialization=safetensors)
     config = llm.config.to_dict() | {
-        "model_type": "llava_llama",
-        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": ["LlavaMistralForCausalLM" if model_type == "llava_mistral" else "LlavaLlamaForCausalLM"],
         "mm_vision_tower": vision or checkpoints["clip"],
         "mm_projector_type": projector_type,
         "mm_hidden_size": 32,

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from modeling_llava.convert_checkpoint import atomic_folder, convert, detect_format
+from modeling_llava.convert_checkpoint import atomic_folder, checkpoint_format, convert, detect_format
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
 from tests.conftest import random_image
 from tests.original_llava import OriginalLlava, save_original
@@ -85,39 +85,68 @@ def expand2square(image: Image.Image, mean: list[float]) -> Image.Image:
     return square
 
 
+# The original's release configs: v1 (`llava`, linear projector, last layer, .bin shards), LLaVA-1.5 (`llava` too:
+# the class was renamed `llava_llama` only in 1.6) and 1.6's `llava_llama` / `llava_mistral`. A tokenizer config
+# without `legacy` (saved before the key existed) is read as legacy, as the original's transformers read it.
 ORIGINAL_LAYOUTS = {
-    "v1-linear-last-layer-bin": {"projector_type": "linear", "select_layer": -1, "pad": False, "safetensors": False},
-    "v1.5-mlp-pad": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True},
-    "v1.5-tower-in-checkpoint": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "tower": True},
-}
+    "v1-linear-last-layer-bin-no-legacy-key": {
+        "projector_type": "linear", "select_layer": -1, "pad": False, "safetensors": False, "model_type": "llava",
+        "legacy": None,
+    },
+    "v1.5-mlp-pad": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "model_type": "llava"},
+    "v1.5-tower-in-checkpoint": {
+        "projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "tower": True, "model_type": "llava",
+    },
+    "v1.6-llava-llama": {"projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "model_type": "llava_llama"},
+    "v1.6-llava-mistral": {
+        "projector_type": "mlp2x_gelu", "select_layer": -2, "pad": True, "model_type": "llava_mistral",
+    },
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", ORIGINAL_LAYOUTS.values(), ids=ORIGINAL_LAYOUTS.keys())
 def test_original_layouts_convert_end_to_end(tmp_path, checkpoints, sentencepiece_llama, layout):
-    """A conversation through the original (its preprocessing, on SentencePiece, into its forward) and through the
-    converted plugin's own processor and model: equal ids, logits and greedy tokens. The Llama ships
-    `tokenizer.model` only and reads non-legacy, as LLaVA-1.5's does."""
+    """A two-turn conversation through the original (its preprocessing, on SentencePiece, into its forward) and
+    through the converted plugin's own processor and model: equal ids, logits and greedy tokens. The Llama ships
+    `tokenizer.model` only and reads non-legacy, as LLaVA-1.5's does (`"legacy": false`), unless its config has no
+    key; the text after the first answer's `</s>` tells the two apart.
+
+    A `llava_mistral` checkpoint here holds the same Llama weights: Mistral's architecture is Llama's with a sliding
+    window, which a text this short never reaches, so the original's Llama forward is its reference too."""
     text, spm = sentencepiece_llama
     layout = dict(layout)
     tower = None
     if layout.pop("tower", False):
         torch.manual_seed(7)
         tower = CLIPVisionModel(CLIPVisionModel.from_pretrained(checkpoints["clip"]).config)
+    legacy = layout.pop("legacy", False)
     source = save_original(tmp_path / "original", checkpoints, text=text, tower=tower, **layout)
+    if legacy is None:
+        tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
+        del tokenizer_config["legacy"]
+        (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert detect_format(source) == "original"
     convert(source, tmp_path / "plugin")
     model = LlavaPluginForConditionalGeneration.from_pretrained(tmp_path / "plugin").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "plugin")
 
-    question = "What is the colour of the square?"
-    original = OriginalLlava(spm.serialized_model_proto(), legacy=False, image_token_id=SENTINEL, image_seq_length=1)
-    segments = original.vicuna_v1_segments([{"from": "human", "value": f"{question}\n<image>"}], True)
+    question, answer, follow_up = "What is the colour of the square?", "The square is red.", "Where is it?"
+    original = OriginalLlava(
+        spm.serialized_model_proto(), legacy=legacy is None, image_token_id=SENTINEL, image_seq_length=1
+    )
+    turns = [("human", f"{question}\n<image>"), ("gpt", answer), ("human", follow_up)]
+    segments = original.vicuna_v1_segments([{"from": role, "value": value} for role, value in turns], True)
     original_ids = original.tokenizer_image_token("".join(part for part, _ in segments))
 
     image = random_image(3, size=(40, 52))
     clip_processor = CLIPImageProcessor.from_pretrained(checkpoints["clip"])
     square = expand2square(image, clip_processor.image_mean) if layout["pad"] else image
     pixel_values = clip_processor(square, return_tensors="pt")["pixel_values"]
-    messages = [{"role": "user", "content": [{"type": "text", "text": question}, {"type": "image"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": question}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        {"role": "user", "content": [{"type": "text", "text": follow_up}]},
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     torch.testing.assert_close(inputs["pixel_values"], pixel_values, atol=1e-6, rtol=0)
@@ -135,6 +164,42 @@ def test_original_layouts_convert_end_to_end(tmp_path, checkpoints, sentencepiec
     reference = original_reference_logits(source, checkpoints["clip"], pixel_values, original_ids)
     torch.testing.assert_close(logits[..., : reference.shape[-1]], reference, atol=1e-4, rtol=1e-4)
     assert generated[0, inputs["input_ids"].shape[1] :].tolist() == greedy
+
+
+# The fields LLaVA-1.5's code (v1.1.0) writes into the config of every checkpoint it trains, besides the LLM's own.
+ORIGINAL_V15_FIELDS = {
+    "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_hidden_size": 1024,
+    "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+    "image_aspect_ratio": "pad",
+    "hidden_size": 4096,
+}
+
+
+@pytest.mark.parametrize("model_type", ["llava", "llava_llama", "llava_mistral", "llava_mpt"])
+def test_an_original_config_is_known_by_its_mm_fields_whatever_its_model_type(model_type):
+    assert checkpoint_format({"model_type": model_type, **ORIGINAL_V15_FIELDS}) == "original"
+
+
+def test_llava_hf_and_plugin_configs_are_known_by_their_sub_configs_and_model_type():
+    sub_configs = {"vision_config": {"model_type": "clip_vision_model"}, "text_config": {"model_type": "llama"}}
+    assert checkpoint_format({"model_type": "llava", **sub_configs}) == "llava-hf"
+    assert checkpoint_format({"model_type": "llava_plugin", **sub_configs}) == "plugin"
+    for config in ({"model_type": "llava"}, {"model_type": "llava_next", **sub_configs}):
+        with pytest.raises(ValueError, match="neither the original LLaVA's mm_vision_tower / mm_hidden_size"):
+            checkpoint_format(config, "SRC/config.json")
+
+
+def test_an_original_checkpoint_of_a_language_model_not_mapped_is_named(tmp_path, checkpoints):
+    """The original's MPT models keep MosaicML's own weight layout (`transformer.*`), which is not mapped here."""
+    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", model_type="llava_mpt")
+    with pytest.raises(ValueError, match="original LLaVA checkpoint with model_type 'llava_mpt'"):
+        convert(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_original_checkpoint_with_a_tokenizer_model_only_converts(tmp_path, checkpoints, sentencepiece_llama):

@@ -21,6 +21,7 @@ from hub_cards.model_card import (
     write_model_card,
 )
 from modeling_llava import LlavaPluginForConditionalGeneration
+from tests.original_llava import save_original
 from trainers.projector_artifact import save_projector
 from trainers.stages import lora_config
 
@@ -117,6 +118,10 @@ def test_adapter_and_projector_cards(tmp_path, llava_checkpoint, checkpoints):
 def test_a_folder_of_something_else_is_refused(tmp_path, checkpoints):
     with pytest.raises(ValueError, match="'llama' checkpoint, not a llava_plugin one"):
         render_model_card(checkpoints["llama"])
+    # LLaVA-1.5's config says model_type 'llava', as llava-hf's does: its mm_* fields tell which it is.
+    original = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", model_type="llava")
+    with pytest.raises(ValueError, match=r"holds an original LLaVA checkpoint \(model_type 'llava'\).*llava convert"):
+        render_model_card(original)
     with pytest.raises(ValueError, match="none of what this project saves"):
         render_model_card(tmp_path)
 

@@ -2,8 +2,12 @@
 
 The reference (`tests/original_llava.py`) is written from the original's description and runs on SentencePiece
 itself. Every path that tokenizes is compared with it: the training collators (padded and padding-free), the
-prompts that `llava chat`, `llava eval` and the pipeline build through the processor, `sample_length`, and the
-processor after saving and reloading.
+prompts that `llava chat`, `llava eval` and the pipeline build through the processor, `sample_length`, the
+processor after saving and reloading, and a training run's saved checkpoint.
+
+A tokenizer config without `legacy` is read as legacy: the original loaded its tokenizers with transformers 4.30.2
+(v1.0.0), 4.31.0 (LLaVA-1.5) and 4.36-4.37 (1.6), whose slow `LlamaTokenizer` had no other behaviour before 4.31 and
+defaulted to it, with a warning, from 4.31 on (transformers 5 defaults to non-legacy).
 """
 
 import json
@@ -11,16 +15,24 @@ import shutil
 
 import pytest
 from datasets import Dataset
+from transformers.testing_utils import CaptureLogger
 
-from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor
+from modeling_llava import (
+    CHAT_TEMPLATES,
+    LlavaPluginForConditionalGeneration,
+    LlavaPluginProcessor,
+    processing_llava_plugin,
+)
 from processing.collator import LlavaDataCollator
 from processing.lengths import sample_length
 from processing.llava_data import read_records
 from processing.padding_free import LlavaPaddingFreeCollator
-from tests.conftest import random_image
+from tests.conftest import random_image, run_args, train
 from tests.original_llava import IGNORE, OriginalLlava
 
 LEGACY_MODES = {"legacy-true": True, "legacy-false": False, "no-legacy-key": None}
+# How the original's transformers read each config: no key is legacy (see the module docstring).
+ORIGINAL_READS = {"legacy-true": True, "legacy-false": False, "no-legacy-key": True}
 Q1, A1 = "What is the colour of the square?", "The square is red."
 Q2, A2 = "Where is the blue circle?", "The blue circle is at the top left of the image."
 UNICODE = "Où est le cercle ẞ? 🟦 — «ça»"
@@ -63,19 +75,23 @@ def setups(tmp_path_factory, checkpoints, sentencepiece_llama) -> dict:
     text, _ = sentencepiece_llama
     proto = open(f"{text}/tokenizer.model", "rb").read()
     result = {}
-    for name, legacy in LEGACY_MODES.items():
+    for name in LEGACY_MODES:
         folder = tmp_path_factory.mktemp(name)
         shutil.copy(f"{text}/tokenizer.model", folder)
-        config = json.loads(open(f"{text}/tokenizer_config.json").read())
-        config.pop("legacy")
-        if legacy is not None:
-            config["legacy"] = legacy
-        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        write_legacy(folder, text, name)
         processor = LlavaPluginProcessor.from_backbones(checkpoints["clip"], str(folder))
-        # No key: transformers 5 reads such a Llama tokenizer as non-legacy.
-        reference = OriginalLlava(proto, bool(legacy), processor.image_token_id, processor.image_seq_length)
+        reference = OriginalLlava(proto, ORIGINAL_READS[name], processor.image_token_id, processor.image_seq_length)
         result[name] = (processor, reference)
     return result
+
+
+def write_legacy(folder, text: str, mode: str) -> None:
+    """`text`'s tokenizer config into `folder`, with the `legacy` of `mode` (or none)."""
+    config = json.loads(open(f"{text}/tokenizer_config.json").read())
+    config.pop("legacy")
+    if LEGACY_MODES[mode] is not None:
+        config["legacy"] = LEGACY_MODES[mode]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +178,45 @@ def test_ids_are_the_same_after_saving_and_reloading_the_processor(setups, tmp_p
     reloaded = LlavaPluginProcessor.from_pretrained(tmp_path / "twice")
     assert reloaded.encode_prompt(prompt) == processor.encode_prompt(prompt)
     assert reloaded.encode_prompt(prompt)[0] == original.tokenizer_image_token(prompt)
+
+
+@pytest.mark.parametrize("mode", LEGACY_MODES)
+def test_a_saved_processor_writes_legacy_as_it_was_read(setups, tmp_path, mode):
+    processor, _ = setups[mode]
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["legacy"] is ORIGINAL_READS[mode]
+
+
+def test_from_backbones_reads_a_keyless_llama_tokenizer_as_legacy_and_says_so_once(
+    tmp_path, checkpoints, sentencepiece_llama
+):
+    """The model and the processor each load the LLM's tokenizer; the log says the choice in one line, once."""
+    text, spm = sentencepiece_llama
+    shutil.copytree(text, tmp_path / "llm")
+    write_legacy(tmp_path / "llm", text, "no-legacy-key")
+    with CaptureLogger(processing_llava_plugin.logger) as captured:
+        model = LlavaPluginForConditionalGeneration.from_backbones(checkpoints["clip"], str(tmp_path / "llm"))
+        processor = LlavaPluginProcessor.from_backbones(checkpoints["clip"], str(tmp_path / "llm"))
+    lines = [line for line in captured.out.splitlines() if "`legacy`" in line]
+    assert len(lines) == 1 and "legacy=True" in lines[0] and str(tmp_path / "llm") in lines[0]
+    assert processor.tokenizer.legacy is True
+    assert model.config.image_token_id == processor.image_token_id
+    original = OriginalLlava(spm.serialized_model_proto(), True, processor.image_token_id, processor.image_seq_length)
+    prompt = "".join(text for text, _ in original.vicuna_v1_segments(RECORDS["multi-turn"]["conversations"], True))
+    assert processor.encode_prompt(prompt)[0] == original.tokenizer_image_token(prompt)
+
+
+def test_training_from_a_keyless_llm_saves_what_it_trained_on(tmp_path, checkpoints, sentencepiece_llama, data):
+    """A stage-2 run from backbones whose tokenizer has no key: its checkpoint says legacy, and reloads to the ids the
+    original trains on."""
+    text, spm = sentencepiece_llama
+    shutil.copytree(text, tmp_path / "llm")
+    write_legacy(tmp_path / "llm", text, "no-legacy-key")
+    args = run_args({**checkpoints, "llama": str(tmp_path / "llm")}, data, tmp_path / "run", "--max_steps", "1")
+    train("stage2", args)
+    assert json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())["legacy"] is True
+    processor = LlavaPluginProcessor.from_pretrained(tmp_path / "run")
+    original = OriginalLlava(spm.serialized_model_proto(), True, processor.image_token_id, processor.image_seq_length)
+    row = next(row for row in read_records(**data) if row["id"] == "multi-turn")
+    ids, labels = unpadded(collate(processor, [row], "vicuna_v1"), 0)
+    assert (ids, labels) == original.encode(original.vicuna_v1_segments(RECORDS["multi-turn"]["conversations"], False))

@@ -28,6 +28,7 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format
 from processing.collator import LlavaDataCollator
 from processing.lengths import drop_overflowing, measure_lengths
 from processing.llava_data import DataError, convert_dataset, read_records, rows_to_dataset
@@ -215,6 +216,14 @@ def build_model_and_processor(
         quantization_config.llm_int8_skip_modules = ["vision_tower", "multi_modal_projector", "lm_head"]
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype
     if model_args.model_name_or_path:
+        config_file = Path(model_args.model_name_or_path, "config.json")
+        if config_file.is_file():  # another format would load as a default-sized llava_plugin, its weights ignored
+            kind = checkpoint_format(json.loads(config_file.read_text()), str(config_file))
+            if kind != "plugin":
+                raise SetupError(
+                    f"{model_args.model_name_or_path!r} is {FORMAT_NAMES[kind]} checkpoint: convert it first "
+                    f"(`llava convert {model_args.model_name_or_path} CONVERTED`) and train from CONVERTED."
+                )
         model = LlavaPluginForConditionalGeneration.from_pretrained(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
