@@ -57,7 +57,10 @@ def _file_hash(path: str | None) -> str | None:
 def run_fingerprint(script_args, training_args, model_args) -> dict[str, Any]:
     """What defines a run: the stage, the recipe values that change the math, the data file's hash, the starting
     weights as given."""
-    script = {k: v for k, v in asdict(script_args).items() if k not in {"resume", "overwrite_output_dir"}}
+    # `on_bad_record` is not part of it: a run that trains has the same data either way (with `error`, only data
+    # without bad records trains), and a refused start must not bind the folder against its own hint (`skip`).
+    ignored = {"resume", "overwrite_output_dir", "on_bad_record"}
+    script = {k: v for k, v in asdict(script_args).items() if k not in ignored}
     training = {name: str(getattr(training_args, name, None)) for name in MATH_ARGUMENTS}
     # The samples per optimizer step, however they are split across devices and accumulation steps: a run may resume
     # on another number of processes with the same global batch.
