@@ -62,6 +62,8 @@ def check_images(
     if shared:
         per_row = dataset.select_columns(["images"]).with_format("arrow")[:]["images"].to_pylist()
         files = sorted({path for paths in per_row for path in paths})
+        if not files:  # text-only data
+            return dataset
         to_check = Dataset.from_dict({"images": files})
     else:
         to_check = dataset.select_columns(["images"])

@@ -382,6 +382,11 @@ def _undecoded(feature: Any) -> Any:
     return None
 
 
+# What a bad record's row holds until it is dropped: turns of the type good rows have, so that a batch of bad records
+# alone gives datasets the column type the later batches need (an empty list would fix it to nulls).
+PLACEHOLDER_TURNS = [{"role": "user", "content": [{"type": "text", "text": ""}]}]
+
+
 def _converted_batch(
     records: dict[str, list],
     indices: list[int],
@@ -402,7 +407,7 @@ def _converted_batch(
         except DataError as error:
             if not collect:
                 raise
-            rows.append({"id": record_name(record, index), "messages": [], "images": []})
+            rows.append({"id": record_name(record, index), "messages": PLACEHOLDER_TURNS, "images": []})
             problems.append(error)
     names = ("id", "messages") if keep_images else ("id", "messages", "images")
     batch = {name: [row[name] for row in rows] for name in names}

@@ -532,13 +532,15 @@ def test_a_hub_datasets_own_images_are_checked(tmp_path):
 
 
 def test_a_hub_datasets_bad_records_are_listed_and_left_out():
+    """Bad records fill the whole first batch of `datasets.map` (1,000 rows): the good ones after it still convert."""
     good = {"messages": MESSAGES_RECORDS["string-content"], "images": []}
     bad_turns = [{"role": "assistant", "content": A1}, {"role": "user", "content": Q1}]
-    dataset = Dataset.from_list([good | {"id": "good"}, {"id": "bad", "messages": bad_turns, "images": []}])
+    bad = [{"id": f"bad-{index}", "messages": bad_turns, "images": []} for index in range(1000)]
     problems = []
-    converted = convert_dataset(dataset, problems=problems)
+    converted = convert_dataset(Dataset.from_list([*bad, good | {"id": "good"}]), problems=problems)
     assert list(converted["id"]) == ["good"]
-    assert [(p["id"], p["kind"]) for p in problems] == [("bad", "bad record")]
+    assert converted[0]["messages"] == convert_dataset(Dataset.from_list([good]))[0]["messages"]
+    assert [(p["id"], p["kind"]) for p in problems] == [(row["id"], "bad record") for row in bad]
 
 
 def test_jsonl_problems_give_the_files_line(tmp_path):
