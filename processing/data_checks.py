@@ -119,7 +119,8 @@ class DataProblems:
     def summary(self, path: str | Path | None = None) -> str:
         """How many records are bad, by kind, the first few problems, and where the whole list is."""
         lines = [
-            f"{len(self.entries)} of {self.records} records in {self.source!r} cannot be trained on ({self.counts()}):"
+            f"{len(self.entries):,} of {self.records:,} records in {self.source!r} cannot be trained on "
+            f"({self.counts()}):"
         ]
         lines += [f"  {entry['problem']}" for entry in self.entries[:SHOWN]]
         if len(self.entries) > SHOWN:

@@ -307,9 +307,9 @@ def load_training_rows(
     if too_long:
         logger.warning(report.summary())
     if not len(dataset):
-        skipped = f"{len(problems.entries)} cannot be trained on and " if problems.entries else ""
+        skipped = f", {len(problems.entries)} of them cannot be trained on," if problems.entries else ""
         raise SetupError(
-            f"Nothing to train on: {problems.source!r} holds {read} records, {skipped}{len(too_long)} of them are "
+            f"Nothing to train on: {problems.source!r} holds {read} records{skipped} and {len(too_long)} of them are "
             f"longer than max_length={max_length} tokens. Raise max_length or check the data."
         )
     return dataset, problems.entries + too_long
