@@ -7,8 +7,9 @@ with the length mix of `synthetic.stage2_rows` (6% long text-only, the rest one 
 tokens with the image's 576). Images are tiny PNGs (start-up never decodes one before the first batch), spread over
 the mix's source folders; records share them. The model is CLIP-L/336's geometry (576 image tokens) with tiny widths
 and a tiny Llama, so the first step itself costs nothing and the time measured is the data path's: reading and
-checking the JSON (every image path is resolved and checked), building the dataset, measuring every sample's
-length, the grouped sampler, the dataloader workers.
+checking the JSON (every image path is resolved and checked), building the dataset, reading every distinct image
+file's header (`processing.data_checks.check_images`), measuring every sample's length, the grouped sampler, the
+dataloader workers.
 
 Each start runs `llava train stage2 --config llava-1.5-7b-stage2` in a fresh process (the recipe's 4 dataloader
 workers, `group_by_modality_length`, `max_length` 2048), timed by hooks on the functions `trainers.train` calls.
@@ -133,6 +134,7 @@ def child(argv: list[str]) -> None:
     train.read_records = timed("read", train.read_records)
     train.measure_lengths = timed("measure", train.measure_lengths)
     train.rows_to_dataset = timed("dataset", train.rows_to_dataset)
+    train.check_images = timed("images", train.check_images)
     train.build_model_and_processor = timed("model", train.build_model_and_processor)
     build = train.LlavaSFTTrainer
 
@@ -170,6 +172,7 @@ def start(workdir: Path, data: Path, images: Path, backbones: tuple[Path, Path],
         "python and imports (s)": round(marks["imported"] - launched, 1),
         "reading and checking the JSON (s)": round(marks["read end"] - marks["read start"], 1),
         "building the dataset (s)": round(marks["dataset end"] - marks["dataset start"], 1),
+        "checking the images (s)": round(marks["images end"] - marks["images start"], 1),
         "measuring lengths (s)": round(marks["measure end"] - marks["measure start"], 1),
         "to the first optimizer step (s)": round(marks["first step"] - launched, 1),
         "peak memory (GiB)": round(marks["peak rss bytes"] / 2**30, 2),

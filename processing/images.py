@@ -1,6 +1,5 @@
-"""Decoding an image into the RGB picture the model should see, whatever the file's mode: the one decoder of every
-place that shows the model an image (the training collator, `llava chat`, `llava serve`'s API and page, every
-evaluation through `generate_greedy`, the demo), so that a model is scored and served on the pixels it was trained on.
+"""Decoding an image (a training sample's, or one sent to `llava chat`/`serve`) into the RGB picture the model should
+see, whatever the file's mode.
 
 `PIL.Image.convert("RGB")` alone gets several real files wrong: a 16-bit PNG clips to almost white, transparent
 pixels take whatever colour the file stored under them, and a phone photo ignores its EXIF rotation. Each mode is
@@ -15,12 +14,15 @@ decided here, once:
 - Everything else (`1`, `L`, `P`, `CMYK`, `YCbCr`, `RGB`, ...) goes through PIL's own conversion to RGB.
 
 A file larger than PIL's pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`, set by `llava train --max_image_pixels`) is an
-error that names the record and the file, not a warning or a crash in a dataloader worker.
+error that names the record and the file, not a warning or a crash in a dataloader worker. `image_problem` finds
+such files, and files that are not images, before training, from their headers alone.
 """
 
+import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
@@ -57,15 +59,10 @@ def image_background(processor: LlavaPluginProcessor) -> tuple[int, int, int]:
     return tuple(round(255 * value) for value in mean)
 
 
-def decode_image(
-    file: str | os.PathLike | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
-) -> Image.Image:
-    """The RGB picture in `file` (a path or a binary stream), transparent pixels on `background`.
-
-    Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
-    any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
-    anything that is not a whole image.
-    """
+@contextlib.contextmanager
+def _opened(file: str | os.PathLike | IO[bytes], max_pixels: int | None) -> Iterator[Image.Image]:
+    """`Image.open(file)`, its header read and its size checked; errors raised while it is open become
+    `Image.DecompressionBombError` past the pixel limit and `OSError` for anything that is not a whole image."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -75,36 +72,75 @@ def decode_image(
                         f"{opened.width}x{opened.height} = {opened.width * opened.height:,} pixels, "
                         f"more than the limit of {max_pixels:,}"
                     )
-                opened.load()  # a truncated file fails here, not later in the processor
-                return to_rgb(opened, background)
+                yield opened
         except Image.DecompressionBombWarning as warning:
             raise Image.DecompressionBombError(str(warning)) from warning
         except (SyntaxError, ValueError, EOFError) as error:  # what some of PIL's decoders raise on corrupt data
             raise OSError(str(error)) from error
 
 
+def decode_image(
+    file: str | os.PathLike | IO[bytes], background: tuple[int, int, int], max_pixels: int | None = None
+) -> Image.Image:
+    """The RGB picture in `file` (a path or a binary stream), transparent pixels on `background`.
+
+    Raises `Image.DecompressionBombError` past `max_pixels` or PIL's `MAX_IMAGE_PIXELS` (read from the header, before
+    any pixel is decoded; PIL itself only warns below twice its limit, here the limit is the limit) and `OSError` for
+    anything that is not a whole image.
+    """
+    with _opened(file, max_pixels) as opened:
+        opened.load()  # a truncated file fails here, not later in the processor
+        return to_rgb(opened, background)
+
+
+def _file_and_name(image: str | os.PathLike | dict[str, Any]) -> tuple[str | IO[bytes] | None, str]:
+    """What PIL opens for a path or an undecoded `datasets.Image` value (`{"bytes", "path"}`), and its name."""
+    if isinstance(image, dict):  # a Hub dataset's Image column, read without decoding so that workers decode it
+        file = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image.get("path")
+        return file, image.get("path") or "(image bytes)"
+    return os.fspath(image), os.fspath(image)
+
+
+def _described(name: str, error: Exception) -> tuple[str, str]:
+    """The kind of an image's problem and the words for it."""
+    if isinstance(error, Image.DecompressionBombError):
+        return "image over the pixel limit", (
+            f"image file {name!r} is larger than the pixel limit ({Image.MAX_IMAGE_PIXELS:,} pixels; {error}). "
+            "Resize it, or raise the limit with --max_image_pixels."
+        )
+    return "unreadable image", f"image file {name!r} cannot be read ({error})."
+
+
+def image_problem(image: str | dict[str, Any], max_pixels: int | None = None) -> tuple[str, str] | None:
+    """What keeps `image` (a path or an undecoded `datasets.Image` value) from the model, as `(kind, message)`, or
+    None, read without decoding its pixels: PIL identifies the format and reads the header (the size, checked against
+    `max_pixels`), then `verify`s what it can without decoding (a PNG's chunk checksums, up to its end). A file that
+    is not an image, or a PNG cut short, is found here; a JPEG damaged after its header, only when it is decoded."""
+    file, name = _file_and_name(image)
+    if file is None:
+        return "unreadable image", "an image of the dataset holds neither bytes nor a path."
+    try:
+        with _opened(file, max_pixels) as opened:
+            opened.verify()
+    except (OSError, Image.DecompressionBombError) as error:  # FileNotFoundError, UnidentifiedImageError included
+        return _described(name, error)
+    return None
+
+
 def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
     """An RGB PIL image from a path, an undecoded `datasets.Image` value (`{"bytes", "path"}`) or an already decoded
     image, with a `DataError` naming the record and the file if it is bad: how a sample of a data file (training's, a
     benchmark's) reaches the model."""
-    if isinstance(image, dict):  # a Hub dataset's Image column, read without decoding so that workers decode it
-        name = image.get("path") or "(image bytes)"
-        file = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image.get("path")
-        if file is None:
-            raise DataError(f"Record {record_id!r}: an image of the dataset holds neither bytes nor a path.")
-    elif isinstance(image, str | os.PathLike):
-        name = file = os.fspath(image)
-    else:
+    if not isinstance(image, str | os.PathLike | dict):
         return to_rgb(image, background)
+    file, name = _file_and_name(image)
+    if file is None:
+        raise DataError(f"Record {record_id!r}: an image of the dataset holds neither bytes nor a path.")
     try:
         return decode_image(file, background)
-    except Image.DecompressionBombError as error:
-        raise DataError(
-            f"Record {record_id!r}: image file {name!r} is larger than the pixel limit "
-            f"({Image.MAX_IMAGE_PIXELS:,} pixels; {error}). Resize it, or raise the limit with --max_image_pixels."
-        ) from error
-    except OSError as error:
-        raise DataError(f"Record {record_id!r}: image file {name!r} cannot be read ({error}).") from error
+    except (OSError, Image.DecompressionBombError) as error:
+        kind, message = _described(name, error)
+        raise DataError(f"Record {record_id!r}: {message}", kind) from error
 
 
-__all__ = ["decode_image", "image_background", "open_image", "to_rgb"]
+__all__ = ["decode_image", "image_background", "image_problem", "open_image", "to_rgb"]

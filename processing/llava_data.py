@@ -2,8 +2,9 @@
 
 Every source becomes the same rows, `{"id", "messages", "images"}`, in the Hugging Face chat format that TRL's
 collators and our chat templates read; images stay file paths until a dataloader worker opens them. Records are
-checked up front, and a bad one stops the run with an error that names its id and what is wrong, instead of being
-skipped: LLaVA-665K-sized mixes hide broken records well.
+checked up front, each bad one with an error that names its id and what is wrong: LLaVA-665K-sized mixes hide broken
+records well. Given a `problems` list, the readers go on past a bad record, list it there and leave it out, so that
+one pass finds every problem (`processing/data_checks.py` reports them); without one, the first stops the reading.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
+from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_llava.processing_llava_plugin import IMAGE_TOKEN
@@ -25,7 +27,17 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 class DataError(ValueError):
-    """A record that cannot be trained on; the message names the record and the problem."""
+    """A record that cannot be trained on; the message names the record and the problem, `kind` sorts it for counts
+    ("bad record", "missing image", ...)."""
+
+    def __init__(self, message: str, kind: str = "bad record"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def record_name(record: Any, index: int) -> str:
+    """How a record is named in messages and reports: its `id`, else `#index` (its position in the data, from 0)."""
+    return str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
 
 
 def _check_turns(record_id: str, roles: list[str]) -> None:
@@ -56,25 +68,44 @@ def outside_folder(image: str, image_folder: str | Path) -> bool:
     keep 665K records to seconds. Training and every benchmark refuse such paths unless told to allow them.
     """
     root = _folder_root(str(image_folder))
-    return not os.path.normpath(os.path.join(root, image)).startswith(root + os.sep)
+    resolved = os.path.normpath(os.path.join(root, image))
+    return resolved != root and not resolved.startswith(root + os.sep)  # `.` is the folder itself, not outside
+
+
+def _image_list(record_id: str, name: str, images: Any, decoded_allowed: bool = False) -> list[Any]:
+    """A record's `image`/`images` field as a list: a path, a list of paths (or, from a Hub dataset's Image column,
+    already decoded images and `{"bytes", "path"}` values); anything else is a `DataError` naming the type found."""
+    images = [] if images is None else images if isinstance(images, list) else [images]
+    for image in images:
+        if not isinstance(image, str) and not (decoded_allowed and isinstance(image, (dict, Image.Image))):
+            raise DataError(
+                f"Record {record_id!r}: {name!r} must be an image path (a string) or a list of them, got "
+                f"{type(image).__name__} ({image!r:.60})."
+            )
+    return images
 
 
 def _resolve_images(
-    record_id: str, images: Any, image_folder: str | Path | None, allow_outside: bool = False
+    record_id: str, images: list[str], image_folder: str | Path | None, allow_outside: bool = False
 ) -> list[str]:
     """The records' image paths joined to `image_folder`, each checked to be a file and, unless `allow_outside`, to
     lie inside the folder (`outside_folder`); one `stat` per image."""
-    images = [] if images is None else [images] if isinstance(images, str) else list(images)
     paths = []
     for image in images:
         path = image if image_folder is None else os.path.join(image_folder, image)
         if image_folder is not None and not allow_outside and outside_folder(image, image_folder):
             raise DataError(
                 f"Record {record_id!r}: image {image!r} lies outside the image folder {str(image_folder)!r}; "
-                "allow that with --allow_images_outside_folder."
+                "allow that with --allow_images_outside_folder.",
+                "image outside the folder",
             )
         if not os.path.isfile(path):
-            raise DataError(f"Record {record_id!r}: image file {path!r} does not exist.")
+            if os.path.isdir(path):
+                raise DataError(
+                    f"Record {record_id!r}: image {image!r} is a folder ({path!r}), not an image file.",
+                    "image is a folder",
+                )
+            raise DataError(f"Record {record_id!r}: image file {path!r} does not exist.", "missing image")
         paths.append(path)
     return paths
 
@@ -134,10 +165,12 @@ def from_llava_record(
     one. A record with `"image"` must write the marker: the original's `preprocess_plain` asserts it, and its
     `preprocess_v1` would silently train on the text alone.
     """
-    record_id = str(record.get("id", f"#{index}"))
+    record_id = record_name(record, index)
     conversations = record.get("conversations")
     if not isinstance(conversations, list):
-        raise DataError(f"Record {record_id!r}: 'conversations' must be a list of turns, got {type(conversations)}.")
+        raise DataError(
+            f"Record {record_id!r}: 'conversations' must be a list of turns, got {type(conversations).__name__}."
+        )
     messages = []
     for turn_index, turn in enumerate(conversations):
         if not isinstance(turn, dict) or turn.get("from") not in ROLES:
@@ -149,7 +182,8 @@ def from_llava_record(
             raise DataError(f"Record {record_id!r}: turn {turn_index} has no text ('value' must be a string).")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
     _check_turns(record_id, [message["role"] for message in messages])
-    images = _resolve_images(record_id, record.get("image"), image_folder or None, allow_outside)
+    images = _image_list(record_id, "image", record.get("image"))
+    images = _resolve_images(record_id, images, image_folder or None, allow_outside)
     messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
     return {"id": record_id, "messages": messages, "images": images}
 
@@ -161,17 +195,17 @@ def from_messages_record(
 
     Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
     """
-    record_id = str(record.get("id", f"#{index}"))
+    record_id = record_name(record, index)
     messages = record.get("messages")
     if not isinstance(messages, list):
-        raise DataError(f"Record {record_id!r}: 'messages' must be a list of turns, got {type(messages)}.")
+        raise DataError(f"Record {record_id!r}: 'messages' must be a list of turns, got {type(messages).__name__}.")
     for turn_index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else message
         if role not in {"system", "user", "assistant"}:
             raise DataError(f"Record {record_id!r}: turn {turn_index} has unknown role {role!r}.")
     _check_turns(record_id, [message["role"] for message in messages])
-    raw_images = record.get("images", record.get("image"))
-    raw_images = [] if raw_images is None else raw_images if isinstance(raw_images, list) else [raw_images]
+    name = "images" if "images" in record else "image"
+    raw_images = _image_list(record_id, name, record.get(name), decoded_allowed=True)
     if all(isinstance(image, str) for image in raw_images):
         images = _resolve_images(record_id, raw_images, image_folder or None, allow_outside)
     else:  # already decoded images (a Hub dataset with an Image column)
@@ -180,42 +214,90 @@ def from_messages_record(
     return {"id": record_id, "messages": messages, "images": images}
 
 
+def check_single_exchange(row: dict[str, Any]) -> None:
+    """Stage-1 data: one question with one image and its answer, all that the `plain` template renders (the image and
+    the caption); the original's `preprocess_plain` asserts two turns and the image in the first. A longer conversation
+    or a text-only record would train on a part of it only, or on a caption without its image."""
+    roles = [message["role"] for message in row["messages"]]
+    if roles != ["user", "assistant"] or len(row["images"]) != 1:
+        turns = f"{roles.count('assistant')} answers" + (" and a system turn" if "system" in roles else "")
+        raise DataError(
+            f"Record {row['id']!r}: stage 1 (the plain template) trains on one image and its caption (one question "
+            f"with one image, one answer), as the original's preprocess_plain asserts; this record has {turns} and "
+            f"{len(row['images'])} images. Give stage 1 caption data, or skip such records with --on_bad_record skip.",
+            "not stage-1 data",
+        )
+
+
 def read_records(
-    data_path: str | Path, image_folder: str | Path | None = None, allow_outside: bool = False, progress: bool = True
+    data_path: str | Path,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    progress: bool = True,
+    problems: list[dict[str, Any]] | None = None,
+    single_exchange: bool = False,
 ) -> list[dict[str, Any]]:
     """Reads a LLaVA JSON file (a list of records), or a JSON/JSONL file of `messages` rows, into training rows.
 
-    An image path that leads outside `image_folder` (`../`, an absolute path) is refused unless `allow_outside`.
+    An image path that leads outside `image_folder` (`../`, an absolute path) is refused unless `allow_outside`;
+    `single_exchange` holds every record to stage 1's shape (`check_single_exchange`). With `problems`, each bad
+    record (and each JSONL line that is not JSON) is listed there, with its line in a JSONL file, and left out.
     """
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"Data file {str(path)!r} does not exist.")
-    records = _parsed(path)
+    records, lines = parse_data_file(path, problems)
     if not isinstance(records, list):
         raise DataError(f"Data file {str(path)!r} must hold a list of records, got {type(records).__name__}.")
-    return convert_records(records, image_folder, allow_outside, progress, in_place=True)
+    return convert_records(records, image_folder, allow_outside, progress, True, problems, single_exchange, lines)
 
 
-def _parsed(path: Path) -> Any:
-    """The JSON (or JSONL) file's content; its text is released on return, before the records are converted."""
-    try:
-        with path.open("rb") as file:
-            return json.load(file) if path.suffix != ".jsonl" else [json.loads(line) for line in file if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"Data file {str(path)!r} is not valid JSON: {error}") from error
+def parse_data_file(path: Path, problems: list[dict[str, Any]] | None) -> tuple[Any, list[int] | None]:
+    """The JSON (or JSONL) file's content and, for JSONL, the file's line of each record; the text is released on
+    return, before the records are converted."""
+    with path.open("rb") as file:
+        if path.suffix != ".jsonl":
+            try:
+                return json.load(file), None
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise DataError(f"Data file {str(path)!r} is not valid JSON: {error}") from error
+        records, lines = [], []
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+                lines.append(number)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                where = f"column {error.colno}: {error.msg}" if isinstance(error, json.JSONDecodeError) else error
+                problem = DataError(
+                    f"Data file {str(path)!r}, line {number}, is not valid JSON ({where}).", "bad line"
+                )
+                if problems is None:
+                    raise problem from error
+                problems.append({"line": number, "kind": problem.kind, "problem": str(problem)})
+        return records, lines
 
 
 def convert_record(
-    record: Any, index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: Any,
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    single_exchange: bool = False,
 ) -> dict[str, Any]:
     """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id."""
     if not isinstance(record, dict):
         raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
     if "conversations" in record:
-        return from_llava_record(record, index, image_folder, allow_outside)
-    if "messages" in record:
-        return from_messages_record(record, index, image_folder, allow_outside)
-    raise DataError(f"Record {record.get('id', f'#{index}')!r} has neither 'conversations' nor 'messages'.")
+        row = from_llava_record(record, index, image_folder, allow_outside)
+    elif "messages" in record:
+        row = from_messages_record(record, index, image_folder, allow_outside)
+    else:
+        raise DataError(f"Record {record_name(record, index)!r} has neither 'conversations' nor 'messages'.")
+    if single_exchange:
+        check_single_exchange(row)
+    return row
 
 
 def convert_records(
@@ -224,15 +306,32 @@ def convert_records(
     allow_outside: bool = False,
     progress: bool = True,
     in_place: bool = False,
+    problems: list[dict[str, Any]] | None = None,
+    single_exchange: bool = False,
+    lines: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Training rows from a list of LLaVA or `messages` records, in order, none skipped.
+    """Training rows from a list of LLaVA or `messages` records, in order.
 
     `in_place` replaces each record of the list by its row as it goes, so that a LLaVA-665K file's parsed records
-    and its rows are not held in memory together.
+    and its rows are not held in memory together. A bad record raises its `DataError`, or, given `problems`, is
+    listed there (`{"id", "kind", "problem"}`, and `"line"` from `lines`, a JSONL file's line of each record) and
+    left out.
     """
     rows = records if in_place else list(records)
+    bad = 0
     for index in tqdm(range(len(rows)), desc="checking records", disable=not progress, leave=False):
-        rows[index] = convert_record(rows[index], index, image_folder, allow_outside)
+        try:
+            rows[index] = convert_record(rows[index], index, image_folder, allow_outside, single_exchange)
+        except DataError as error:
+            if problems is None:
+                raise
+            where = {"line": lines[index]} if lines is not None else {}
+            problems.append(
+                {"id": record_name(rows[index], index), **where, "kind": error.kind, "problem": str(error)}
+            )
+            rows[index], bad = None, bad + 1
+    if bad:
+        rows[:] = [row for row in rows if row is not None]
     return rows
 
 
@@ -288,15 +387,39 @@ def _undecoded(feature: Any) -> Any:
     return None
 
 
+# What a bad record's row holds until it is dropped: turns of the type good rows have, so that a batch of bad records
+# alone gives datasets the column type the later batches need (an empty list would fix it to nulls).
+PLACEHOLDER_TURNS = [{"role": "user", "content": [{"type": "text", "text": ""}]}]
+
+
 def _converted_batch(
-    records: dict[str, list], indices: list[int], image_folder: str | None, allow_outside: bool, keep_images: bool
+    records: dict[str, list],
+    indices: list[int],
+    image_folder: str | None,
+    allow_outside: bool,
+    keep_images: bool,
+    collect: bool,
+    single_exchange: bool,
 ) -> dict[str, list]:
-    rows = [
-        convert_record({name: values[offset] for name, values in records.items()}, index, image_folder, allow_outside)
-        for offset, index in enumerate(indices)
-    ]
+    """The rows of a batch of records; with `collect`, a bad record becomes an empty row whose `problem` and
+    `problem_kind` say what is wrong (a batch's rows must all be returned), for `convert_dataset` to list and drop."""
+    rows, problems = [], []
+    for offset, index in enumerate(indices):
+        record = {name: values[offset] for name, values in records.items()}
+        try:
+            rows.append(convert_record(record, index, image_folder, allow_outside, single_exchange))
+            problems.append(None)
+        except DataError as error:
+            if not collect:
+                raise
+            rows.append({"id": record_name(record, index), "messages": PLACEHOLDER_TURNS, "images": []})
+            problems.append(error)
     names = ("id", "messages") if keep_images else ("id", "messages", "images")
-    return {name: [row[name] for row in rows] for name in names}
+    batch = {name: [row[name] for row in rows] for name in names}
+    if collect:
+        batch["problem"] = [None if error is None else str(error) for error in problems]
+        batch["problem_kind"] = [None if error is None else error.kind for error in problems]
+    return batch
 
 
 def convert_dataset(
@@ -305,9 +428,12 @@ def convert_dataset(
     allow_outside: bool = False,
     num_proc: int | None = None,
     progress: bool = True,
+    problems: list[dict[str, Any]] | None = None,
+    single_exchange: bool = False,
 ) -> datasets.Dataset:
-    """Training rows from a `datasets.Dataset` of LLaVA or `messages` records, checked as `convert_records` checks,
-    without holding the dataset in memory or decoding its images.
+    """Training rows from a `datasets.Dataset` of LLaVA or `messages` records, checked as `convert_records` checks
+    (bad records listed in `problems` and left out, if given), without holding the dataset in memory or decoding its
+    images.
 
     An `Image` column is read undecoded (`{"bytes", "path"}`), kept as it is on disk, and decoded by the collator in
     a dataloader worker when its sample is batched: a LLaVA-665K-sized dataset of images never sits decoded in
@@ -329,10 +455,21 @@ def convert_dataset(
                 "image_folder": str(image_folder) if image_folder else None,
                 "allow_outside": allow_outside,
                 "keep_images": undecoded is not None,
+                "collect": problems is not None,
+                "single_exchange": single_exchange,
             },
             num_proc=processes_for(len(dataset), num_proc),
             desc="checking records",
         )
+    if problems is not None:
+        found = converted.select_columns(["id", "problem", "problem_kind"]).with_format("arrow")[:].to_pylist()
+        bad = [index for index, row in enumerate(found) if row["problem"] is not None]
+        problems.extend(
+            {"id": found[i]["id"], "kind": found[i]["problem_kind"], "problem": found[i]["problem"]} for i in bad
+        )
+        converted = converted.remove_columns(["problem", "problem_kind"])
+        if bad:
+            converted = converted.select(sorted(set(range(len(found))) - set(bad)))
     if undecoded is not None and image_column != "images":
         converted = converted.rename_column(image_column, "images")
     return converted
@@ -340,14 +477,17 @@ def convert_dataset(
 
 __all__ = [
     "DataError",
+    "check_single_exchange",
     "convert_dataset",
     "convert_record",
     "convert_records",
     "datasets_progress",
     "processes_for",
     "from_llava_record",
+    "record_name",
     "from_messages_record",
     "outside_folder",
+    "parse_data_file",
     "read_records",
     "rows_to_dataset",
 ]

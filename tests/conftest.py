@@ -160,6 +160,18 @@ def train_data(tmp_path_factory) -> dict[str, str]:
     return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
 
 
+@pytest.fixture(scope="session")
+def stage1_data(train_data) -> dict[str, str]:
+    """`train_data`'s images with stage-1 records: each one question with its image and one answer, all the `plain`
+    template renders (the original's `preprocess_plain` asserts that shape)."""
+    records = [record for record in json.loads(Path(train_data["data_path"]).read_text()) if "image" in record]
+    for record in records:
+        record["conversations"] = record["conversations"][:2]
+    path = Path(train_data["data_path"]).with_name("stage1.json")
+    path.write_text(json.dumps(records))
+    return {**train_data, "data_path": str(path)}
+
+
 def turn(role: str, *parts: str | dict) -> dict:
     return {"role": role, "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]}
 

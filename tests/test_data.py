@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -17,8 +18,9 @@ from PIL import Image
 
 from modeling_llava.chat_templates import CHAT_TEMPLATES
 from processing.collator import LlavaDataCollator
+from processing.data_checks import DataProblems, check_images
 from processing.lengths import drop_overflowing, measure_lengths, sample_length
-from processing.llava_data import DataError, convert_dataset, read_records
+from processing.llava_data import DataError, convert_dataset, read_records, rows_to_dataset
 from tests.conftest import (
     A1,
     A2,
@@ -385,6 +387,20 @@ BAD_FILES = {
         "read",
         r"Record 'bad': turn 1 has no text",
     ),
+    # A wrongly typed field names the record and the type found, not a TypeError from deep inside.
+    "image-of-wrong-type": (
+        bad(image=12345),
+        "read",
+        r"Record 'bad': 'image' must be an image path \(a string\) or a list of them, got int \(12345\)",
+    ),
+    "messages-images-of-wrong-type": (
+        json.dumps([{"id": "bad", "messages": MESSAGES_RECORDS["string-content"], "images": [7]}]),
+        "read",
+        r"Record 'bad': 'images' must be an image path \(a string\) or a list of them, got int \(7\)",
+    ),
+    # `.` is the image folder itself: inside it, and not an image file.
+    "image-is-the-folder": (bad(image="."), "read", r"Record 'bad': image '\.' is a folder \(.*\), not an image file"),
+    "image-is-a-subfolder": (bad(image="sub/"), "read", r"Record 'bad': image 'sub/' is a folder"),
     "not-json": ('[{"id": "good",', "read", r"Data file '.*data\.json' is not valid JSON"),
     "a-dict-not-a-list": (json.dumps(GOOD), "read", r"Data file '.*data\.json' must hold a list of records, got dict"),
 }
@@ -395,6 +411,7 @@ def test_bad_data_raises_a_data_error_naming_the_record_and_problem(processor, t
     text, fails_at, message = BAD_FILES[name]
     folder = write_images(tmp_path / "images", ["a.png"])
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (folder / "sub").mkdir()
     data = tmp_path / "data.json"
     data.write_text(text)
     with pytest.raises(DataError, match=message) as error:
@@ -415,3 +432,155 @@ def test_checking_and_measuring_the_data_show_progress_bars(processor, tmp_path,
     read_records(tmp_path / "llava.json", folder, progress=False)
     measure_lengths(rows, processor, CHAT_TEMPLATES["vicuna_v1"], progress=False, cache=False)
     assert capsys.readouterr().err == ""  # other ranks than the first stay quiet
+
+
+# --- Every problem at once ---------------------------------------------------------------------------------------
+
+
+def png_cut_short(path: Path) -> None:
+    """A PNG whose last half is missing: its header reads, its pixel data does not."""
+    buffer = io.BytesIO()
+    random_image(3).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def checked(data: Path, folder: Path, num_proc: int | None = None) -> tuple[list[str], list[dict]]:
+    """The ids of the rows left, and the problems found, reading and checking as `llava train` does."""
+    problems = []
+    rows = read_records(data, folder, problems=problems)
+    dataset = check_images(rows_to_dataset(rows), problems, max_pixels=10_000, num_proc=num_proc)
+    return list(dataset["id"]), problems
+
+
+def test_every_bad_record_and_image_is_found_in_one_pass(tmp_path):
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    (folder / "not-an-image.png").write_bytes(b"GIF89a but nothing else")
+    png_cut_short(folder / "cut.png")
+    Image.new("RGB", (101, 100)).save(folder / "huge.png")  # 10,100 pixels: over the limit of 10,000
+    record = {"conversations": [human(f"<image>\n{Q1}"), gpt(A1)]}
+    records = [
+        {"id": "good", "image": "a.png", **record},
+        {"id": "missing-1", "image": "gone-1.png", **record},
+        {"id": "unreadable", "image": "not-an-image.png", **record},
+        {"id": "missing-2", "image": "gone-2.png", **record},
+        {"id": "cut", "image": "cut.png", **record},
+        {"id": "huge", "image": "huge.png", **record},
+        {
+            "id": "unknown-role",
+            "image": "b.png",
+            "conversations": [human(f"<image>\n{Q1}"), {"from": "bot", "value": A1}],
+        },
+        {"id": "shares-a-bad-file", "image": "cut.png", **record},
+        {"id": "also-good", "image": "b.png", **record},
+    ]
+    kept, problems = checked(write_json(tmp_path / "data.json", records), folder)
+    assert kept == ["good", "also-good"]
+    found = sorted((problem["id"], problem["kind"]) for problem in problems)
+    assert found == sorted(
+        [
+            ("missing-1", "missing image"),
+            ("missing-2", "missing image"),
+            ("unreadable", "unreadable image"),
+            ("cut", "unreadable image"),
+            ("shares-a-bad-file", "unreadable image"),
+            ("huge", "image over the pixel limit"),
+            ("unknown-role", "bad record"),
+        ]
+    )
+    for problem in problems:
+        assert problem["problem"].startswith(f"Record {problem['id']!r}: ")
+    images = {problem["id"]: problem.get("image") for problem in problems}
+    assert images["cut"] == images["shares-a-bad-file"] == str(folder / "cut.png")
+
+
+def test_the_summary_counts_problems_by_kind_and_names_the_list(tmp_path):
+    entries = [{"id": f"r{i}", "kind": "missing image", "problem": f"Record 'r{i}': gone."} for i in range(7)]
+    entries.append({"id": "x", "kind": "bad record", "problem": "Record 'x': no answer."})
+    problems = DataProblems("data.json", 20, entries)
+    summary = problems.summary(tmp_path / "data_problems.json")
+    assert summary.splitlines()[0] == (
+        "8 of 20 records in 'data.json' cannot be trained on (7 missing image, 1 bad record):"
+    )
+    assert summary.splitlines()[1:7] == [f"  Record 'r{i}': gone." for i in range(5)] + ["  ... and 3 more"]
+    assert summary.splitlines()[-1].endswith(str(tmp_path / "data_problems.json"))
+    problems.write(tmp_path / "data_problems.json")
+    written = json.loads((tmp_path / "data_problems.json").read_text())
+    assert written == {"data": "data.json", "records": 20, "problems": entries}
+
+
+def test_image_headers_are_checked_in_processes_with_a_progress_bar(tmp_path, capsys):
+    names = [f"{index}.png" for index in range(6)]
+    folder = write_images(tmp_path / "images", names)
+    (folder / "5.png").write_bytes(b"not an image")
+    records = [{"id": name, "image": name, "conversations": [human(f"<image>\n{Q1}"), gpt(A1)]} for name in names]
+    kept, problems = checked(write_json(tmp_path / "data.json", records), folder, num_proc=2)
+    assert kept == names[:5] and [(p["id"], p["kind"]) for p in problems] == [("5.png", "unreadable image")]
+    bars = capsys.readouterr().err
+    assert "checking images (num_proc=2)" in bars and "6/6" in bars
+
+
+def test_a_hub_datasets_own_images_are_checked(tmp_path):
+    buffer = io.BytesIO()
+    random_image(0).save(buffer, format="PNG")
+    turns = MESSAGES_RECORDS["list-content"]
+    rows = [{"messages": turns, "images": [{"bytes": data, "path": None}]} for data in (buffer.getvalue(), b"junk")]
+    dataset = Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+    problems = []
+    converted = check_images(convert_dataset(dataset, problems=problems), problems, max_pixels=None)
+    assert list(converted["id"]) == ["#0"]
+    assert [(p["id"], p["kind"]) for p in problems] == [("#1", "unreadable image")]
+
+
+def test_a_hub_datasets_bad_records_are_listed_and_left_out():
+    """Bad records fill the whole first batch of `datasets.map` (1,000 rows): the good ones after it still convert."""
+    good = {"messages": MESSAGES_RECORDS["string-content"], "images": []}
+    bad_turns = [{"role": "assistant", "content": A1}, {"role": "user", "content": Q1}]
+    bad = [{"id": f"bad-{index}", "messages": bad_turns, "images": []} for index in range(1000)]
+    problems = []
+    converted = convert_dataset(Dataset.from_list([*bad, good | {"id": "good"}]), problems=problems)
+    assert list(converted["id"]) == ["good"]
+    assert converted[0]["messages"] == convert_dataset(Dataset.from_list([good]))[0]["messages"]
+    assert [(p["id"], p["kind"]) for p in problems] == [(row["id"], "bad record") for row in bad]
+
+
+def test_jsonl_problems_give_the_files_line(tmp_path):
+    record = {"messages": MESSAGES_RECORDS["string-content"]}
+    lines = [json.dumps({"id": "one", **record}), "", json.dumps({"id": "cut", **record})[:40]]
+    lines += [json.dumps({"id": "four", "messages": []}), json.dumps({"id": "five", **record})]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"data\.jsonl', line 3, is not valid JSON \(column 41: "):
+        read_records(data)
+    problems = []
+    assert [row["id"] for row in read_records(data, problems=problems)] == ["one", "five"]
+    assert [(p.get("id"), p["line"], p["kind"]) for p in problems] == [
+        (None, 3, "bad line"),
+        ("four", 4, "bad record"),
+    ]
+
+
+def original_plain_accepts(conversations: list[dict]) -> bool:
+    """The assertions of the original's `preprocess_plain` (llava/train/train.py): 2 turns, `<image>` in the first."""
+    return len(conversations) == 2 and "<image>" in conversations[0]["value"]
+
+
+STAGE1_RECORDS = {
+    "caption": {"image": "a.png", "conversations": [human(f"<image>\n{Q1}"), gpt(CAPTION)]},
+    "multi-turn": LLAVA_RECORDS["multi-turn"][0],
+    "image-in-later-turn": LLAVA_RECORDS["image-in-later-turn"][0],
+    "text-only": LLAVA_RECORDS["text-only"][0],
+}
+
+
+def test_stage1_data_holds_one_exchange_with_one_image_as_the_original_asserts(tmp_path):
+    folder = write_images(tmp_path / "images", ["a.png", "b.png"])
+    records = [{"id": name, **record} for name, record in STAGE1_RECORDS.items()]
+    data = write_json(tmp_path / "stage1.json", records)
+    problems = []
+    kept = [row["id"] for row in read_records(data, folder, problems=problems, single_exchange=True)]
+    assert kept == [name for name, record in STAGE1_RECORDS.items() if original_plain_accepts(record["conversations"])]
+    assert {p["id"]: p["kind"] for p in problems} == {
+        name: "not stage-1 data" for name in STAGE1_RECORDS if name not in kept
+    }
+    assert "this record has 3 answers and 1 images" in next(p["problem"] for p in problems if p["id"] == "multi-turn")
+    assert len(read_records(data, folder)) == len(records)  # stage 2 trains on all of them

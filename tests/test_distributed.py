@@ -62,15 +62,18 @@ def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_two_processes_train_exactly_as_one_with_the_same_global_batch(checkpoints, train_data, tmp_path, case):
+def test_two_processes_train_exactly_as_one_with_the_same_global_batch(
+    checkpoints, train_data, stage1_data, tmp_path, case
+):
     stage, extra = CASES[case]
+    data = stage1_data if stage == "stage1" else train_data
     two = tmp_path / "two"
-    # 9 samples, 4 a step: the last batch of an epoch would be partial, and accelerate evens it out across ranks by
-    # repeating samples; dropping it keeps every step the same 4 samples on both sides, over two epochs.
+    # 9 samples (8 in stage 1), 4 a step: the last batch of an epoch could be partial, and accelerate evens it out
+    # across ranks by repeating samples; dropping it keeps every step the same 4 samples on both sides.
     steps = ["--max_steps", "4", "--dataloader_drop_last", "true"]
-    torchrun(2, stage, run_args(checkpoints, train_data, two, *steps, *extra))
+    torchrun(2, stage, run_args(checkpoints, data, two, *steps, *extra))
     one = tmp_path / "one"
-    train(stage, run_args(checkpoints, train_data, one, *steps, "--per_device_train_batch_size", "4", *extra))
+    train(stage, run_args(checkpoints, data, one, *steps, "--per_device_train_batch_size", "4", *extra))
 
     history = {
         name: json.loads((folder / "loss_history.json").read_text()) for name, folder in [("1", one), ("2", two)]

@@ -233,9 +233,9 @@ def test_a_training_output_goes_up_without_its_intermediate_checkpoints(tmp_path
 
 
 @pytest.mark.slow
-def test_training_with_push_to_hub_pushes_loadable_described_checkpoints(hub, checkpoints, train_data, tmp_path):
+def test_training_with_push_to_hub_pushes_loadable_described_checkpoints(hub, checkpoints, stage1_data, tmp_path):
     args = run_args(
-        checkpoints, train_data, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "1",
+        checkpoints, stage1_data, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "1",
         "--push_to_hub", "true", "--hub_model_id", "tester/stage1-run", "--hub_revision", "run-1",
     )  # fmt: skip
     train("stage1", args)
@@ -277,12 +277,12 @@ def test_push_sends_a_card_with_every_result_and_keeps_one_edited_by_hand(hub, l
 
 
 @pytest.mark.slow
-def test_a_hub_token_is_never_written_nor_uploaded(hub, checkpoints, train_data, tmp_path, monkeypatch):
+def test_a_hub_token_is_never_written_nor_uploaded(hub, checkpoints, stage1_data, tmp_path, monkeypatch):
     """`--hub_token` reaches the pushes, and no file written or received holds it (Trainer pickles its arguments)."""
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_one")  # the pushes work only with the token given on the command line
     secret = hub.token
     args = run_args(
-        checkpoints, train_data, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "1",
+        checkpoints, stage1_data, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "1",
         "--push_to_hub", "true", "--hub_model_id", "tester/token-run", "--hub_token", secret,
     )  # fmt: skip
     train("stage1", args)

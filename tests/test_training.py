@@ -61,8 +61,8 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], pre
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_full_stages_train_exactly_their_parts(checkpoints, train_data, tmp_path, stage):
-    args = run_args(checkpoints, train_data, tmp_path)
+def test_full_stages_train_exactly_their_parts(checkpoints, train_data, stage1_data, tmp_path, stage):
+    args = run_args(checkpoints, stage1_data if stage == "stage1" else train_data, tmp_path)
     before = {name: weight.clone() for name, weight in starting_model(stage, args).state_dict().items()}
     after = train(stage, args).model.state_dict()
 
@@ -112,10 +112,12 @@ def test_projector_learning_rate_is_its_own(checkpoints, train_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_stage1_writes_the_projector_artifact_and_stage2_starts_from_it(checkpoints, train_data, tmp_path):
+def test_stage1_writes_the_projector_artifact_and_stage2_starts_from_it(
+    checkpoints, train_data, stage1_data, tmp_path
+):
     stage1_dir = tmp_path / "stage1"
     trainer = train(
-        "stage1", run_args(checkpoints, train_data, stage1_dir, "--save_strategy", "steps", "--save_steps", "1")
+        "stage1", run_args(checkpoints, stage1_data, stage1_dir, "--save_strategy", "steps", "--save_steps", "1")
     )
     trained = trainer.model.model.multi_modal_projector.state_dict()
     for step, directory in ((2, stage1_dir), (1, stage1_dir / "checkpoint-1"), (2, stage1_dir / "checkpoint-2")):
@@ -437,12 +439,13 @@ def test_a_saved_checkpoint_trains_with_the_stock_trl_sft_command(llava_checkpoi
 
 
 @pytest.mark.parametrize("stage", ["stage1", "lora"])
-def test_the_same_seed_gives_bit_identical_weights(checkpoints, train_data, tmp_path, stage):
+def test_the_same_seed_gives_bit_identical_weights(checkpoints, train_data, stage1_data, tmp_path, stage):
     """From the backbones (a random projector, random LoRA weights), whatever the process did before."""
     weights = []
+    data = stage1_data if stage == "stage1" else train_data
     for index, seed in enumerate([7, 7, 8]):
         torch.manual_seed(100 + index)  # the global random state `main` finds differs each time
-        args = run_args(checkpoints, train_data, tmp_path / f"run-{index}", "--seed", str(seed))
+        args = run_args(checkpoints, data, tmp_path / f"run-{index}", "--seed", str(seed))
         trainer = main(*parse([stage, *args]))
         weights.append({name: value.clone() for name, value in trainer.model.state_dict().items()})
     assert weights[0].keys() == weights[1].keys()
@@ -605,3 +608,81 @@ def test_every_run_writes_its_loss_history_and_plot_and_says_where(checkpoints, 
     assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Training loss per step](loss_curve.png)" in (tmp_path / "run" / "README.md").read_text()
     assert f"stage2: saved to {tmp_path / 'run'}" in capsys.readouterr().out
+
+
+def test_llava_train_lists_every_bad_record_then_trains_without_them_when_told(
+    checkpoints, train_data, tmp_path, capsys
+):
+    records = json.loads(Path(train_data["data_path"]).read_text())
+    good = records[0]
+    (tmp_path / "images").symlink_to(train_data["image_folder"], target_is_directory=True)
+    bad = [
+        {**good, "id": "missing-1", "image": "gone-1.png"},
+        {**good, "id": "missing-2", "image": "gone-2.png"},
+        {**good, "id": "wrong-type", "image": 12345},
+        {**good, "id": "no-answer", "conversations": good["conversations"][:1]},
+    ]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records[:4] + bad + records[4:]))
+    run = tmp_path / "run"
+    args = run_args(checkpoints, {"data_path": str(data), "image_folder": str(tmp_path / "images")}, run)
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["train", "stage2", *args])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "Traceback" not in message
+    assert f"4 of 13 records in {str(data)!r} cannot be trained on (2 missing image, 2 bad record):" in message
+    assert "Record 'wrong-type': 'image' must be an image path (a string) or a list of them, got int" in message
+    assert str(run / "data_problems.json") in message and "--on_bad_record skip" in message
+    listed = json.loads((run / "data_problems.json").read_text())["problems"]
+    assert [problem["id"] for problem in listed] == ["missing-1", "missing-2", "wrong-type", "no-answer"]
+    assert not (run / "model.safetensors").exists()  # stopped before training
+
+    llava(["train", "stage2", *args, "--on_bad_record", "skip"])  # the same folder: the refused start bound nothing
+    dropped = json.loads((run / "dropped_samples.json").read_text())
+    assert [(item["id"], item["kind"]) for item in dropped] == [(problem["id"], problem["kind"]) for problem in listed]
+    assert (run / "model.safetensors").is_file()
+
+
+def test_after_a_refused_start_the_mended_data_trains_in_the_same_folder(
+    checkpoints, train_data, tmp_path, capsys, monkeypatch
+):
+    """The refused start records a fingerprint of the broken file; mending the file changes its hash, and the folder,
+    where nothing was trained, must not hold that against the next start."""
+    records = json.loads(Path(train_data["data_path"]).read_text())
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([*records, {**records[0], "id": "missing", "image": "gone.png"}]))
+    run = tmp_path / "run"
+    args = run_args(checkpoints, {"data_path": str(data), "image_folder": train_data["image_folder"]}, run)
+    with pytest.raises(SystemExit):
+        llava(["train", "stage2", *args])
+    assert "1 of 10 records" in capsys.readouterr().err
+    data.write_text(json.dumps(records))  # mended: another file, and nothing in `run` was trained
+    notes = recording_notes(monkeypatch)
+    llava(["train", "stage2", *args])
+    assert (run / "model.safetensors").is_file()
+    assert any("held no trained weights: its record of an earlier start is replaced" in note for note in notes)
+
+
+def test_stage1_refuses_what_the_plain_template_cannot_express(checkpoints, train_data, tmp_path, capsys):
+    """Multi-turn and text-only records would train on their first caption, or on a caption without an image."""
+    with pytest.raises(SystemExit):
+        llava(["train", "stage1", *run_args(checkpoints, train_data, tmp_path / "run")])
+    message = capsys.readouterr().err
+    assert f"9 of 9 records in {train_data['data_path']!r} cannot be trained on (9 not stage-1 data):" in message
+    assert "Record 'sample-0': stage 1 (the plain template) trains on one image and its caption" in message
+
+
+def test_the_dropped_samples_report_describes_the_current_run(checkpoints, train_data, tmp_path):
+    records = json.loads(Path(train_data["data_path"]).read_text())
+    too_long = {
+        "id": "too-long",
+        "conversations": [records[-1]["conversations"][0], {"from": "gpt", "value": "a " * 300}],
+    }
+    data = {**train_data, "data_path": str(tmp_path / "data.json")}
+    Path(data["data_path"]).write_text(json.dumps([*records, too_long]))
+    run = tmp_path / "run"
+    train("stage2", run_args(checkpoints, data, run))
+    assert [item["id"] for item in json.loads((run / "dropped_samples.json").read_text())] == ["too-long"]
+    train("stage2", run_args(checkpoints, train_data, run, "--overwrite_output_dir", "true"))
+    assert not (run / "dropped_samples.json").exists()  # this run dropped nothing

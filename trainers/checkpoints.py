@@ -25,6 +25,8 @@ The fingerprint keeps apart what makes a run's result from where its files are a
   record. A schedule that spans the budget (linear, cosine, a warmup given as a fraction) follows the new budget
   from that checkpoint on, as Trainer's does; the log says so. In a folder without checkpoints, a changed budget is
   another run.
+- A folder with neither checkpoints nor saved weights binds nothing: a start refused before training (bad data, say)
+  may be followed by another run in it, the mended data for one, with a line saying the record was replaced.
 - A refused start names the ways that keep the checkpoints (the recorded values with `--resume`; a new run from the
   newest complete checkpoint's weights in another folder, `--model_name_or_path OUTPUT/checkpoint-N`) before
   `--overwrite_output_dir`, which deletes them.
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hub_cards.model_card import COMPLETE_NAME, FINGERPRINT_NAME
-from processing.llava_data import _parsed
+from processing.llava_data import parse_data_file
 
 from .projector_artifact import CONFIG_NAME, WEIGHTS_NAME
 
@@ -57,8 +59,10 @@ OPERATIONAL = frozenset(
     {
         # where things are; their content is fingerprinted on its own (a Hub `dataset_name` by its id)
         "output_dir", "data_path", "image_folder", "dataset_name", "pretrain_projector", "resume_from_checkpoint",
-        # this start's choices: what to do with the folder, which data mistakes to accept
-        "resume", "overwrite_output_dir", "allow_images_outside_folder", "max_image_pixels",
+        # this start's choices: what to do with the folder, which data mistakes to accept (`on_bad_record`: a run
+        # that trains sees the same records either way, since with `error` only data without bad records trains, and
+        # a refused start must not bind the folder against its own hint, `skip`)
+        "resume", "overwrite_output_dir", "allow_images_outside_folder", "max_image_pixels", "on_bad_record",
         # logging and progress
         "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node", "logging_nan_inf_filter",
         "include_num_input_tokens_seen", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name",
@@ -128,7 +132,8 @@ def images_digest(data_path: str, image_folder: str | None) -> dict[str, Any]:
     """The images the data file's records name, as (relative path, size) in record order: what training reads from
     `image_folder`, wherever that folder is. A missing file counts with no size; the data checks report it."""
     digest, count, total = hashlib.sha256(), 0, 0
-    for record in _parsed(Path(data_path)):  # the data file as `read_records` parses it
+    records, _ = parse_data_file(Path(data_path), problems=[])  # as `read_records` parses it; its checks report lines
+    for record in records if isinstance(records, list) else []:
         for image in _image_references(record):
             try:
                 size = os.stat(os.path.join(image_folder, image) if image_folder else image).st_size
@@ -267,6 +272,11 @@ def _budget_below(checkpoint: Path, budget: dict[str, Any]) -> str | None:
     return None
 
 
+def _holds_weights(output_dir: Path) -> bool:
+    """Whether a run's final save is in `output_dir`: a model, an adapter or a stage-1 projector."""
+    return any(output_dir.glob("*.safetensors")) or any(output_dir.glob("*.bin"))
+
+
 def prepare_output_dir(
     output_dir: str | Path, fingerprint: dict[str, Any], resume: bool, overwrite: bool, write: bool = True
 ) -> tuple[Path | None, list[str]]:
@@ -287,6 +297,12 @@ def prepare_output_dir(
     checkpoints = checkpoint_folders(output_dir)
     if recorded is not None and recorded.get("format") != FORMAT:
         notes.append(f"{str(path)!r} was written by an earlier llava-plugin: its checkpoints cannot be checked.")
+        recorded = None
+    if recorded is not None and not checkpoints and not _holds_weights(output_dir):
+        # A start refused before training (bad data, say) bound the folder; the mended data is another file, and
+        # nothing here is lost by starting anew.
+        if _differences(recorded["run"], fingerprint["run"]):
+            notes.append(f"{str(output_dir)!r} held no trained weights: its record of an earlier start is replaced.")
         recorded = None
     newest, skipped = newest_complete_checkpoint(output_dir)
     resume_from = newest if resume else None

@@ -30,6 +30,7 @@ from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format
 from processing.collator import LlavaDataCollator
+from processing.data_checks import PROBLEMS_NAME, DataProblems, check_images
 from processing.lengths import drop_overflowing, measure_lengths
 from processing.llava_data import DataError, convert_dataset, read_records, rows_to_dataset
 from processing.padding_free import LlavaPaddingFreeCollator
@@ -41,6 +42,7 @@ from .stages import STAGES, Stage, apply_freeze, get_stage, lora_config, trainab
 
 logger = logging.get_logger(__name__)
 RECIPES = Path(__file__).parent / "recipes"
+DROPPED_NAME = "dropped_samples.json"
 
 
 class SetupError(ValueError):
@@ -94,6 +96,13 @@ class LlavaScriptArguments:
     projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector, if its own."})
     on_overflow: Literal["drop", "error"] = field(
         default="drop", metadata={"help": "Samples longer than max_length: drop and list them, or stop."}
+    )
+    on_bad_record: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": f"Records that cannot be trained on (listed in {PROBLEMS_NAME}): stop before training, or train "
+            f"without them (listed in {DROPPED_NAME})."
+        },
     )
     resume: bool = field(
         default=False, metadata={"help": "Continue this run from the newest complete checkpoint in output_dir."}
@@ -268,40 +277,51 @@ def load_training_rows(
     template: str,
     num_proc: int | None = None,
     progress: bool = True,
+    problems_file: Path | None = None,
 ) -> tuple[Dataset, list[dict]]:
-    """Reads and checks every record, measures every sample (`processing.lengths`, cached and in `num_proc`
-    processes), then drops (or refuses) the ones longer than `max_length`.
+    """Reads and checks every record and the header of every image (`processing.data_checks`), measures every sample
+    (`processing.lengths`, cached and in `num_proc` processes), then drops (or refuses) the ones longer than
+    `max_length`.
 
-    Images stay unopened: paths for a LLaVA JSON, undecoded bytes for a Hub dataset. Returns the dataset, with its
-    `length` and `has_images` columns, and the dropped samples (`{"id", "length"}`), which the run reports by id.
+    All bad records are found before one is refused: they are listed in `problems_file` (where given) and stop the
+    run (`on_bad_record: error`), or are left out (`skip`). Stage 1's `plain` template holds every record to one
+    image and its caption. Images are not decoded: paths for a LLaVA JSON, undecoded bytes for a Hub dataset. Returns
+    the dataset, with its `length` and `has_images` columns, and the dropped samples (`{"id", "length"}` for length,
+    the problem's entry for a skipped record), which the run reports by id.
     """
+    problems = DataProblems(script_args.data_path or script_args.dataset_name)
+    checks = {"problems": problems.entries, "single_exchange": template == "plain"}
+    folder, outside = script_args.image_folder, script_args.allow_images_outside_folder
     if script_args.data_path:
-        rows = read_records(
-            script_args.data_path, script_args.image_folder, script_args.allow_images_outside_folder, progress
-        )
+        rows = read_records(script_args.data_path, folder, outside, progress, **checks)
         dataset = rows_to_dataset(rows)  # empties `rows` as it goes
     elif script_args.dataset_name:
-        dataset = convert_dataset(
-            load_dataset(script_args.dataset_name, split=script_args.dataset_split),
-            script_args.image_folder,
-            script_args.allow_images_outside_folder,
-            num_proc,
-            progress,
-        )
+        source = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+        dataset = convert_dataset(source, folder, outside, num_proc, progress, **checks)
     else:
         raise SetupError("No training data: give `data_path` (LLaVA JSON) or `dataset_name`.")
-    read = len(dataset)
+    problems.records = read = len(dataset) + len(problems.entries)
+    dataset = check_images(dataset, problems.entries, script_args.max_image_pixels, num_proc, progress)
+    if problems.entries:
+        if problems_file is not None:
+            problems.write(problems_file)
+        if script_args.on_bad_record == "error":
+            raise DataError(
+                f"{problems.summary(problems_file)}\nFix them, or train without them: --on_bad_record skip"
+            )
+        logger.warning(f"Skipped (--on_bad_record skip): {problems.summary(problems_file)}")
     dataset = measure_lengths(dataset, processor, CHAT_TEMPLATES[template], num_proc, progress)
     dataset, report = drop_overflowing(dataset, max_length, script_args.on_overflow)
-    if report is not None and report.dropped:
+    too_long = report.dropped if report is not None else []
+    if too_long:
         logger.warning(report.summary())
     if not len(dataset):
-        source = script_args.data_path or script_args.dataset_name
+        skipped = f", {len(problems.entries)} of them cannot be trained on," if problems.entries else ""
         raise SetupError(
-            f"Nothing to train on: {source!r} holds {read} records and {read - len(dataset)} of them are longer than "
-            f"max_length={max_length} tokens. Raise max_length or check the data."
+            f"Nothing to train on: {problems.source!r} holds {read} records{skipped} and {len(too_long)} of them are "
+            f"longer than max_length={max_length} tokens. Raise max_length or check the data."
         )
-    return dataset, report.dropped if report is not None else []
+    return dataset, problems.entries + too_long
 
 
 def fill_global_batch(script_args: LlavaScriptArguments, training_args: SFTConfig) -> None:
@@ -399,6 +419,7 @@ def _assemble_trainer(
                 stage.template,
                 training_args.dataset_num_proc,
                 progress,
+                Path(training_args.output_dir) / PROBLEMS_NAME if training_args.process_index == 0 else None,
             )
     elif script_args.group_by_modality_length and "length" not in train_dataset.column_names:
         train_dataset = measure_lengths(
@@ -458,12 +479,15 @@ def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args
         )
     for note in notes:
         logger.warning(note)
+    output_dir = Path(training_args.output_dir)
+    if training_args.process_index == 0:  # what an earlier run in this folder found is not this run's
+        for name in (DROPPED_NAME, PROBLEMS_NAME):
+            (output_dir / name).unlink(missing_ok=True)
     trainer, dropped = _assemble_trainer(stage, script_args, training_args, model_args, None, None, fingerprint)
 
-    output_dir = Path(training_args.output_dir)
     if dropped and training_args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "dropped_samples.json").write_text(json.dumps(dropped, indent=2) + "\n")
+        (output_dir / DROPPED_NAME).write_text(json.dumps(dropped, indent=2) + "\n")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else training_args.resume_from_checkpoint)
     trainer.save_model()
     if stage.uses_lora and training_args.process_index == 0:
@@ -476,7 +500,7 @@ def main(script_args: LlavaScriptArguments, training_args: SFTConfig, model_args
         if stage.uses_lora:
             written = f"LoRA adapter, its base ({ADAPTER_BASE_NAME}), card, run record, loss history and plot"
         if dropped:
-            written += f", dropped_samples.json ({len(dropped)} samples)"
+            written += f", {DROPPED_NAME} ({len(dropped)} samples)"
         print(f"{stage.name}: saved to {output_dir} ({written})")
     return trainer
 
