@@ -36,14 +36,31 @@ CASES = {
 }  # fmt: skip
 
 
-def torchrun(processes: int, stage: str, args: list[str]) -> subprocess.CompletedProcess:
+def launch(processes: int, arguments: list[str]) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node PROCESSES -m command_line.main train ARGUMENTS` on this machine."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command += ["-m", "command_line.main", "train", stage, *args, "--use_cpu", "true", "--dataloader_num_workers", "0"]
-    command += TINY_LORA if stage == "lora" else []  # as `train` adds for one process
+    command += ["-m", "command_line.main", "train", *arguments, "--dataloader_num_workers", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+
+
+def torchrun(processes: int, stage: str, args: list[str]) -> subprocess.CompletedProcess:
+    """A DDP run over gloo, which must succeed."""
+    done = launch(processes, [stage, *args, "--use_cpu", "true", *(TINY_LORA if stage == "lora" else [])])
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU per process, the launch is a DDP run")
+def test_a_launch_without_use_cpu_on_a_cpu_stops_before_each_process_trains_a_copy(checkpoints, train_data, tmp_path):
+    """Without `use_cpu`, transformers finds no device to give each process, trains each alone and only warns: two
+    copies of the run would log every step and write one folder. Each process stops before loading anything."""
+    output_dir = tmp_path / "run"
+    done = launch(2, ["stage2", *run_args(checkpoints, train_data, output_dir)])
+    refusals = [line for line in done.stderr.splitlines() if line.startswith("llava train: ")]
+    assert done.returncode != 0 and len(refusals) == 2, done.stderr[-3000:]
+    assert "2 processes were launched (WORLD_SIZE=2)" in refusals[0] and "add `--use_cpu true`" in refusals[0]
+    assert not output_dir.exists()  # neither process got as far as the output folder
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

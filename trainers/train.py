@@ -13,6 +13,7 @@ dataset (the speed benchmark does so).
 """
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -165,6 +166,7 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
     Also derives gradient accumulation from `global_batch_size` (`fill_global_batch`), which the run's fingerprint
     records.
     """
+    check_launch(training_args)
     if script_args.stage is None:
         raise SetupError(f"No stage: give it as `llava train STAGE` or `stage:` in the recipe ({', '.join(STAGES)}).")
     stage = get_stage(script_args.stage)
@@ -196,6 +198,22 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
         )
     fill_global_batch(script_args, training_args)
     return stage
+
+
+def check_launch(training_args: SFTConfig) -> None:
+    """A multi-process launch must be one run over all the processes, not one run per process.
+
+    torchrun and `accelerate launch` set WORLD_SIZE; transformers then trains with DDP only if it finds a device per
+    process. On a machine without GPUs that takes `use_cpu` (DDP over gloo): without it, transformers warns and goes
+    on, and every process trains its own copy of the run, logging every step and all writing the same output folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:
+        raise SetupError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}), but transformers found no GPU to give "
+            f"each, so each would train its own copy of the run into {training_args.output_dir}. On a CPU, add "
+            "`--use_cpu true` (DDP over gloo)."
+        )
 
 
 def require_cuda_for_qlora() -> None:
@@ -533,7 +551,10 @@ def with_stage_word(argv: list[str]) -> list[str]:
 
 
 def parse(argv: list[str]) -> tuple[LlavaScriptArguments, SFTConfig, ModelConfig]:
-    return parser().parse_args_and_config(resolve_recipe(with_stage_word(argv)))
+    try:
+        return parser().parse_args_and_config(resolve_recipe(with_stage_word(argv)))
+    except ValueError as error:  # transformers' own checks of the fields, e.g. a bf16 recipe on a CPU without use_cpu
+        raise SetupError(str(error)) from None
 
 
 def recipe_help(argv: list[str]) -> str:
