@@ -4,7 +4,7 @@ The client under test speaks HTTP to it exactly as to a real endpoint: `Scripted
 `POST /v1/chat/completions` on 127.0.0.1 (a free port) from a thread, answering each request with `reply(body)`, the
 text that the scripted teacher writes for that request. `server.script(...)` queues what the next requests get, one
 each: `"answer"` (the normal reply), `"malformed"` (HTTP 200 with a body that is not JSON), `"http500"`, `"http429"`,
-`"http401"`, `"sleep"` (the reply, after `sleep_seconds`: longer than a client's timeout), `"truncated"` (a body
+`"http401"`, `"hang"` (no answer until the server closes: longer than any client's timeout), `"truncated"` (a body
 shorter than its Content-Length, then the connection closed), `"badstatus"` (a status line that is not HTTP) and
 `"reset"` (the connection closed without a word); past the queue, requests get `"answer"`. Every request body is
 recorded in `requests`, its `Authorization` header in `authorizations`.
@@ -12,22 +12,22 @@ recorded in `requests`, its `Authorization` header in `authorizations`.
 
 import json
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ACTIONS = {"answer", "malformed", "http500", "http429", "http401", "sleep", "truncated", "badstatus", "reset"}
+ACTIONS = {"answer", "malformed", "http500", "http429", "http401", "hang", "truncated", "badstatus", "reset"}
 
 
 class ScriptedServer:
-    def __init__(self, reply: Callable[[dict[str, Any]], str], sleep_seconds: float = 1.0):
-        self.reply, self.sleep_seconds = reply, sleep_seconds
+    def __init__(self, reply: Callable[[dict[str, Any]], str]):
+        self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # what a "hang" waits for, rather than a time the client might outlast
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         # A short poll interval: `shutdown` waits for it at the end of every test.
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
@@ -54,6 +54,7 @@ class ScriptedServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -79,8 +80,8 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 return None
             if action.startswith("http"):
                 return self._send(int(action[4:]), {"error": {"message": f"scripted {action}"}})
-            if action == "sleep":
-                time.sleep(server.sleep_seconds)
+            if action == "hang":
+                server._closing.wait()
             content = server.reply(body)
             completion = {
                 "id": "chatcmpl-scripted",
@@ -101,7 +102,7 @@ def _handler_for(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up waiting (the "sleep" misbehaviour): nobody is left to answer
+                pass  # the client gave up waiting (the "hang" misbehaviour): nobody is left to answer
 
         def log_message(self, format: str, *args) -> None:
             pass  # keep the test output clean

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -262,54 +264,80 @@ def test_concurrent_requests_get_their_own_greedy_answers(client, loaded):
 
 
 @pytest.fixture(scope="module")
-def slow_server(llava_checkpoint):
-    """A server with room for one waiting request, whose model takes ~10 ms a token and never stops early."""
+def held_server(llava_checkpoint) -> Iterator[SimpleNamespace]:
+    """A server with room for one waiting request, whose model never stops early and is held by the test: each
+    forward pass sets `inside`, then waits for `go`; `passes` counts them and `jobs` holds every submitted job.
+
+    Holding the model, not a long generation, keeps a request running for as long as the test needs, however fast or
+    busy the machine (a 400-token answer once finished before the test's third request arrived).
+    """
     model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()
     model.generation_config.eos_token_id = None
+    held = SimpleNamespace(inside=threading.Event(), go=threading.Event(), passes=0, jobs=[])
     forward = model.forward
 
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.01)
+    def held_forward(*args, **kwargs):
+        held.passes += 1
+        held.inside.set()
+        held.go.wait()
         return forward(*args, **kwargs)
 
-    model.forward = slow_forward
+    model.forward = held_forward
     app = create_app(
-        model, LlavaPluginProcessor.from_pretrained(llava_checkpoint), "slow", ServeSettings(max_queue=1, page=False)
+        model, LlavaPluginProcessor.from_pretrained(llava_checkpoint), "held", ServeSettings(max_queue=1, page=False)
     )
-    with serving_in_thread(app) as url:
-        yield url, app.state.worker
+    held.worker = app.state.worker
+    submit = held.worker.submit
+
+    async def recorded_submit(*args, **kwargs):
+        held.jobs.append(await submit(*args, **kwargs))
+        return held.jobs[-1]
+
+    held.worker.submit = recorded_submit
+    with serving_in_thread(app) as held.url:
+        try:
+            yield held
+        finally:
+            held.go.set()  # a failed test leaves no generation waiting
 
 
-def wait_for(condition, timeout: float = 30) -> None:
+def wait_for(condition, timeout: float = 60) -> None:
+    """Polls `condition` until it holds; the timeout only turns a hang into a failure."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
 
 
-def test_a_full_queue_answers_429_and_a_disconnect_frees_the_slot(slow_server):
-    url, worker = slow_server
-    body = {"model": "slow", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 400, "stream": True}
+def test_a_full_queue_answers_429_and_a_disconnect_frees_the_slot(held_server):
+    held, worker = held_server, held_server.worker
+    url = f"{held.url}/v1/chat/completions"
+    body = {"model": "held", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 400, "stream": True}
     with httpx.Client(timeout=60) as http:
-        with http.stream("POST", f"{url}/v1/chat/completions", json=body) as running:
+        with http.stream("POST", url, json=body) as running:
             lines = running.iter_lines()  # kept: a dropped iterator closes the response, a disconnect
-            assert next(lines).startswith("data: ")  # the first request is being answered
-            with http.stream("POST", f"{url}/v1/chat/completions", json=body) as waiting:
+            assert next(lines).startswith("data: ")
+            assert held.inside.wait(timeout=60)  # the first request is in the model, and stays there
+            with http.stream("POST", url, json=body) as waiting:
                 wait_for(lambda: worker.waiting == 1)
-                refused = httpx.post(f"{url}/v1/chat/completions", json=body | {"stream": False}, timeout=60)
+                refused = httpx.post(url, json=body | {"stream": False}, timeout=60)
                 assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full"
-                client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+                client = openai.OpenAI(base_url=f"{held.url}/v1", api_key="unused", max_retries=0)
                 with pytest.raises(openai.RateLimitError):
-                    client.chat.completions.create(model="slow", messages=body["messages"], max_tokens=2)
+                    client.chat.completions.create(model="held", messages=body["messages"], max_tokens=2)
                 assert waiting.status_code == 200
-            wait_for(lambda: worker.waiting == 0 and worker.cancelled >= 1, timeout=10)  # left before its turn
-        # The running request's client is gone too: its generation stops long before 400 tokens (~4 s).
-        wait_for(lambda: worker.cancelled >= 2, timeout=2)
+            wait_for(lambda: worker.waiting == 0 and worker.cancelled == 1)  # left before its turn
+        # The running request's client is gone too: its job is cancelled while its first forward pass is held, and
+        # once let go, the generation stops at that token instead of going on to 400.
+        running_job = held.jobs[0]
+        wait_for(lambda: running_job.cancelled)
+        held.go.set()
+        wait_for(lambda: worker.cancelled == 2)
+        assert held.passes == 1
         answered = worker.answered
-        started = time.monotonic()
-        quick = http.post(f"{url}/v1/chat/completions", json=body | {"stream": False, "max_tokens": 3})
+        quick = http.post(url, json=body | {"stream": False, "max_tokens": 3})
         assert quick.status_code == 200 and quick.json()["usage"]["completion_tokens"] == 3
-        assert time.monotonic() - started < 3 and worker.answered == answered + 1
+        assert worker.answered == answered + 1
 
 
 def test_shipped_example_images_are_the_demo_world_drawings(tmp_path):

@@ -4,7 +4,6 @@ the on-disk cache and the concurrency limit."""
 import argparse
 import socket
 import threading
-import time
 
 import pytest
 
@@ -30,7 +29,7 @@ def echo(body: dict) -> str:
 
 @pytest.fixture
 def server():
-    with ScriptedServer(echo, sleep_seconds=1.0) as server:
+    with ScriptedServer(echo) as server:
         yield server
 
 
@@ -84,20 +83,23 @@ def test_a_reply_that_is_not_a_chat_completion_fails_clearly(server):
 
 
 def test_a_timeout_is_retried_then_reported(server):
-    server.script("sleep")
-    assert client(server, timeout=0.2).complete(MESSAGES, 0.0, 5).startswith("hello")
-    server.script("sleep", "sleep", "sleep")
+    """A hung request never answers, so any timeout ends it; only the answered retry must beat the timeout, which
+    a loopback answer does by far however busy the machine (0.2 s did not always suffice for it)."""
+    server.script("hang")
+    assert client(server, timeout=2.0).complete(MESSAGES, 0.0, 5).startswith("hello")
+    server.script("hang", "hang", "hang")
     with pytest.raises(TeacherError, match=r"failed 3 times; the last time: no answer within 0.2 s"):
         client(server, timeout=0.2).complete(MESSAGES, 0.0, 5)
 
 
 def test_a_refused_connection_is_reported():
-    with socket.socket() as probe:  # a port that nothing listens on
+    # A port held for the test and never listened on: nothing else on the machine can take it in the meantime.
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    chat = OpenAIChat(f"http://127.0.0.1:{port}/v1", "m", retries=1, backoff=0.01)
-    with pytest.raises(TeacherError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions failed 2 times.*connection"):
-        chat.complete(MESSAGES, 0.0, 5)
+        chat = OpenAIChat(f"http://127.0.0.1:{port}/v1", "m", retries=1, backoff=0.01)
+        with pytest.raises(TeacherError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions failed 2 times.*connection"):
+            chat.complete(MESSAGES, 0.0, 5)
 
 
 def test_a_url_without_scheme_is_refused():
@@ -123,14 +125,17 @@ def test_the_cache_answers_a_repeated_call_and_survives_a_restart(server, tmp_pa
 
 
 def test_concurrency_never_exceeds_the_worker_limit():
+    """Calls go three at a time: each waits at a barrier until three are in flight (a pool of fewer threads would
+    break it instead of hanging), so the peak reaches three however the threads are scheduled."""
     in_flight, peak, lock = 0, 0, threading.Lock()
+    three = threading.Barrier(3, timeout=60)
 
     def work(item: int) -> int:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
             peak = max(peak, in_flight)
-        time.sleep(0.02)
+        three.wait()
         with lock:
             in_flight -= 1
         return item * item
