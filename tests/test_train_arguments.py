@@ -26,16 +26,6 @@ def test_a_run_without_a_stage_is_refused_in_one_line(tmp_path, capsys):
     assert message.startswith("llava train: No stage") and "\n" not in message
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 needs use_cpu only where there is no GPU")
-def test_a_bf16_recipe_on_a_cpu_without_use_cpu_is_refused_in_one_line(tmp_path, capsys):
-    """transformers refuses these arguments while they are parsed (a ValueError); it is a mistake in the command."""
-    with pytest.raises(SystemExit) as exit_info:
-        llava(["train", "--config", "llava-1.5-7b-stage2", "--output_dir", str(tmp_path)])
-    assert exit_info.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message.startswith("llava train: ") and "use_cpu" in message and "\n" not in message
-
-
 @pytest.mark.parametrize(
     ("stage", "flags", "hint"),
     [
