@@ -72,7 +72,7 @@ def test_a_browser_uploads_an_image_and_reads_the_streamed_answer(page, loaded, 
     screenshot = tmp_path / "page.png"
     script = Path(__file__).parent / "browser" / "check_page.py"
     result = subprocess.run(
-        [sys.executable, str(script), page, str(tmp_path / "a.png"), QUESTION, str(screenshot)],
+        [sys.executable, str(script), page, str(tmp_path / "a.png"), QUESTION, str(screenshot), expected],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
