@@ -15,6 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from command_line.main import main as llava
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from processing.generation import generate_greedy, load_llava
+from serving.server import serving_in_thread
 from serving.terminal import ChatSession
 from tests.conftest import QUESTION, random_image, run_args, train
 from trainers.merge_lora import merge_lora
@@ -91,16 +92,29 @@ def test_llava_chat_answers_with_an_adapter_as_with_its_merged_checkpoint(adapte
     assert expected and capsys.readouterr().out.strip().splitlines()[-1] == expected
 
 
-def test_llava_serve_loads_an_adapter_unmerged(adapter, monkeypatch):
+def test_llava_serve_answers_with_an_adapter_as_with_its_merged_checkpoint(adapter, merged, monkeypatch):
+    import openai
     import uvicorn
 
     import serving.server
+    from tests.test_serve import user_with_image
 
-    served = {}
-    monkeypatch.setattr(serving.server, "create_app", lambda model, processor, *rest: served.update(model=model))
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)
-    llava(["serve", str(adapter), "--port", "0", "--device", "cpu"])
-    assert isinstance(served["model"], PeftModel)
+    created = {}
+    create_app = serving.server.create_app
+    monkeypatch.setattr(serving.server, "create_app", lambda *args: created.setdefault("app", create_app(*args)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)  # returns at once: served below instead
+    llava(["serve", str(adapter), "--port", "0", "--device", "cpu", "--no-page"])
+    monkeypatch.undo()
+    assert isinstance(created["app"].state.worker.model, PeftModel)
+    image, question = random_image(6), "What is the colour of the square?"
+    with serving_in_thread(created["app"]) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        messages = [user_with_image(image, question)]
+        reply = client.chat.completions.create(model="x", messages=messages, max_tokens=MAX_NEW_TOKENS)
+    session = ChatSession(*load_llava(str(merged), device="cpu"), max_new_tokens=MAX_NEW_TOKENS)
+    session.image = image
+    expected = session.ask(question)
+    assert expected and reply.choices[0].message.content == expected
 
 
 def test_llava_eval_scores_an_adapter_as_its_merged_checkpoint(adapter, merged, tmp_path):
