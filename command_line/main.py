@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import NoReturn
 
+MODEL_HELP = "a checkpoint folder in any format `llava convert` reads, a `llava train lora` folder, or a Hub id"
+
 
 def fail(command: str, error: Exception | str) -> NoReturn:
     """Ends `llava COMMAND` on a user's mistake: one line on stderr and exit status 2, as argparse's own errors."""
@@ -34,6 +36,26 @@ def info(path: str) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """`processing.generation.add_precision_arguments`'s flags, written out so that building the parser imports no
+    torch (`llava info` answers at once); a test keeps the two alike."""
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights' precision (auto: bfloat16 on a GPU, float32 on a CPU)",
+    )
+    quantize = parser.add_mutually_exclusive_group()
+    for quantization in ("4bit", "8bit"):
+        quantize.add_argument(
+            f"--load-in-{quantization}",
+            dest="quantization",
+            action="store_const",
+            const=quantization,
+            help=f"the language model in {quantization[0]}-bit (bitsandbytes, CUDA only)",
+        )
+
+
 def serve(args: argparse.Namespace) -> None:
     """`llava serve`: user errors (a missing extra, a wrong folder, a taken port) end in one line and exit code 2."""
     try:
@@ -53,7 +75,7 @@ def serve(args: argparse.Namespace) -> None:
         page=not args.no_page,
     )
     try:
-        run_server(args.model, settings, args.device, args.vision_tower)
+        run_server(args.model, settings, args.device, args.vision_tower, args.dtype, args.quantization)
     except (ValueError, OSError) as error:  # a wrong folder or format, a port in use: the message says which
         fail("serve", error)
 
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     chat_parser = commands.add_parser("chat", help="chat with a LLaVA model in the terminal")
-    chat_parser.add_argument("model", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
+    chat_parser.add_argument("model", help=MODEL_HELP)
     chat_parser.add_argument("--image", help="the image to talk about")
     chat_parser.add_argument("--prompt", help="ask one question, print the answer and exit")
     chat_parser.add_argument(
@@ -118,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     chat_parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
     chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+    add_precision_arguments(chat_parser)
 
     serve_parser = commands.add_parser(
         "serve",
@@ -125,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Serve MODEL: a chat page at / and the OpenAI chat-completions API under /v1, on 127.0.0.1 unless "
         "--host says otherwise. Images come as data: URLs unless the --allow-* flags widen that.",
     )
-    serve_parser.add_argument("model", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
+    serve_parser.add_argument("model", help=MODEL_HELP)
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve_parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
     serve_parser.add_argument(
@@ -145,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--no-page", action="store_true", help="the API only, without the chat page")
     serve_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     serve_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+    add_precision_arguments(serve_parser)
 
     # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
     commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
@@ -191,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.temperature,
                 args.device,
                 args.vision_tower,
+                args.dtype,
+                args.quantization,
             )
         except (ValueError, OSError) as error:  # a wrong folder or format: the message says which and what to do
             fail("chat", error)

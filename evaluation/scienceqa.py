@@ -270,10 +270,12 @@ def evaluate(
     static_cache: bool | None = None,
     lenient: bool = False,
     allow_images_outside_folder: bool = False,
+    dtype: str = "auto",
+    quantization: str | None = None,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
     problems = load_problems(data, split, allow_images_outside_folder)
-    model, processor = load_llava(model_path, device)
+    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization)
     conversations = [[user_message(problem.prompt, images=int(problem.image is not None))] for problem in problems]
     outputs = generate_greedy(
         model,
@@ -344,6 +346,8 @@ def run(args: argparse.Namespace) -> None:
         args.static_cache,
         args.lenient,
         args.allow_images_outside_folder,
+        dtype=args.dtype,
+        quantization=args.quantization,
     )
     print_report(results, Path(output_dir) / RESULTS_NAME)
     print(refresh_card_after_eval(output_dir, args.overwrite_card))

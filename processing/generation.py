@@ -10,9 +10,14 @@ that a model is scored on the pixels it was trained on.
 Decoding uses a static KV cache on a GPU, where transformers compiles the decoding step and replays it as CUDA graphs
 (the speed benchmark's generation case); the greedy tokens are those of the default dynamic cache (tested). On a CPU
 there is nothing to compile and it measured no faster, so the dynamic cache stays there.
+
+A model answers in the precision asked (`--dtype`; `auto` is bf16 on a GPU, fp32 on a CPU), or with its language
+model quantized by bitsandbytes on a GPU (`--load-in-4bit` / `--load-in-8bit`, the original's `--load-4bit` /
+`--load-8bit`); a LoRA folder is loaded unmerged on its rebuilt base (`processing.adapters`).
 """
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -28,16 +33,74 @@ class CheckpointError(ValueError):
     """A model that cannot be loaded; the message names the folder or Hub id and why."""
 
 
-def load_llava(path: str | Path, device: str | None = None, vision_tower: str | None = None):
-    """The model (in eval mode) and processor of a LLaVA checkpoint in any format `llava convert` reads (this
-    plugin's, llava-hf, the original repository's), from a folder or the Hub; on `device` (default: CUDA when present)
-    in bf16 there, else in fp32. `vision_tower` stands in for an original checkpoint's `mm_vision_tower`.
+# The precisions a model is loaded in for answering questions; `auto` is bf16 on a GPU, fp32 on a CPU.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("4bit", "8bit")
 
-    Raises `CheckpointError` when `path` is neither a checkpoint folder nor a model the Hub serves."""
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype that `dtype` (one of `DTYPES`) names on `device`."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"Unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}.")
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def quantization_config(quantization: str, dtype: torch.dtype, device: str):
+    """bitsandbytes' settings for loading the language model in `quantization` (`4bit`, `8bit`), as the original's
+    `load_4bit` / `load_8bit` (`llava/model/builder.py`: NF4 with double quantization; LLM.int8()), computing in
+    `dtype`. Raises `CheckpointError` where bitsandbytes cannot run: without CUDA, or without the package."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise CheckpointError(f"Unknown quantization {quantization!r}: expected one of {', '.join(QUANTIZATIONS)}.")
+    flag = f"--load-in-{quantization}"
+    if not torch.cuda.is_available():
+        raise CheckpointError(
+            f"{flag} quantizes with bitsandbytes, which needs a CUDA GPU, and none is present: leave it out "
+            "(--dtype chooses the precision)."
+        )
+    if not str(device).startswith("cuda"):
+        raise CheckpointError(f"{flag} quantizes with bitsandbytes, which needs a CUDA device, not {device!r}.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise CheckpointError(f"{flag} needs bitsandbytes: pip install 'llava-plugin[qlora]'.")
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_llava(
+    path: str | Path,
+    device: str | None = None,
+    vision_tower: str | None = None,
+    dtype: str = "auto",
+    quantization: str | None = None,
+):
+    """The model (in eval mode) and processor of a LLaVA checkpoint in any format `llava convert` reads (this
+    plugin's, llava-hf, the original repository's), or of a LoRA adapter folder (`llava train lora`, applied unmerged
+    to its rebuilt base: `processing.adapters`), from a folder or the Hub.
+
+    On `device` (default: CUDA when present) in `dtype` (one of `DTYPES`), or with the language model quantized by
+    bitsandbytes (`quantization`: `4bit`, `8bit`; CUDA only, this plugin's checkpoints and adapters). `vision_tower`
+    stands in for an original checkpoint's `mm_vision_tower`.
+
+    Raises `CheckpointError` when `path` is neither a checkpoint folder nor a model the Hub serves, or cannot be
+    loaded as asked."""
     from huggingface_hub import snapshot_download
 
-    from modeling_llava.convert_checkpoint import load_any
+    from modeling_llava.convert_checkpoint import FORMAT_NAMES, detect_format, load_any
 
+    from .adapters import build_base, is_adapter, load_adapter
+
+    device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = resolve_dtype(dtype, device)
+    quantized = quantization_config(quantization, torch_dtype, device) if quantization else None
     local = Path(path)
     if not local.is_dir() and (local.exists() or local.is_absolute() or str(path).startswith((".", "~"))):
         raise CheckpointError(f"{str(path)!r} is not a folder: give a checkpoint folder or a Hub model id.")
@@ -47,13 +110,24 @@ def load_llava(path: str | Path, device: str | None = None, vision_tower: str | 
         message = f"{str(path)!r} is neither a checkpoint folder nor a model on the Hub ({error})."
         raise CheckpointError(message) from error
     try:
-        model, processor = load_any(folder, vision_tower=vision_tower)
-    except (OSError, ValueError) as error:  # no config.json, another model type, a LoRA adapter, unreadable weights
+        if is_adapter(folder):
+            model, processor = load_adapter(folder, torch_dtype, quantized)
+        elif quantized is not None:
+            kind = detect_format(folder)
+            if kind != "plugin":  # bitsandbytes quantizes as from_pretrained reads; these are assembled in memory
+                raise ValueError(
+                    f"{str(path)!r} is {FORMAT_NAMES[kind]} checkpoint, which loads quantized once converted: "
+                    f"`llava convert {path} CONVERTED`, then load CONVERTED."
+                )
+            model, processor = build_base(folder, dtype=torch_dtype, quantization_config=quantized)
+        else:
+            model, processor = load_any(folder, vision_tower=vision_tower)
+        # bitsandbytes' weights keep their storage type: only their device may change.
+        model = model.to(device) if quantized is not None else model.to(device=device, dtype=torch_dtype)
+    except (OSError, ValueError) as error:  # no config.json, another format, no llava_base.json, bad weights
         message = str(error) if str(path) in str(error) else f"Checkpoint {str(path)!r}: {error}"
         raise CheckpointError(message) from error
-    device = device if device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return model.to(device=device, dtype=dtype).eval(), processor
+    return model.eval(), processor
 
 
 def decoding_kwargs(model, static_cache: bool | None = None) -> dict[str, str]:
@@ -63,9 +137,31 @@ def decoding_kwargs(model, static_cache: bool | None = None) -> dict[str, str]:
     return {"cache_implementation": "static"} if static_cache else {}
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--dtype` and `--load-in-4bit` / `--load-in-8bit`, read into `args.dtype` and `args.quantization` (what
+    `load_llava` takes). `llava chat` and `serve` define the same flags without importing torch (`command_line`)."""
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights' precision (auto: bfloat16 on a GPU, float32 on a CPU)",
+    )
+    quantize = parser.add_mutually_exclusive_group()
+    for quantization in QUANTIZATIONS:
+        quantize.add_argument(
+            f"--load-in-{quantization}",
+            dest="quantization",
+            action="store_const",
+            const=quantization,
+            help=f"the language model in {quantization[0]}-bit (bitsandbytes, CUDA only)",
+        )
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--device` and `--static-cache`, as every command that answers questions with a checkpoint takes them."""
+    """`--device`, the precision (`add_precision_arguments`) and `--static-cache`, as every command that answers
+    questions with a checkpoint takes them."""
     parser.add_argument("--device", help="default: cuda when present, else cpu")
+    add_precision_arguments(parser)
     parser.add_argument(
         "--static-cache",
         action=argparse.BooleanOptionalAction,
@@ -118,4 +214,14 @@ def generate_greedy(
     return answers
 
 
-__all__ = ["CheckpointError", "add_decoding_arguments", "decoding_kwargs", "generate_greedy", "load_llava"]
+__all__ = [
+    "DTYPES",
+    "CheckpointError",
+    "add_decoding_arguments",
+    "add_precision_arguments",
+    "decoding_kwargs",
+    "generate_greedy",
+    "load_llava",
+    "quantization_config",
+    "resolve_dtype",
+]

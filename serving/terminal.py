@@ -120,8 +120,10 @@ def run(
     temperature: float,
     device: str,
     vision_tower: str | None,
+    dtype: str = "auto",
+    quantization: str | None = None,
 ) -> None:
-    llava, processor = load_llava(model, device, vision_tower)
+    llava, processor = load_llava(model, device, vision_tower, dtype, quantization)
     session = ChatSession(llava, processor, max_new_tokens, temperature)
     session.set_image(image)
     if prompt is not None:

@@ -120,11 +120,13 @@ def test_one_shot_command_prints_the_answer(loaded, llava_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["chat", "--prompt", "Hello?"], ["serve", "--port", "0"]])
-def test_a_lora_folder_is_pointed_to_merge_lora_in_one_line(lora_adapter, capsys, command):
+def test_a_peft_folder_without_its_base_record_is_one_line(lora_adapter, capsys, command):
+    """A LoRA folder loads through the `llava_base.json` that `llava train lora` writes beside it
+    (tests/test_adapters.py); a bare PEFT adapter has none to rebuild its base from."""
     capsys.readouterr()  # only what the command prints
     with pytest.raises(SystemExit) as exit_info:
         llava([command[0], str(lora_adapter), *command[1:]])
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith(f"llava {command[0]}: ") and "is a LoRA adapter" in message
-    assert "llava merge-lora" in message and "\n" not in message
+    assert message.startswith(f"llava {command[0]}: ") and "has no llava_base.json" in message
+    assert "llava train lora" in message and "\n" not in message

@@ -23,13 +23,14 @@ import torch
 import yaml
 from datasets import Dataset, load_dataset
 from PIL import Image
-from transformers import AutoProcessor, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format
+from processing.adapters import BASE_FIELDS, build_base
 from processing.collator import LlavaDataCollator
 from processing.data_checks import PROBLEMS_NAME, DataProblems, check_images
 from processing.lengths import drop_overflowing, measure_lengths
@@ -238,9 +239,7 @@ def build_model_and_processor(
     quantization_config = None
     if quantized:
         require_cuda_for_qlora()
-        quantization_config = get_quantization_config(model_args)
-        # Only the language model is quantized; the vision tower, projector and head stay in `dtype`.
-        quantization_config.llm_int8_skip_modules = ["vision_tower", "multi_modal_projector", "lm_head"]
+        quantization_config = get_quantization_config(model_args)  # of the language model alone (`build_base`)
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype
     if model_args.model_name_or_path:
         config_file = Path(model_args.model_name_or_path, "config.json")
@@ -251,33 +250,18 @@ def build_model_and_processor(
                     f"{model_args.model_name_or_path!r} is {FORMAT_NAMES[kind]} checkpoint: convert it first "
                     f"(`llava convert {model_args.model_name_or_path} CONVERTED`) and train from CONVERTED."
                 )
-        model = LlavaPluginForConditionalGeneration.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            dtype=dtype,
-            quantization_config=quantization_config,
-        )
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    elif script_args.vision_tower and script_args.language_model:
-        model = LlavaPluginForConditionalGeneration.from_backbones(
-            script_args.vision_tower,
-            script_args.language_model,
-            projector_type=script_args.projector_type,
-            dtype=dtype,
-            quantization_config=quantization_config,
-            vision_feature_layer=script_args.vision_feature_layer,
-        )
-        processor = LlavaPluginProcessor.from_backbones(
-            script_args.vision_tower,
-            script_args.language_model,
-            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-            pad_to_square=script_args.pad_to_square,
-        )
-    else:
+    elif not (script_args.vision_tower and script_args.language_model):
         raise SetupError(
             "Nothing to start from: give `model_name_or_path` (a LLaVA checkpoint) or both `vision_tower` and "
             "`language_model` (backbone checkpoints)."
         )
+    model, processor = build_base(
+        model_args.model_name_or_path,
+        **{name: getattr(script_args, name) for name in BASE_FIELDS},
+        dtype=dtype,
+        quantization_config=quantization_config,
+        revision=model_args.model_revision,
+    )
     if script_args.pretrain_projector:
         load_projector(model, script_args.pretrain_projector)
         logger.warning(
@@ -361,7 +345,7 @@ def _absolute(path: str | None) -> str | None:
 
 
 def base_description(script_args: LlavaScriptArguments, model_args: ModelConfig) -> dict:
-    """What `build_model_and_processor` needs to rebuild the model a LoRA adapter was trained on."""
+    """What `processing.adapters.load_adapter` needs to rebuild the model a LoRA adapter was trained on."""
     script = asdict(script_args)
     for name in ("data_path", "image_folder", "vision_tower", "language_model", "pretrain_projector"):
         script[name] = _absolute(script[name])

@@ -1,0 +1,107 @@
+"""The model a LLaVA run starts from, and a LoRA adapter applied to it as it is: how training, `llava merge-lora` and
+every command that answers questions build them.
+
+A run starts from a saved LLaVA checkpoint or from two backbones joined by a fresh projector (`build_base`). A LoRA
+run may start from two backbones that never existed as one checkpoint, so its output folder records how its base was
+built (`llava_base.json`, written by `llava train`); `load_adapter` rebuilds that base with the same function and
+applies the adapter with PEFT, unmerged. The adapter holds the LoRA weights and the whole trained projector (PEFT's
+`modules_to_save`), which replaces the base's: the stage-1 projector the run started from is not needed to rebuild
+it. Like the original's LoRA loading, the base may be rebuilt in another dtype or quantized than it was trained in.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoProcessor, BitsAndBytesConfig
+
+from hub_cards.model_card import ADAPTER_BASE_NAME
+from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+
+# Only the language model is quantized, by QLoRA and by 4-/8-bit inference alike: the vision tower, the projector
+# and the head (transformers' default) stay in the model's dtype.
+NOT_QUANTIZED = ("vision_tower", "multi_modal_projector", "lm_head")
+# What `build_base` reads of a run's recorded arguments (`llava_base.json`'s `script_args`).
+BASE_FIELDS = ("vision_tower", "language_model", "projector_type", "vision_feature_layer", "pad_to_square")
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """Whether `folder` holds a PEFT adapter rather than a full checkpoint."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def build_base(
+    model_name_or_path: str | None = None,
+    vision_tower: str | None = None,
+    language_model: str | None = None,
+    projector_type: str = "mlp2x_gelu",
+    vision_feature_layer: int = -2,
+    pad_to_square: bool = False,
+    dtype: torch.dtype | str | None = None,
+    quantization_config: BitsAndBytesConfig | None = None,
+    revision: str | None = None,
+) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
+    """A llava_plugin checkpoint (`model_name_or_path`, a folder or Hub id), or a fresh LLaVA from a vision and a
+    language backbone (`vision_tower` + `language_model`, with a random `projector_type` projector reading the
+    `vision_feature_layer`); with its processor.
+
+    `quantization_config` (bitsandbytes) applies to the language model alone (`NOT_QUANTIZED`).
+    """
+    if quantization_config is not None:
+        quantization_config.llm_int8_skip_modules = list(NOT_QUANTIZED)
+    if model_name_or_path:
+        model = LlavaPluginForConditionalGeneration.from_pretrained(
+            model_name_or_path, revision=revision, dtype=dtype, quantization_config=quantization_config
+        )
+        return model, AutoProcessor.from_pretrained(model_name_or_path, revision=revision)
+    if not (vision_tower and language_model):
+        raise ValueError(
+            "Nothing to start from: give a LLaVA checkpoint (model_name_or_path) or both a vision_tower and a "
+            "language_model."
+        )
+    model = LlavaPluginForConditionalGeneration.from_backbones(
+        vision_tower,
+        language_model,
+        projector_type=projector_type,
+        dtype=dtype,
+        quantization_config=quantization_config,
+        vision_feature_layer=vision_feature_layer,
+    )
+    processor = LlavaPluginProcessor.from_backbones(
+        vision_tower,
+        language_model,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        pad_to_square=pad_to_square,
+    )
+    return model, processor
+
+
+def load_adapter(
+    adapter: str | Path,
+    dtype: torch.dtype | str | None = None,
+    quantization_config: BitsAndBytesConfig | None = None,
+) -> tuple[PeftModel, LlavaPluginProcessor]:
+    """The output folder of `llava train lora`/`qlora` as a `PeftModel` (unmerged, eval mode) on its rebuilt base,
+    with the processor saved beside the adapter.
+
+    `dtype` defaults to the one the run loaded its base in (`llava_base.json`). Raises `FileNotFoundError` for a folder
+    without `llava_base.json`.
+    """
+    adapter = Path(adapter)
+    if not (adapter / ADAPTER_BASE_NAME).is_file():
+        raise FileNotFoundError(
+            f"{str(adapter)!r} has no {ADAPTER_BASE_NAME}: it is not the output of `llava train lora`."
+        )
+    base = json.loads((adapter / ADAPTER_BASE_NAME).read_text())
+    if dtype is None:
+        dtype = base.get("dtype", "float32")
+        dtype = getattr(torch, dtype) if dtype not in (None, "auto") else dtype
+    script = {name: value for name, value in base.get("script_args", {}).items() if name in BASE_FIELDS}
+    model, _ = build_base(
+        base.get("model_name_or_path"), **script, dtype=dtype, quantization_config=quantization_config
+    )
+    return PeftModel.from_pretrained(model, adapter).eval(), AutoProcessor.from_pretrained(adapter)
+
+
+__all__ = ["NOT_QUANTIZED", "build_base", "is_adapter", "load_adapter"]
