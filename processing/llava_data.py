@@ -28,7 +28,7 @@ class DataError(ValueError):
     """A record that cannot be trained on; the message names the record and the problem."""
 
 
-def _check_turns(record_id: str, roles: list[str]) -> None:
+def _check_turns(record_id: str, roles: list[str], answered: bool = True) -> None:
     if not roles:
         raise DataError(f"Record {record_id!r}: the conversation is empty.")
     turns = roles[1:] if roles[0] == "system" else roles
@@ -39,7 +39,7 @@ def _check_turns(record_id: str, roles: list[str]) -> None:
                 "an answer before a question" if role == "assistant" else f"a {role} turn where {expected} was due"
             )
             raise DataError(f"Record {record_id!r}: turn {index} is {problem} (turns must alternate user, assistant).")
-    if "assistant" not in turns:
+    if answered and "assistant" not in turns:
         raise DataError(f"Record {record_id!r}: no assistant answer to train on.")
 
 
@@ -125,14 +125,19 @@ def _as_list_content(
 
 
 def from_llava_record(
-    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: dict[str, Any],
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
     """Converts one original LLaVA record into a training row.
 
     The text is kept as written. Like the original `preprocess_multimodal`, each `<image>` is taken out of its turn,
     which is then stripped, and the image rendered at the start of that turn (as `<image>\\n`); an answer may not hold
     one. A record with `"image"` must write the marker: the original's `preprocess_plain` asserts it, and its
-    `preprocess_v1` would silently train on the text alone.
+    `preprocess_v1` would silently train on the text alone. `answered=False` also takes a conversation without an
+    answer (a question for `llava predict`).
     """
     record_id = str(record.get("id", f"#{index}"))
     conversations = record.get("conversations")
@@ -148,16 +153,21 @@ def from_llava_record(
         if not isinstance(turn.get("value"), str):
             raise DataError(f"Record {record_id!r}: turn {turn_index} has no text ('value' must be a string).")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
-    _check_turns(record_id, [message["role"] for message in messages])
+    _check_turns(record_id, [message["role"] for message in messages], answered)
     images = _resolve_images(record_id, record.get("image"), image_folder or None, allow_outside)
     messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
     return {"id": record_id, "messages": messages, "images": images}
 
 
 def from_messages_record(
-    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: dict[str, Any],
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
-    """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths.
+    """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths;
+    `answered=False` also takes one without an answer.
 
     Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
     """
@@ -169,7 +179,7 @@ def from_messages_record(
         role = message.get("role") if isinstance(message, dict) else message
         if role not in {"system", "user", "assistant"}:
             raise DataError(f"Record {record_id!r}: turn {turn_index} has unknown role {role!r}.")
-    _check_turns(record_id, [message["role"] for message in messages])
+    _check_turns(record_id, [message["role"] for message in messages], answered)
     raw_images = record.get("images", record.get("image"))
     raw_images = [] if raw_images is None else raw_images if isinstance(raw_images, list) else [raw_images]
     if all(isinstance(image, str) for image in raw_images):
@@ -206,15 +216,20 @@ def _parsed(path: Path) -> Any:
 
 
 def convert_record(
-    record: Any, index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: Any,
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
-    """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id."""
+    """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id.
+    `answered=False` also takes a conversation that holds no answer yet (a question)."""
     if not isinstance(record, dict):
         raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
     if "conversations" in record:
-        return from_llava_record(record, index, image_folder, allow_outside)
+        return from_llava_record(record, index, image_folder, allow_outside, answered)
     if "messages" in record:
-        return from_messages_record(record, index, image_folder, allow_outside)
+        return from_messages_record(record, index, image_folder, allow_outside, answered)
     raise DataError(f"Record {record.get('id', f'#{index}')!r} has neither 'conversations' nor 'messages'.")
 
 
