@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
     commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
+    commands.add_parser("predict", help="answer a question file with a checkpoint, resumably", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("train", "eval", "generate-data") and rest:
+    if args.command not in ("train", "eval", "predict", "generate-data") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         info(args.path)
@@ -240,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
         from evaluation import main as evaluate
 
         evaluate(rest)
+    elif args.command == "predict":
+        from evaluation.predict import main as predict
+
+        predict(rest)
     elif args.command == "generate-data":
         from trainers.generate_data import main as generate_data
 

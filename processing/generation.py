@@ -1,5 +1,5 @@
-"""Loading a LLaVA checkpoint and batched greedy generation: how `llava chat`, every evaluation and the demo get the
-model and its answers.
+"""Loading a LLaVA checkpoint and batched generation: how `llava chat`, `llava predict`, every evaluation and the
+demo get the model and its answers.
 
 Each sample is one conversation (Hugging Face chat format) and at most one image; prompts go through the processor's
 chat template (`vicuna_v1` for this project's checkpoints), batches are left-padded so that every answer starts in
@@ -18,6 +18,7 @@ model quantized by bitsandbytes on a GPU (`--load-in-4bit` / `--load-in-8bit`, t
 
 import argparse
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -169,30 +170,37 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def generate_greedy(
+def generate_answers(
     model,
     processor,
     conversations: list[list[dict]],
     images: list[Image.Image | str | Path | None],
     batch_size: int = 8,
     max_new_tokens: int = 64,
-    progress: bool = True,
-    desc: str = "generating",
     static_cache: bool | None = None,
     ids: list[str] | None = None,
-) -> list[str]:
-    """The greedy answer to each `conversations[i]` about `images[i]` (None: no image), stripped of whitespace.
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> Iterator[list[str]]:
+    """Yields, batch after batch, the answer to each `conversations[i]` about `images[i]` (None: no image), stripped
+    of whitespace: a caller can write each batch's answers before the next is generated (`llava predict`).
 
-    Images (paths or PIL images) are decoded as training decodes them (`processing.images.open_image`); one that
-    cannot be read raises a `DataError` naming `ids[i]` (default: `#i`) and the file. `static_cache` decodes with a
-    static KV cache (see `decoding_kwargs`; default: on a GPU).
+    Greedy where `temperature` is 0; sampled at `temperature` with nucleus `top_p` otherwise, as the original's
+    `do_sample=True if temperature > 0` (other filters, such as transformers' default `top_k` of 50, are the
+    checkpoint's generation config, as there), from torch's global generator (seed it with `transformers.set_seed`:
+    the same seed and batches give the same answers). Images (paths or PIL images) are decoded as training decodes them
+    (`processing.images.open_image`); one that cannot be read raises a `DataError` naming `ids[i]` (default: `#i`) and
+    the file. `static_cache` decodes with a static KV cache (see `decoding_kwargs`; default: on a GPU).
     """
     if len(conversations) != len(images):
         raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
     ids = ids if ids is not None else [f"#{index}" for index in range(len(images))]
     background = image_background(processor)
-    answers = []
-    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress, leave=False):
+    # Explicit either way, so that a checkpoint's generation_config.json does not choose between greedy and sampling.
+    sampling = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    for start in range(0, len(conversations), batch_size):
         batch = conversations[start : start + batch_size]
         prompts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in batch]
         positions = range(start, start + len(batch))
@@ -207,10 +215,32 @@ def generate_greedy(
         ).to(model.device, dtype=model.dtype)
         with torch.no_grad():
             generated = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, **decoding_kwargs(model, static_cache)
+                **inputs, max_new_tokens=max_new_tokens, **sampling, **decoding_kwargs(model, static_cache)
             )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        yield [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def generate_greedy(
+    model,
+    processor,
+    conversations: list[list[dict]],
+    images: list[Image.Image | str | Path | None],
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+    desc: str = "generating",
+    static_cache: bool | None = None,
+    ids: list[str] | None = None,
+) -> list[str]:
+    """The greedy answers of `generate_answers`, all at once, with a progress bar in questions."""
+    answers = []
+    with tqdm(total=len(conversations), desc=desc, unit="question", disable=not progress, leave=False) as bar:
+        for batch in generate_answers(
+            model, processor, conversations, images, batch_size, max_new_tokens, static_cache, ids
+        ):
+            answers += batch
+            bar.update(len(batch))
     return answers
 
 
@@ -220,6 +250,7 @@ __all__ = [
     "add_decoding_arguments",
     "add_precision_arguments",
     "decoding_kwargs",
+    "generate_answers",
     "generate_greedy",
     "load_llava",
     "quantization_config",

@@ -40,7 +40,7 @@ def record_name(record: Any, index: int) -> str:
     return str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
 
 
-def _check_turns(record_id: str, roles: list[str]) -> None:
+def _check_turns(record_id: str, roles: list[str], answered: bool = True) -> None:
     if not roles:
         raise DataError(f"Record {record_id!r}: the conversation is empty.")
     turns = roles[1:] if roles[0] == "system" else roles
@@ -51,7 +51,7 @@ def _check_turns(record_id: str, roles: list[str]) -> None:
                 "an answer before a question" if role == "assistant" else f"a {role} turn where {expected} was due"
             )
             raise DataError(f"Record {record_id!r}: turn {index} is {problem} (turns must alternate user, assistant).")
-    if "assistant" not in turns:
+    if answered and "assistant" not in turns:
         raise DataError(f"Record {record_id!r}: no assistant answer to train on.")
 
 
@@ -156,14 +156,19 @@ def _as_list_content(
 
 
 def from_llava_record(
-    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: dict[str, Any],
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
     """Converts one original LLaVA record into a training row.
 
     The text is kept as written. Like the original `preprocess_multimodal`, each `<image>` is taken out of its turn,
     which is then stripped, and the image rendered at the start of that turn (as `<image>\\n`); an answer may not hold
     one. A record with `"image"` must write the marker: the original's `preprocess_plain` asserts it, and its
-    `preprocess_v1` would silently train on the text alone.
+    `preprocess_v1` would silently train on the text alone. `answered=False` also takes a conversation without an
+    answer (a question for `llava predict`).
     """
     record_id = record_name(record, index)
     conversations = record.get("conversations")
@@ -181,7 +186,7 @@ def from_llava_record(
         if not isinstance(turn.get("value"), str):
             raise DataError(f"Record {record_id!r}: turn {turn_index} has no text ('value' must be a string).")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
-    _check_turns(record_id, [message["role"] for message in messages])
+    _check_turns(record_id, [message["role"] for message in messages], answered)
     images = _image_list(record_id, "image", record.get("image"))
     images = _resolve_images(record_id, images, image_folder or None, allow_outside)
     messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
@@ -189,9 +194,14 @@ def from_llava_record(
 
 
 def from_messages_record(
-    record: dict[str, Any], index: int, image_folder: str | Path | None = None, allow_outside: bool = False
+    record: dict[str, Any],
+    index: int,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
-    """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths.
+    """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths;
+    `answered=False` also takes one without an answer.
 
     Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
     """
@@ -203,7 +213,7 @@ def from_messages_record(
         role = message.get("role") if isinstance(message, dict) else message
         if role not in {"system", "user", "assistant"}:
             raise DataError(f"Record {record_id!r}: turn {turn_index} has unknown role {role!r}.")
-    _check_turns(record_id, [message["role"] for message in messages])
+    _check_turns(record_id, [message["role"] for message in messages], answered)
     name = "images" if "images" in record else "image"
     raw_images = _image_list(record_id, name, record.get(name), decoded_allowed=True)
     if all(isinstance(image, str) for image in raw_images):
@@ -285,14 +295,16 @@ def convert_record(
     image_folder: str | Path | None = None,
     allow_outside: bool = False,
     single_exchange: bool = False,
+    answered: bool = True,
 ) -> dict[str, Any]:
-    """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id."""
+    """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id.
+    `answered=False` also takes a conversation that holds no answer yet (a question)."""
     if not isinstance(record, dict):
         raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
     if "conversations" in record:
-        row = from_llava_record(record, index, image_folder, allow_outside)
+        row = from_llava_record(record, index, image_folder, allow_outside, answered)
     elif "messages" in record:
-        row = from_messages_record(record, index, image_folder, allow_outside)
+        row = from_messages_record(record, index, image_folder, allow_outside, answered)
     else:
         raise DataError(f"Record {record_name(record, index)!r} has neither 'conversations' nor 'messages'.")
     if single_exchange:

@@ -93,6 +93,7 @@ BAD_PATHS = {
         "eval", "llava-bench", "OUT", "--questions", "MISSING", "--context", "MISSING", "--reference", "MISSING",
         "--judge-model", "judge", "--output-dir", "OUT",
     ],
+    "predict": ["predict", "OUT", "--questions", "MISSING", "--output", "OUT/answers.jsonl"],
     "chat": ["chat", "MISSING", "--prompt", "Hello?"],
     "serve": ["serve", "MISSING", "--port", "0"],
     "convert": ["convert", "MISSING", "OUT"],

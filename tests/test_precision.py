@@ -95,13 +95,15 @@ def test_the_two_quantizations_exclude_each_other(llava_checkpoint, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-@pytest.mark.parametrize("command", ["chat", "serve", "eval"])
+@pytest.mark.parametrize("command", ["chat", "serve", "eval", "predict"])
 def test_quantized_loading_without_cuda_stops_in_one_line(llava_checkpoint, tmp_path, capsys, command, quantization):
     argv = {
         "chat": ["chat", llava_checkpoint, "--prompt", "Hello?"],
         "serve": ["serve", llava_checkpoint, "--port", "0"],
         "eval": ["eval", "scienceqa", llava_checkpoint, "--data", str(tmp_path), "--output-dir", str(tmp_path)],
-    }[command]
+        "predict": ["predict", llava_checkpoint, "--questions", str(tmp_path / "q.jsonl"), "--output", "a.jsonl"],
+    }[command]  # fmt: skip
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "text": "Hello?"}) + "\n")
     if command == "eval":  # a one-problem release: the data is read before the model
         (tmp_path / "problems.json").write_text(json.dumps({"p1": problem("natural science", 3, "", False, 0)}))
         (tmp_path / "pid_splits.json").write_text(json.dumps({"test": ["p1"]}))

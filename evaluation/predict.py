@@ -1,0 +1,316 @@
+"""`llava predict`: a checkpoint's answers to a file of questions, written as the original LLaVA writes answer files.
+
+Three layouts of questions are read, told apart record by record: the original's question JSONL (`question_id`,
+`text`, an optional `image`, as its `llava/eval/model_vqa_loader.py` reads them; the image is shown before the text,
+as its `<image>\\n`), LLaVA JSON records (`conversations`: the first human turn is asked, as `model_vqa_science.py`
+asks it) and TRL rows (`messages` + `images`). Records go through the training reader (`processing.llava_data`), so a
+question is checked, and its image path kept inside `--image-folder`, as a training record is.
+
+Each answer is one JSON line in the shape of the original's `model_vqa*.py`: `question_id` (as the file writes it;
+a record without an id gets its index), `prompt` (the question's text as the file writes it), `text`, `answer_id` (a
+random uuid4 in hex, where the original writes `shortuuid.uuid()`, a uuid4 in base 57), `model_id` (the checkpoint's
+name, as the original's `get_model_name_from_path` makes it) and `metadata` (`{}`). Lines are appended batch by batch,
+flushed, in the question file's order: a run stopped at any point is resumed by running it again, which skips the
+questions the answer file answers and drops a last line cut short by the stop (its question is answered again). The
+answer file is complete when it holds one line per question.
+
+`answer_questions` is the engine, for any list of `Question`s; `predict` is the command around it.
+"""
+
+import argparse
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from processing.generation import CheckpointError, add_decoding_arguments, generate_answers, load_llava
+from processing.llava_data import DataError, convert_record
+
+# The original's model_vqa_loader.py, whose scripts answer every short-answer benchmark of LLaVA-1.5.
+MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Question:
+    """One question: its conversation up to the question turn (Hugging Face chat format) and its image path."""
+
+    question_id: Any
+    prompt: str
+    messages: list[dict]
+    image: str | None
+
+
+def _parse(path: Path) -> list:
+    """The records of a JSON file (a list) or of a JSONL file (one per line)."""
+    if not path.is_file():
+        raise DataError(f"Question file {str(path)!r} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"Question file {str(path)!r} is not UTF-8 text: {error}") from error
+
+    def loads(chunk: str, where: str = "") -> Any:
+        try:
+            return json.loads(chunk)
+        except json.JSONDecodeError as error:
+            raise DataError(f"Question file {str(path)!r}{where} is not valid JSON: {error}") from error
+
+    if path.suffix == ".jsonl":
+        records = [loads(line, f" line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        records = loads(text)
+    if not isinstance(records, list):
+        raise DataError(f"Question file {str(path)!r} must hold a list of records, got {type(records).__name__}.")
+    return records
+
+
+def _question(record: Any, index: int, image_folder: str | Path | None, allow_outside: bool) -> Question:
+    """The question of one record in any of the three layouts (see the module docstring)."""
+    if isinstance(record, dict) and "question_id" in record and not {"conversations", "messages"} & record.keys():
+        question_id, text, image = record["question_id"], record.get("text"), record.get("image")
+        if not isinstance(text, str):
+            raise DataError(f"Question {question_id!r}: 'text' must be the question, got {text!r}.")
+        marker = "" if image is None or "<image>" in text else "<image>\n"
+        turn = {"from": "human", "value": marker + text}
+        record = {"id": question_id, "conversations": [turn]} | ({} if image is None else {"image": image})
+    else:
+        question_id = record.get("id", index) if isinstance(record, dict) else index
+        text = None
+    row = convert_record(record, index, image_folder, allow_outside, answered=False)
+    first_user = next(turn for turn, message in enumerate(row["messages"]) if message["role"] == "user")
+    messages = row["messages"][: first_user + 1]
+    shown = sum(item.get("type") == "image" for item in messages[-1]["content"])
+    if len(row["images"]) > 1 or shown != len(row["images"]):
+        raise DataError(
+            f"Question {question_id!r}: {len(row['images'])} images, {shown} of them in the question turn; "
+            "llava predict asks about one image (or none), placed in the first user turn."
+        )
+    if text is None:  # the question turn as the file writes it
+        written = (record.get("conversations") or record.get("messages"))[first_user]
+        text = written.get("value", written.get("content"))
+        if not isinstance(text, str):  # list content
+            text = "\n".join(item["text"] for item in messages[-1]["content"] if item.get("type") == "text")
+    return Question(question_id, text, messages, row["images"][0] if row["images"] else None)
+
+
+def read_questions(
+    path: str | Path, image_folder: str | Path | None = None, allow_outside: bool = False
+) -> list[Question]:
+    """The questions of a question file, in its order. Image paths are joined to `image_folder` (default: as written,
+    from the working directory, as the original's empty `--image-folder`), and one leading outside it (`../`, an
+    absolute path) is refused unless `allow_outside`. Ids must be unique: they are what resuming goes by."""
+    questions = [
+        _question(record, index, image_folder, allow_outside) for index, record in enumerate(_parse(Path(path)))
+    ]
+    seen = set()
+    for question in questions:
+        if _key(question.question_id) in seen:
+            raise DataError(
+                f"Question file {str(path)!r} holds question {question.question_id!r} twice; ids must be unique."
+            )
+        seen.add(_key(question.question_id))
+    return questions
+
+
+def _key(question_id: Any) -> str:
+    # The id as JSON: 1 and "1" stay two questions, and an id read back from an answer line is found again.
+    return json.dumps(question_id)
+
+
+def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
+    """The keys of the questions that `output` answers already. A last line without its newline (a run stopped while
+    writing it) is cut from the file, so that its question is answered again."""
+    output = Path(output)
+    if not output.exists():
+        return set()
+    data = output.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with output.open("r+b") as file:
+            file.truncate(len(complete))
+    known, answered = {_key(question.question_id) for question in questions}, set()
+    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
+        try:
+            key = _key(json.loads(line)["question_id"]) if line.strip() else None
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise DataError(
+                f"Answer file {str(output)!r} line {number} is not an answer line (JSON with a 'question_id'); "
+                "give another --output."
+            ) from None
+        if key is not None and key not in known:
+            raise DataError(
+                f"Answer file {str(output)!r} line {number} answers question {json.loads(key)!r}, which is not in the "
+                "question file: it answers another file; give another --output."
+            )
+        answered.add(key)
+    return answered - {None}
+
+
+def model_name(checkpoint: str | Path) -> str:
+    """The `model_id` of the answers: as the original's `get_model_name_from_path`, the checkpoint's last path part,
+    with its parent's before it for a Trainer `checkpoint-N` folder."""
+    parts = str(checkpoint).strip("/").split("/")
+    return "_".join(parts[-2:]) if parts[-1].startswith("checkpoint-") and len(parts) > 1 else parts[-1]
+
+
+def answer_questions(
+    model,
+    processor,
+    questions: list[Question],
+    output: str | Path,
+    model_id: str,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    static_cache: bool | None = None,
+    progress: bool = True,
+    answered: int = 0,
+) -> None:
+    """Appends the answers to `questions` to `output`, one line each, in order, flushed after every batch.
+    `answered` counts questions answered before (the progress bar starts from it)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    batches = generate_answers(
+        model,
+        processor,
+        [question.messages for question in questions],
+        [question.image for question in questions],
+        batch_size,
+        max_new_tokens,
+        static_cache,
+        ids=[str(question.question_id) for question in questions],
+        temperature=temperature,
+        top_p=top_p,
+    )
+    bar = tqdm(
+        total=answered + len(questions), initial=answered, desc="answering", unit="question", disable=not progress
+    )
+    with output.open("a", encoding="utf-8") as file, bar:
+        start = 0
+        for texts in batches:
+            lines = [
+                {
+                    "question_id": question.question_id,
+                    "prompt": question.prompt,
+                    "text": text,
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": model_id,
+                    "metadata": {},
+                }
+                for question, text in zip(questions[start : start + len(texts)], texts, strict=True)
+            ]
+            file.write("".join(json.dumps(line) + "\n" for line in lines))
+            file.flush()
+            start += len(texts)
+            bar.update(len(texts))
+
+
+def predict(
+    checkpoint: str,
+    questions: str | Path,
+    output: str | Path,
+    image_folder: str | Path | None = None,
+    allow_outside: bool = False,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    device: str | None = None,
+    static_cache: bool | None = None,
+    vision_tower: str | None = None,
+    progress: bool = True,
+    dtype: str = "auto",
+    quantization: str | None = None,
+) -> int:
+    """Answers the questions of the file `questions` that `output` does not answer yet; returns how many it answered.
+    The checkpoint is loaded only when there is one to answer. With a `seed`, a fresh run gives the same answers for
+    the same batch size (a resumed sampled run continues from the seed, not from where the stopped run was)."""
+    loaded = read_questions(questions, image_folder, allow_outside)
+    done = answered_ids(output, loaded)
+    todo = [question for question in loaded if _key(question.question_id) not in done]
+    if not todo:
+        return 0
+    model, processor = load_llava(checkpoint, device, vision_tower, dtype=dtype, quantization=quantization)
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    answer_questions(
+        model,
+        processor,
+        todo,
+        output,
+        model_name(checkpoint),
+        batch_size,
+        max_new_tokens,
+        temperature,
+        top_p,
+        static_cache,
+        progress,
+        answered=len(done),
+    )
+    return len(todo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`llava predict`: a mistake in the checkpoint, the question file, an image or the answer file is one line naming
+    it and exit status 2, as `llava eval`'s."""
+    parser = argparse.ArgumentParser(
+        prog="llava predict",
+        description="Answer a question file (the original's question JSONL, LLaVA JSON or TRL messages rows) with a "
+        "checkpoint, into an answer file in the original's model_vqa shape. Rerunning resumes: answered questions "
+        "are skipped.",
+    )
+    parser.add_argument("checkpoint", help="a checkpoint folder in any format `llava convert` reads, or a Hub id")
+    parser.add_argument("--questions", required=True, help="question file (.jsonl or .json)")
+    parser.add_argument("--output", required=True, help="answer file (JSONL), appended to when it exists")
+    parser.add_argument("--image-folder", help="image paths are relative to it (default: as written)")
+    parser.add_argument(
+        "--allow-images-outside-folder",
+        "--allow_images_outside_folder",
+        action="store_true",
+        help="read image paths that lead outside the image folder",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per batch (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default: %(default)s")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) answers greedily")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, with --temperature above 0")
+    parser.add_argument("--seed", type=int, help="seeds sampling: a rerun gives the same answers")
+    parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
+    add_decoding_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        parser.error("--batch-size and --max-new-tokens must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        parser.error("--temperature must be at least 0 and --top-p in (0, 1]")
+    try:
+        answered = predict(
+            args.checkpoint,
+            args.questions,
+            args.output,
+            args.image_folder,
+            args.allow_images_outside_folder,
+            args.batch_size,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+            args.device,
+            args.static_cache,
+            args.vision_tower,
+            dtype=args.dtype,
+            quantization=args.quantization,
+        )
+    except (CheckpointError, DataError, OSError) as error:
+        print(f"llava predict: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{answered} questions answered into {args.output}" if answered else f"{args.output} answers every question")
+
+
+__all__ = ["Question", "answer_questions", "answered_ids", "main", "model_name", "predict", "read_questions"]
