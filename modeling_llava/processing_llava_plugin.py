@@ -8,7 +8,8 @@ LLaVA's `tokenizer_image_token` does: BOS once, then each piece between `<image>
 config uses) in place of each marker.
 """
 
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, LlamaTokenizer, ProcessorMixin
+import transformers
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, LlamaTokenizer, PreTrainedConfig, ProcessorMixin
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.utils import is_torchvision_available, logging
@@ -53,18 +54,37 @@ def load_tokenizer(checkpoint: str, **kwargs):
     non-legacy (and drops the key when it saves a Llama tokenizer). So such a tokenizer is loaded with `legacy=True`,
     said once in the log; the processor writes the key on save, so a trained checkpoint reloads as it was trained.
     A `legacy` in `kwargs` wins.
+
+    An original LLaVA checkpoint's `config.json` (it names `mm_vision_tower`) says `model_type: "llava"` up to 1.5:
+    for that name AutoTokenizer loads transformers' own Llava tokenizer class whatever `tokenizer_config.json` names,
+    and that class tokenizes a SentencePiece Llama's text otherwise on some releases (5.23 drops the leading `▁`). Its
+    tokenizer is its LLM's, so it is loaded as the original loaded it: the class its tokenizer config names.
     """
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs)
+    location = {key: kwargs[key] for key in LOCATION_KWARGS if key in kwargs}
+    tokenizer_class = _named_class_of_original(checkpoint, location)
+    loader = tokenizer_class or AutoTokenizer
+    tokenizer = loader.from_pretrained(checkpoint, **kwargs)
     if isinstance(tokenizer, LlamaTokenizer) and kwargs.get("legacy") is None:
-        location = {key: kwargs[key] for key in LOCATION_KWARGS if key in kwargs}
         if get_tokenizer_config(checkpoint, **location).get("legacy") is None:
             logger.warning_once(
                 f"The Llama tokenizer of {checkpoint!r} has no `legacy` in its config: read as legacy=True, as the "
                 'original LLaVA\'s transformers read it; write `"legacy": false` into its tokenizer_config.json '
                 "for the other reading."
             )
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs, legacy=True)
+            tokenizer = loader.from_pretrained(checkpoint, **kwargs, legacy=True)
     return tokenizer
+
+
+def _named_class_of_original(checkpoint: str, location: dict):
+    """The tokenizer class an original LLaVA checkpoint's tokenizer config names, or None for any other folder."""
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(checkpoint, **location)
+    except OSError:  # a tokenizer folder without config.json
+        return None
+    if "mm_vision_tower" not in config:
+        return None
+    name = get_tokenizer_config(checkpoint, **location).get("tokenizer_class")
+    return getattr(transformers, name, None) if isinstance(name, str) else None
 
 
 def tokenizer_with_image_token(text_checkpoint: str, **kwargs):
