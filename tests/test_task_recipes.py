@@ -172,3 +172,22 @@ def test_a_converted_checkpoint_cannot_be_quantized_as_it_loads(sources):
     source, _ = sources["original"]
     with pytest.raises(ValueError, match=r"is an original LLaVA checkpoint, which loads quantized once converted"):
         build_base(source, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+
+
+def test_a_task_run_from_an_original_checkpoint_resumes_as_a_run_from_its_conversion(sources, train_data, tmp_path):
+    """The fingerprint names the starting weights as given: a resume of a run from an original folder continues it,
+    and ends with the weights of an uninterrupted run from `llava convert`'s output."""
+    source, converted = sources["original"]
+
+    def args(start: str, output_dir, max_steps: int, *extra: str) -> list[str]:
+        return task_args(
+            "task", start, train_data, output_dir, "--max_steps", str(max_steps), "--save_strategy", "steps",
+            "--save_steps", "2", "--lr_scheduler_type", "constant", "--learning_rate", "1e-3", *extra,
+        )  # fmt: skip
+
+    uninterrupted = main(*parse(args(converted, tmp_path / "whole", 4))).model.state_dict()
+    main(*parse(args(source, tmp_path / "run", 2)))
+    resumed = main(*parse(args(source, tmp_path / "run", 4, "--resume")))
+    assert resumed.state.global_step == 4
+    for name, weight in resumed.model.state_dict().items():
+        assert torch.equal(weight, uninterrupted[name]), name
