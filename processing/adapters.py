@@ -42,10 +42,16 @@ def is_adapter(folder: str | Path) -> bool:
 def checkpoint_source(model_name_or_path: str, revision: str | None = None) -> tuple[str, Format]:
     """Where a checkpoint's files are and its format: a local folder as it is; for a Hub id, its `config.json` tells
     the format, and only a checkpoint that needs converting is downloaded whole (`from_pretrained` fetches the rest).
+    Raises `FileNotFoundError` for a name that is neither.
     """
     if Path(model_name_or_path).is_dir():
         return model_name_or_path, detect_format(model_name_or_path)
-    config = Path(hf_hub_download(model_name_or_path, "config.json", revision=revision))
+    try:
+        config = Path(hf_hub_download(model_name_or_path, "config.json", revision=revision))
+    except (OSError, ValueError) as error:  # not a repo id, unknown on the Hub, or offline
+        raise FileNotFoundError(
+            f"{model_name_or_path!r} is neither a checkpoint folder nor a model on the Hub ({error})"
+        ) from error
     kind = checkpoint_format(json.loads(config.read_text()), f"{model_name_or_path}/config.json")
     if kind == "plugin":
         return model_name_or_path, kind

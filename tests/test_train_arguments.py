@@ -109,3 +109,16 @@ def test_training_from_a_folder_of_no_llava_format_is_refused_in_one_line(tmp_pa
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"llava train: '{checkpoints['llama']}/config.json' has model_type 'llama' and neither")
     assert "\n" not in message
+
+
+def test_a_start_that_is_neither_a_folder_nor_a_hub_model_is_named_in_one_line(
+    tmp_path, capsys, checkpoints, train_data
+):
+    missing = str(tmp_path / "llava-v1.5-7b")  # a path that does not exist is no Hub id either
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--model_name_or_path", missing)
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["train", "stage2", *args])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"llava train: {missing!r} is neither a checkpoint folder nor a model on the Hub (")
+    assert "\n" not in message
