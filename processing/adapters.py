@@ -4,12 +4,12 @@ every command that answers questions build them.
 A run starts from a saved LLaVA checkpoint or from two backbones joined by a fresh projector (`build_base`). The
 checkpoint may be this plugin's, llava-hf's or the original repository's (a folder or a Hub id): the other two are
 converted in memory as it loads, as `llava convert` would, so a released LLaVA is fine-tuned without a step of its own
-and rebuilt the same way under an adapter trained on it. A LoRA
-run may start from two backbones that never existed as one checkpoint, so its output folder records how its base was
-built (`llava_base.json`, written by `llava train`); `load_adapter` rebuilds that base with the same function and
-applies the adapter with PEFT, unmerged. The adapter holds the LoRA weights and the whole trained projector (PEFT's
-`modules_to_save`), which replaces the base's: the stage-1 projector the run started from is not needed to rebuild
-it. Like the original's LoRA loading, the base may be rebuilt in another dtype or quantized than it was trained in.
+and rebuilt the same way under an adapter trained on it. A LoRA run may start from two backbones that never existed as
+one checkpoint, so its output folder records how its base was built (`llava_base.json`, written by `llava train`);
+`load_adapter` rebuilds that base with the same function and applies the adapter with PEFT, unmerged. The adapter holds
+the LoRA weights and the whole trained projector (PEFT's `modules_to_save`), which replaces the base's: the stage-1
+projector the run started from is not needed to rebuild it. Like the original's LoRA loading, the base may be rebuilt
+in another dtype or quantized than it was trained in.
 """
 
 import json
@@ -147,4 +147,4 @@ def load_adapter(
     return PeftModel.from_pretrained(model, adapter).eval(), AutoProcessor.from_pretrained(adapter)
 
 
-__all__ = ["NOT_QUANTIZED", "build_base", "is_adapter", "load_adapter"]
+__all__ = ["NOT_QUANTIZED", "build_base", "checkpoint_source", "is_adapter", "load_adapter"]
