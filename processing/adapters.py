@@ -1,23 +1,31 @@
 """The model a LLaVA run starts from, and a LoRA adapter applied to it as it is: how training, `llava merge-lora` and
 every command that answers questions build them.
 
-A run starts from a saved LLaVA checkpoint or from two backbones joined by a fresh projector (`build_base`). A LoRA
-run may start from two backbones that never existed as one checkpoint, so its output folder records how its base was
-built (`llava_base.json`, written by `llava train`); `load_adapter` rebuilds that base with the same function and
-applies the adapter with PEFT, unmerged. The adapter holds the LoRA weights and the whole trained projector (PEFT's
-`modules_to_save`), which replaces the base's: the stage-1 projector the run started from is not needed to rebuild
-it. Like the original's LoRA loading, the base may be rebuilt in another dtype or quantized than it was trained in.
+A run starts from a saved LLaVA checkpoint or from two backbones joined by a fresh projector (`build_base`). The
+checkpoint may be this plugin's, llava-hf's or the original repository's (a folder or a Hub id): the other two are
+converted in memory as it loads, as `llava convert` would, so a released LLaVA is fine-tuned without a step of its own
+and rebuilt the same way under an adapter trained on it. A LoRA run may start from two backbones that never existed as
+one checkpoint, so its output folder records how its base was built (`llava_base.json`, written by `llava train`);
+`load_adapter` rebuilds that base with the same function and applies the adapter with PEFT, unmerged. The adapter holds
+the LoRA weights and the whole trained projector (PEFT's `modules_to_save`), which replaces the base's: the stage-1
+projector the run started from is not needed to rebuild it. Like the original's LoRA loading, the base may be rebuilt
+in another dtype or quantized than it was trained in.
 """
 
 import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download, snapshot_download
 from peft import PeftModel
 from transformers import AutoProcessor, BitsAndBytesConfig
+from transformers.utils import logging
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava.convert_checkpoint import FORMAT_NAMES, Format, checkpoint_format, detect_format, load_any
+
+logger = logging.get_logger(__name__)
 
 # Only the language model is quantized, by QLoRA and by 4-/8-bit inference alike: the vision tower, the projector
 # and the head (transformers' default) stay in the model's dtype.
@@ -31,6 +39,25 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
+def checkpoint_source(model_name_or_path: str, revision: str | None = None) -> tuple[str, Format]:
+    """Where a checkpoint's files are and its format: a local folder as it is; for a Hub id, its `config.json` tells
+    the format, and only a checkpoint that needs converting is downloaded whole (`from_pretrained` fetches the rest).
+    Raises `FileNotFoundError` for a name that is neither.
+    """
+    if Path(model_name_or_path).is_dir():
+        return model_name_or_path, detect_format(model_name_or_path)
+    try:
+        config = Path(hf_hub_download(model_name_or_path, "config.json", revision=revision))
+    except (OSError, ValueError) as error:  # not a repo id, unknown on the Hub, or offline
+        raise FileNotFoundError(
+            f"{model_name_or_path!r} is neither a checkpoint folder nor a model on the Hub ({error})"
+        ) from error
+    kind = checkpoint_format(json.loads(config.read_text()), f"{model_name_or_path}/config.json")
+    if kind == "plugin":
+        return model_name_or_path, kind
+    return snapshot_download(model_name_or_path, revision=revision), kind
+
+
 def build_base(
     model_name_or_path: str | None = None,
     vision_tower: str | None = None,
@@ -42,15 +69,31 @@ def build_base(
     quantization_config: BitsAndBytesConfig | None = None,
     revision: str | None = None,
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """A llava_plugin checkpoint (`model_name_or_path`, a folder or Hub id), or a fresh LLaVA from a vision and a
+    """A LLaVA checkpoint (`model_name_or_path`, a folder or Hub id), or a fresh LLaVA from a vision and a
     language backbone (`vision_tower` + `language_model`, with a random `projector_type` projector reading the
     `vision_feature_layer`); with its processor.
 
-    `quantization_config` (bitsandbytes) applies to the language model alone (`NOT_QUANTIZED`).
+    The checkpoint is this plugin's, or llava-hf's or the original repository's, converted in memory (`load_any`,
+    with `vision_tower` standing in for the tower an original checkpoint names) and cast to `dtype`.
+    `quantization_config` (bitsandbytes) applies to the language model alone (`NOT_QUANTIZED`), of this plugin's
+    checkpoints only: bitsandbytes quantizes as `from_pretrained` reads, and a converted model is assembled in memory.
     """
     if quantization_config is not None:
         quantization_config.llm_int8_skip_modules = list(NOT_QUANTIZED)
     if model_name_or_path:
+        source, kind = checkpoint_source(model_name_or_path, revision)
+        if kind != "plugin":
+            if quantization_config is not None:
+                raise ValueError(
+                    f"{model_name_or_path!r} is {FORMAT_NAMES[kind]} checkpoint, which loads quantized once "
+                    f"converted: `llava convert {model_name_or_path} CONVERTED`, then use CONVERTED."
+                )
+            model, processor = load_any(source, vision_tower=vision_tower)
+            logger.warning(
+                f"model_name_or_path {model_name_or_path} is {FORMAT_NAMES[kind]} checkpoint: converted on the fly "
+                "(as `llava convert` would)."
+            )
+            return (model.to(dtype) if isinstance(dtype, torch.dtype) else model), processor
         model = LlavaPluginForConditionalGeneration.from_pretrained(
             model_name_or_path, revision=revision, dtype=dtype, quantization_config=quantization_config
         )
@@ -104,4 +147,4 @@ def load_adapter(
     return PeftModel.from_pretrained(model, adapter).eval(), AutoProcessor.from_pretrained(adapter)
 
 
-__all__ = ["NOT_QUANTIZED", "build_base", "is_adapter", "load_adapter"]
+__all__ = ["NOT_QUANTIZED", "build_base", "checkpoint_source", "is_adapter", "load_adapter"]

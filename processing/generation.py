@@ -95,7 +95,7 @@ def load_llava(
     loaded as asked."""
     from huggingface_hub import snapshot_download
 
-    from modeling_llava.convert_checkpoint import FORMAT_NAMES, detect_format, load_any
+    from modeling_llava.convert_checkpoint import load_any
 
     from .adapters import build_base, is_adapter, load_adapter
 
@@ -113,13 +113,7 @@ def load_llava(
     try:
         if is_adapter(folder):
             model, processor = load_adapter(folder, torch_dtype, quantized)
-        elif quantized is not None:
-            kind = detect_format(folder)
-            if kind != "plugin":  # bitsandbytes quantizes as from_pretrained reads; these are assembled in memory
-                raise ValueError(
-                    f"{str(path)!r} is {FORMAT_NAMES[kind]} checkpoint, which loads quantized once converted: "
-                    f"`llava convert {path} CONVERTED`, then load CONVERTED."
-                )
+        elif quantized is not None:  # this plugin's checkpoints only (`build_base` says what to do with others)
             model, processor = build_base(folder, dtype=torch_dtype, quantization_config=quantized)
         else:
             model, processor = load_any(folder, vision_tower=vision_tower)

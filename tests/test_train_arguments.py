@@ -6,7 +6,6 @@ import torch
 
 from command_line.main import main as llava
 from tests.conftest import run_args, unmasked_text
-from tests.original_llava import save_original
 from trainers.train import SetupError, build_trainer, check_arguments, parse
 
 ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes on a CPU need use_cpu
@@ -101,15 +100,25 @@ def test_help_without_a_recipe_names_the_shipped_ones_and_help_all_lists_every_f
     assert "--per_device_train_batch_size" in capsys.readouterr().out
 
 
-def test_training_from_a_checkpoint_of_another_format_says_to_convert_it(tmp_path, capsys, checkpoints, train_data):
-    """LLaVA-1.5's config (model_type 'llava', as llava-hf's) would otherwise load as a default-sized llava_plugin."""
-    source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu", model_type="llava")
-    args = run_args(checkpoints, train_data, tmp_path / "run", "--model_name_or_path", str(source))
-    capsys.readouterr()  # what writing the checkpoint printed
+def test_training_from_a_folder_of_no_llava_format_is_refused_in_one_line(tmp_path, capsys, checkpoints, train_data):
+    """A language model alone (model_type 'llama') is neither of the three LLaVA formats `build_base` converts from."""
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--model_name_or_path", checkpoints["llama"])
     with pytest.raises(SystemExit) as exit_info:
         llava(["train", "stage2", *args])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        f"llava train: {str(source)!r} is an original LLaVA checkpoint: convert it first "
-        f"(`llava convert {source} CONVERTED`) and train from CONVERTED."
-    )
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"llava train: '{checkpoints['llama']}/config.json' has model_type 'llama' and neither")
+    assert "\n" not in message
+
+
+def test_a_start_that_is_neither_a_folder_nor_a_hub_model_is_named_in_one_line(
+    tmp_path, capsys, checkpoints, train_data
+):
+    missing = str(tmp_path / "llava-v1.5-7b")  # a path that does not exist is no Hub id either
+    args = run_args(checkpoints, train_data, tmp_path / "run", "--model_name_or_path", missing)
+    with pytest.raises(SystemExit) as exit_info:
+        llava(["train", "stage2", *args])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"llava train: {missing!r} is neither a checkpoint folder nor a model on the Hub (")
+    assert "\n" not in message

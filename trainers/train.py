@@ -29,7 +29,6 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format
 from processing.adapters import BASE_FIELDS, build_base
 from processing.collator import LlavaDataCollator
 from processing.data_checks import PROBLEMS_NAME, DataProblems, check_images
@@ -232,7 +231,8 @@ def require_cuda_for_qlora() -> None:
 def build_model_and_processor(
     script_args: LlavaScriptArguments, model_args: ModelConfig, quantized: bool = False
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """The run's starting point: a saved LLaVA checkpoint, or two backbones (plus a stage-1 projector artifact).
+    """The run's starting point: a saved LLaVA checkpoint (this plugin's, llava-hf's or the original's, see
+    `build_base`), or two backbones (plus a stage-1 projector artifact).
 
     `quantized` loads the language model in 4-bit for QLoRA.
     """
@@ -241,27 +241,21 @@ def build_model_and_processor(
         require_cuda_for_qlora()
         quantization_config = get_quantization_config(model_args)  # of the language model alone (`build_base`)
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype
-    if model_args.model_name_or_path:
-        config_file = Path(model_args.model_name_or_path, "config.json")
-        if config_file.is_file():  # another format would load as a default-sized llava_plugin, its weights ignored
-            kind = checkpoint_format(json.loads(config_file.read_text()), str(config_file))
-            if kind != "plugin":
-                raise SetupError(
-                    f"{model_args.model_name_or_path!r} is {FORMAT_NAMES[kind]} checkpoint: convert it first "
-                    f"(`llava convert {model_args.model_name_or_path} CONVERTED`) and train from CONVERTED."
-                )
-    elif not (script_args.vision_tower and script_args.language_model):
+    if not model_args.model_name_or_path and not (script_args.vision_tower and script_args.language_model):
         raise SetupError(
             "Nothing to start from: give `model_name_or_path` (a LLaVA checkpoint) or both `vision_tower` and "
             "`language_model` (backbone checkpoints)."
         )
-    model, processor = build_base(
-        model_args.model_name_or_path,
-        **{name: getattr(script_args, name) for name in BASE_FIELDS},
-        dtype=dtype,
-        quantization_config=quantization_config,
-        revision=model_args.model_revision,
-    )
+    try:  # a checkpoint of this plugin's, llava-hf's or the original's format; the last two converted as they load
+        model, processor = build_base(
+            model_args.model_name_or_path,
+            **{name: getattr(script_args, name) for name in BASE_FIELDS},
+            dtype=dtype,
+            quantization_config=quantization_config,
+            revision=model_args.model_revision,
+        )
+    except ValueError as error:  # a folder of no LLaVA format, an adapter, a conversion QLoRA cannot quantize
+        raise SetupError(str(error)) from None
     if script_args.pretrain_projector:
         load_projector(model, script_args.pretrain_projector)
         logger.warning(
