@@ -1,0 +1,136 @@
+"""`llava plan`: its weight, gradient and optimizer bytes equal the tensors a built trainer allocates (counted after
+one optimizer step on a CPU), per stage; the sharding strategies divide them as DeepSpeed and FSDP lay them out;
+the fitted batch keeps the recipe's global batch. Activations are an estimate, checked on a GPU (not here)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY_LORA, refused, run_args
+from trainers.plan import GIB, USABLE, Inventory, fit_batch, four_bit_bytes, plan, state_bytes
+from trainers.train import build_trainer, parse
+
+BF16 = ["--dtype", "bfloat16", "--bf16", "true", "--use_cpu", "true"]
+
+
+def counted_bytes(stage: str, args: list[str]) -> dict[str, int]:
+    """Bytes of the parameters, of the `.grad` tensors after one backward pass, and of the optimizer's state after
+    one step, of the trainer `llava train` builds."""
+    torch.manual_seed(0)
+    trainer, _ = build_trainer(*parse([stage, *args]))
+    model = trainer.model
+    trainer.create_optimizer()
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(model, batch).backward()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    trainer.optimizer.step()
+    states = [t for state in trainer.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return {
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "gradients": grads,
+        "optimizer": sum(t.numel() * t.element_size() for t in states),
+    }
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "lora"])
+@pytest.mark.parametrize("precision", [BF16, []], ids=["bf16", "fp32"])
+def test_state_bytes_equal_a_built_trainer(stage, precision, checkpoints, train_data, stage1_data, tmp_path):
+    data = stage1_data if stage == "stage1" else train_data
+    args = [*run_args(checkpoints, data, tmp_path / "run"), *precision, *(TINY_LORA if stage == "lora" else [])]
+    counted = counted_bytes(stage, args)
+    planned = plan(*parse([stage, *args]), gpus=1)["bytes"]
+    assert planned == counted
+
+
+def test_auto_dtype_keeps_each_backbone_in_its_own(checkpoints, train_data, tmp_path):
+    """`dtype: auto` loads each backbone in the dtype it was saved in: a bf16 language model beside an fp32 tower.
+    (Weights only: such a mixed model does not run forward on a CPU, where no autocast bridges the two dtypes.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    language_model = tmp_path / "llama-bf16"
+    AutoModelForCausalLM.from_pretrained(checkpoints["llama"], dtype=torch.bfloat16).save_pretrained(language_model)
+    AutoTokenizer.from_pretrained(checkpoints["llama"]).save_pretrained(language_model)
+    args = [*run_args(checkpoints, train_data, tmp_path / "run"), "--dtype", "auto", *BF16[2:]]
+    args += ["--language_model", str(language_model)]
+    trainer, _ = build_trainer(*parse(["stage2", *args]))
+    result = plan(*parse(["stage2", *args]), gpus=1)
+    assert result["bytes"]["weights"] == sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32, torch.bfloat16}
+    assert result["dtype"] == "bfloat16"
+
+
+COUNTS = Inventory(
+    parameters=1000,
+    trainable=600,
+    trainable_bytes=1200,
+    trainable_tensors=10,
+    frozen_bytes=800,
+    hidden_size=8,
+    kv_size=8,
+    intermediate_size=16,
+    layers=2,
+    heads=2,
+    vocab_size=10,
+    image_tokens=4,
+    dtype="bfloat16",
+)
+
+
+def test_sharding_divides_as_deepspeed_and_fsdp_lay_it_out():
+    """bf16 weights: 600 trainable (1200 bytes) + 800 bytes frozen, 10 tensors, on 4 GPUs."""
+    assert state_bytes(COUNTS, "ddp", 4, True) == {
+        "weights": 2000,
+        "gradients": 1200,
+        "optimizer": 2 * 1200 + 4 * 10,
+        "ddp_buckets": 1200,
+    }
+    # DeepSpeed: fp32 master weights and Adam states, 12 bytes per trainable parameter, and bf16 gradients.
+    assert state_bytes(COUNTS, "zero2", 4, True) == {"weights": 2000, "gradients": 300, "optimizer": 600 * 12 / 4}
+    assert state_bytes(COUNTS, "zero3", 4, True) == {"weights": 500, "gradients": 300, "optimizer": 600 * 12 / 4}
+    assert state_bytes(COUNTS, "zero3", 4, False)["optimizer"] == 600 * 8 / 4  # fp32 weights need no master copy
+    # FSDP with mixed precision: accelerate upcasts the trainable parameters to fp32, then all is sharded.
+    assert state_bytes(COUNTS, "fsdp", 4, True) == {
+        "weights": (800 + 600 * 4) / 4,
+        "gradients": 600 * 4 / 4,
+        "optimizer": (600 * 8 + 40) / 4,
+    }
+
+
+def test_four_bit_bytes():
+    """NF4 in blocks of 64: half a byte per value, plus per block a 1-byte absmax and per 256 blocks an fp32 scale
+    (double quantization), or a 4-byte absmax per block."""
+    assert four_bit_bytes(64 * 512, nested=True) == 64 * 512 // 2 + 512 + 2 * 4
+    assert four_bit_bytes(64 * 512, nested=False) == 64 * 512 // 2 + 512 * 4
+
+
+def test_fitted_batch_keeps_the_global_batch():
+    memory = 10.0  # GiB: 9 usable
+    assert fit_batch(3 * GIB, GIB, memory, 128, 8, 1) == (4, 4)  # 6 would fit, 4 is the largest that divides 128/8
+    assert fit_batch(3 * GIB, GIB, memory, None, 8, 3) == (6, 3)  # no global batch: the recipe's accumulation stays
+    assert fit_batch(USABLE * memory * GIB, 1, memory, 128, 8, 1) is None
+
+
+def test_seven_b_recipe_from_hand_written_configs(capsys):
+    """The 7B stage-2 recipe sized from Vicuna-7B's and CLIP-L/336's published configs (tests/fixtures)."""
+    from command_line.main import main as llava
+
+    folder = "tests/fixtures/llava-1.5-7b"
+    tower, language_model = f"{folder}/clip-vit-large-patch14-336", f"{folder}/vicuna-7b-v1.5"
+    llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--json"]
+          + ["--vision_tower", tower, "--language_model", language_model])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    # Vicuna-7B 6,738,415,616 + one embedding and head row for <image> (2 x 4096) + CLIP-L/336's vision model
+    # 303,507,456 + the mlp2x_gelu projector (1024 x 4096 + 4096 + 4096 x 4096 + 4096).
+    projector = 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+    assert result["counts"]["parameters"] == 6_738_415_616 + 2 * 4096 + 303_507_456 + projector
+    assert result["counts"]["trainable"] == 6_738_415_616 + 2 * 4096 + projector
+    assert result["counts"]["image_tokens"] == 576
+    assert result["bytes"]["weights"] == 2 * result["counts"]["parameters"]
+    fit = result["fits"]["on"]
+    assert fit["per_device_batch"] * 8 * fit["accumulation"] == 128
+
+
+def test_missing_backbones_are_one_line(capsys):
+    message = refused(capsys, ["plan", "--config", "llava-1.5-7b-stage2", "--vision_tower", "/nonexistent/tower"])
+    assert "/nonexistent/tower" in message
