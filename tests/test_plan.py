@@ -3,6 +3,7 @@ one optimizer step on a CPU), per stage; the sharding strategies divide them as 
 the fitted batch keeps the recipe's global batch. Activations are an estimate, checked on a GPU (not here)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ from tests.conftest import TINY_LORA, refused, run_args
 from trainers.plan import GIB, USABLE, Inventory, fit_batch, four_bit_bytes, plan, state_bytes
 from trainers.train import build_trainer, parse
 
+# Hand-written configs of CLIP ViT-L/14-336 and Vicuna-7B v1.5, with their published values.
+SEVEN_B = ["--vision_tower", "tests/fixtures/llava-1.5-7b/clip-vit-large-patch14-336"]
+SEVEN_B += ["--language_model", "tests/fixtures/llava-1.5-7b/vicuna-7b-v1.5"]
 BF16 = ["--dtype", "bfloat16", "--bf16", "true", "--use_cpu", "true"]
 
 
@@ -115,10 +119,7 @@ def test_seven_b_recipe_from_hand_written_configs(capsys):
     """The 7B stage-2 recipe sized from Vicuna-7B's and CLIP-L/336's published configs (tests/fixtures)."""
     from command_line.main import main as llava
 
-    folder = "tests/fixtures/llava-1.5-7b"
-    tower, language_model = f"{folder}/clip-vit-large-patch14-336", f"{folder}/vicuna-7b-v1.5"
-    llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--json"]
-          + ["--vision_tower", tower, "--language_model", language_model])  # fmt: skip
+    llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--json", *SEVEN_B])
     result = json.loads(capsys.readouterr().out)
     # Vicuna-7B 6,738,415,616 + one embedding and head row for <image> (2 x 4096) + CLIP-L/336's vision model
     # 303,507,456 + the mlp2x_gelu projector (1024 x 4096 + 4096 + 4096 x 4096 + 4096).
@@ -129,6 +130,14 @@ def test_seven_b_recipe_from_hand_written_configs(capsys):
     assert result["bytes"]["weights"] == 2 * result["counts"]["parameters"]
     fit = result["fits"]["on"]
     assert fit["per_device_batch"] * 8 * fit["accumulation"] == 128
+
+
+def test_readme_table_is_the_commands_output(capsys):
+    """The README's example is what `llava plan` prints for it today."""
+    from command_line.main import main as llava
+
+    llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--gpu-memory", "80", "--zero", "3", *SEVEN_B])
+    assert capsys.readouterr().out.strip() in (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_missing_backbones_are_one_line(capsys):

@@ -70,7 +70,7 @@ def _language_vocabulary(language_model: str, vocab_size: int) -> tuple[int, str
     """The embedding rows after `from_backbones` adds `<image>` to the tokenizer; without a tokenizer, one more."""
     try:
         return max(len(tokenizer_with_image_token(language_model)), vocab_size), None
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):  # a folder holding config.json alone, as tests/fixtures/llava-1.5-7b
         return vocab_size + 1, f"no tokenizer in {language_model!r}: assumed one added token (<image>)"
 
 
@@ -339,7 +339,10 @@ def render(result: dict, recipe: str) -> str:
     for key, name in (("off", "without"), ("on", "with")):
         fit = result["fits"][key]
         if fit is None:
-            lines.append(f"{name} gradient checkpointing: no per-device batch of {result['max_length']} tokens fits")
+            lines.append(
+                f"{name} gradient checkpointing: no per-device batch of samples of {result['max_length']} tokens fits"
+                + (f" and divides the global batch {batch}" if batch else "")
+            )
             continue
         total = f" = global batch {batch}" if batch else ""
         lines.append(
