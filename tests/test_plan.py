@@ -13,6 +13,7 @@ from trainers.plan import GIB, USABLE, Inventory, fit_batch, four_bit_bytes, pla
 from trainers.train import build_trainer, parse
 
 # Hand-written configs of CLIP ViT-L/14-336 and Vicuna-7B v1.5, with their published values.
+ROOT = Path(__file__).parents[1]  # the fixtures' paths are relative to it, as the README's command
 SEVEN_B = ["--vision_tower", "tests/fixtures/llava-1.5-7b/clip-vit-large-patch14-336"]
 SEVEN_B += ["--language_model", "tests/fixtures/llava-1.5-7b/vicuna-7b-v1.5"]
 BF16 = ["--dtype", "bfloat16", "--bf16", "true", "--use_cpu", "true"]
@@ -115,8 +116,9 @@ def test_fitted_batch_keeps_the_global_batch():
     assert fit_batch(USABLE * memory * GIB, 1, memory, 128, 8, 1) is None
 
 
-def test_seven_b_recipe_from_hand_written_configs(capsys):
+def test_seven_b_recipe_from_hand_written_configs(capsys, monkeypatch):
     """The 7B stage-2 recipe sized from Vicuna-7B's and CLIP-L/336's published configs (tests/fixtures)."""
+    monkeypatch.chdir(ROOT)
     from command_line.main import main as llava
 
     llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--json", *SEVEN_B])
@@ -132,12 +134,13 @@ def test_seven_b_recipe_from_hand_written_configs(capsys):
     assert fit["per_device_batch"] * 8 * fit["accumulation"] == 128
 
 
-def test_readme_table_is_the_commands_output(capsys):
+def test_readme_table_is_the_commands_output(capsys, monkeypatch):
     """The README's example is what `llava plan` prints for it today."""
+    monkeypatch.chdir(ROOT)
     from command_line.main import main as llava
 
     llava(["plan", "--config", "llava-1.5-7b-stage2", "--gpus", "8", "--gpu-memory", "80", "--zero", "3", *SEVEN_B])
-    assert capsys.readouterr().out.strip() in (Path(__file__).parents[1] / "README.md").read_text()
+    assert capsys.readouterr().out.strip() in (ROOT / "README.md").read_text()
 
 
 def test_missing_backbones_are_one_line(capsys):
