@@ -3,13 +3,15 @@ one optimizer step on a CPU), per stage; the sharding strategies divide them as 
 the fitted batch keeps the recipe's global batch. Activations are an estimate, checked on a GPU (not here)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TINY_LORA, refused, run_args
-from trainers.plan import GIB, USABLE, Inventory, fit_batch, four_bit_bytes, plan, state_bytes
+from tests.tiny_backbones import TINY_TEXT
+from trainers.plan import GIB, USABLE, Inventory, fit_batch, four_bit_bytes, layer_bytes, plan, state_bytes
 from trainers.train import build_trainer, parse
 
 # Hand-written configs of CLIP ViT-L/14-336 and Vicuna-7B v1.5, with their published values.
@@ -65,6 +67,46 @@ def test_auto_dtype_keeps_each_backbone_in_its_own(checkpoints, train_data, tmp_
     assert result["dtype"] == "bfloat16"
 
 
+def saved_bytes(model: torch.nn.Module, inputs_embeds: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of one forward and loss, parameters left out."""
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    saved = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(inputs_embeds=inputs_embeds).logits.float().sum()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("trains_norms", [True, False], ids=["stage2", "frozen"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointing"])
+def test_decoder_layer_activations_are_what_autograd_keeps(trains_norms, checkpointing):
+    """`layer_bytes` (and each layer's input under gradient checkpointing) equals the bytes autograd saves per token
+    and Llama decoder layer in bf16 with SDPA, counted as the difference between a 3-layer and a 1-layer model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokens, measured = 48, {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=64, **{**TINY_TEXT, "num_hidden_layers": layers}, attn_implementation="sdpa")
+        model = LlamaForCausalLM(config).to(torch.bfloat16).train()
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(trains_norms or "norm" not in name)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        # As the projector's output does in LLaVA, the embeddings carry a gradient back through every layer.
+        inputs_embeds = torch.randn(1, tokens, config.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        measured[layers] = saved_bytes(model, inputs_embeds)
+    counts = replace(COUNTS, hidden_size=32, kv_size=16, intermediate_size=37, heads=4)
+    per_layer = 2 * 32 if checkpointing else layer_bytes(counts, 2, trains_norms, lora_dropout=False)
+    assert (measured[3] - measured[1]) / 2 == tokens * per_layer
+
+
 COUNTS = Inventory(
     parameters=1000,
     trainable=600,
@@ -78,6 +120,8 @@ COUNTS = Inventory(
     heads=2,
     vocab_size=10,
     image_tokens=4,
+    projector_input_size=8,
+    adapter_element=0,
     dtype="bfloat16",
 )
 

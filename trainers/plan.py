@@ -19,8 +19,10 @@ GPU as the chosen strategy holds them:
 QLoRA's 4-bit language model (bitsandbytes NF4, blocks of 64) takes n/2 bytes per linear weight of n elements, plus
 per block an absmax: 1 byte each with double quantization (and one fp32 constant per 256 blocks), 4 bytes without.
 
-Activations are an estimate (`activation_bytes`), per token: linear in the tokens of a micro-batch (padding-free
-batches and varlen/SDPA attention store no s x s score matrix).
+Activations are an estimate (`activation_bytes`), linear in the tokens of a micro-batch (padding-free batches and
+varlen/SDPA attention keep no s x s score matrix). Its decoder-layer term is what autograd keeps in a Llama layer,
+checked on a CPU by summing the tensors it saves (tests/test_plan.py); peaks of the backward pass and of the loss's
+chunks, and CUDA's own memory, are not in it.
 """
 
 import argparse
@@ -63,6 +65,8 @@ class Inventory:
     heads: int
     vocab_size: int
     image_tokens: int
+    projector_input_size: int
+    adapter_element: int  # bytes per value of the LoRA adapters (fp32 as PEFT upcasts them); 0 without LoRA
     dtype: str  # the language model's, which its activations are in
 
 
@@ -162,7 +166,8 @@ def inventory(
             frozen_bytes += four_bit_bytes(parameter.numel(), model_args.use_bnb_nested_quant)
         else:
             frozen_bytes += parameter.numel() * parameter.element_size()
-    text = model.config.text_config if not stage.uses_lora else model.base_model.model.config.text_config
+    llava = model.base_model.model if stage.uses_lora else model
+    text = llava.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     counts = Inventory(
@@ -177,7 +182,9 @@ def inventory(
         layers=text.num_hidden_layers,
         heads=text.num_attention_heads,
         vocab_size=text.vocab_size,
-        image_tokens=model.config.image_seq_length,
+        image_tokens=llava.config.image_seq_length,
+        projector_input_size=llava.config.vision_config.hidden_size * llava.config.num_vision_feature_layers,
+        adapter_element=next((p.element_size() for n, p in model.named_parameters() if "lora_A" in n), 0),
         dtype=str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
     )
     return counts, notes
@@ -211,30 +218,52 @@ def state_bytes(counts: Inventory, strategy: str, gpus: int, mixed_precision: bo
     }
 
 
-def activation_bytes(
-    counts: Inventory, tokens: int, checkpointing: bool, element: int, lora_dropout: bool, eager: bool
-) -> int:
-    """Estimated bytes autograd keeps for a micro-batch of `tokens` tokens (all samples of it together).
+def layer_bytes(counts: Inventory, element: int, trains_norms: bool, lora_dropout: bool) -> int:
+    """Bytes autograd keeps per token in one Llama decoder layer, h its width, k the key/value width, f the MLP width,
+    a its heads and e the bytes of the dtype: A = 8h + 8 + e(6h + 2k + 4f) + 4a.
 
-    Per token and Llama decoder layer, with h the width, k the key/value width, f the MLP width and e the bytes of
-    the dtype: the two RMSNorms keep their fp32 input (2 x 4h) and their cast and output (e x 4h); attention keeps
-    the rotated q and k, v, its output and o_proj's input (e x (3h + 2k)); the MLP keeps gate, SiLU(gate), up and
-    their product (e x 4f). So A = 8h + e x (7h + 2k + 4f). LoRA with dropout adds each adapted layer's dropped
-    input and its mask, (e + 1) x (6h + f); eager attention adds its scores and probabilities, 2e x heads x s per
-    token. The loss keeps the logits in e bytes and their fp32 copy and log-softmax, V x (e + 8). Without gradient
-    checkpointing every layer keeps A; with it, each layer keeps its input (e x h) and one layer at a time is
-    recomputed in full during the backward pass (A once). The vision tower is frozen and gets no gradient, so it
-    keeps nothing; the projector's few tensors per image token are left out.
+    Each RMSNorm keeps its input in fp32 (4h), its fp32 inverse RMS (4), its output (e x h), and the input cast back
+    to the dtype when its weight trains (e x h); attention (SDPA, flash or varlen: no s x s matrix) keeps the rotated
+    q and k, v, its output, whose layout o_proj reads as a view (e(2h + 2k)), and its fp32 log-sum-exp per head (4a);
+    the MLP keeps gate, SiLU(gate), up and their product (e x 4f). LoRA with dropout adds each adapted layer's
+    dropped input in the adapters' dtype and its mask, (a + 1)(6h + f) with a the adapters' bytes per value: a rough
+    term, not checked (the CPU's dropout keeps its mask in fp32, CUDA's as bool).
     """
     h, k, f = counts.hidden_size, counts.kv_size, counts.intermediate_size
-    layer = 8 * h + element * (7 * h + 2 * k + 4 * f)
+    norms = 2 * (4 * h + 4 + element * h * (2 if trains_norms else 1))
+    layer = norms + element * (2 * h + 2 * k + 4 * f) + 4 * counts.heads
     if lora_dropout:
-        layer += (element + 1) * (6 * h + f)
-    per_token_layers = counts.layers * (element * h) + layer if checkpointing else counts.layers * layer
-    total = tokens * (per_token_layers + counts.vocab_size * (element + 8))
-    if eager:  # s x s per head per layer, for the one sample of `tokens` tokens
-        total += (1 if checkpointing else counts.layers) * 2 * element * counts.heads * tokens * tokens
-    return total
+        layer += (counts.adapter_element + 1) * (6 * h + f)
+    return layer
+
+
+def activation_bytes(
+    counts: Inventory,
+    tokens: int,
+    image_tokens: int,
+    checkpointing: bool,
+    element: int,
+    trains_norms: bool,
+    lora_dropout: bool,
+    eager: bool,
+) -> int:
+    """Estimated bytes autograd keeps for a micro-batch of `tokens` tokens, `image_tokens` of them from images.
+
+    Without gradient checkpointing every decoder layer keeps `layer_bytes` per token; with it, each layer keeps its
+    input (e x h) and one layer at a time is recomputed in full during the backward pass (A once). Eager attention
+    adds its fp32 probabilities and their cast, (4 + e) x heads x s per token and layer. The final RMSNorm keeps
+    4h + 2e x h; TRL's fused LM head computes the loss in chunks and keeps no logits, only a few values per token
+    (log-probability, entropy, top-1, label: 18 bytes); the projector keeps its input and its GELU's input and
+    output per image token, e(v + 2h) with v its input width. The vision tower is frozen and gets no gradient, so it
+    keeps nothing.
+    """
+    h = counts.hidden_size
+    layer = layer_bytes(counts, element, trains_norms, lora_dropout)
+    kept = tokens * (counts.layers * element * h + layer if checkpointing else counts.layers * layer)
+    if eager:  # s x s per head, for one sample of `tokens` tokens
+        kept += (1 if checkpointing else counts.layers) * (4 + element) * counts.heads * tokens * tokens
+    kept += tokens * (4 * h + 2 * element * h + 18)
+    return kept + image_tokens * element * (counts.projector_input_size + 2 * h)
 
 
 def fit_batch(
@@ -273,9 +302,12 @@ def plan(
     lengths.append(max_length)
     dropout = stage.uses_lora and model_args.lora_dropout > 0
     eager = model_args.attn_implementation == "eager"
+    trains = stage.trains_language_model
     activations = {
         length: {
-            checkpointing: activation_bytes(counts, length, checkpointing, element, dropout, eager)
+            checkpointing: activation_bytes(
+                counts, length, counts.image_tokens, checkpointing, element, trains, dropout, eager
+            )
             for checkpointing in (False, True)
         }
         for length in lengths
