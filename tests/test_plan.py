@@ -83,28 +83,35 @@ def saved_bytes(model: torch.nn.Module, inputs_embeds: torch.Tensor) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("trains_norms", [True, False], ids=["stage2", "frozen"])
+@pytest.mark.parametrize("part", ["stage2", "frozen", "lora", "lora-dropout"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointing"])
-def test_decoder_layer_activations_are_what_autograd_keeps(trains_norms, checkpointing):
+def test_decoder_layer_activations_are_what_autograd_keeps(part, checkpointing):
     """`layer_bytes` (and each layer's input under gradient checkpointing) equals the bytes autograd saves per token
-    and Llama decoder layer in bf16 with SDPA, counted as the difference between a 3-layer and a 1-layer model."""
+    and Llama decoder layer in bf16 with SDPA, counted as the difference between a 3-layer and a 1-layer model:
+    trained (stage 2), frozen (stage 1), and LoRA (r 4, fp32 adapters as PEFT makes them) without and with dropout,
+    whose mask a CPU keeps in the adapters' dtype."""
+    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokens, measured = 48, {}
+    tokens, measured, dropout = 48, {}, 0.1 if part == "lora-dropout" else 0.0
     for layers in (1, 3):
         torch.manual_seed(0)
         config = LlamaConfig(vocab_size=64, **{**TINY_TEXT, "num_hidden_layers": layers}, attn_implementation="sdpa")
         model = LlamaForCausalLM(config).to(torch.bfloat16).train()
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(trains_norms or "norm" not in name)
+        model.requires_grad_(part == "stage2")
+        if part.startswith("lora"):
+            model = get_peft_model(
+                model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+            )
         if checkpointing:
             model.gradient_checkpointing_enable()
         # As the projector's output does in LLaVA, the embeddings carry a gradient back through every layer.
         inputs_embeds = torch.randn(1, tokens, config.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-        measured[layers] = saved_bytes(model, inputs_embeds)
-    counts = replace(COUNTS, hidden_size=32, kv_size=16, intermediate_size=37, heads=4)
-    per_layer = 2 * 32 if checkpointing else layer_bytes(counts, 2, trains_norms, lora_dropout=False)
-    assert (measured[3] - measured[1]) / 2 == tokens * per_layer
+        measured[layers] = saved_bytes(model.train(), inputs_embeds)
+    lora = {"adapter_element": 4, "lora_rank": 4} if part.startswith("lora") else {}
+    counts = replace(COUNTS, hidden_size=32, kv_size=16, intermediate_size=37, heads=4, **lora)
+    layer = layer_bytes(counts, 2, trains=part == "stage2", lora_dropout=bool(dropout), mask_bytes=4)
+    assert (measured[3] - measured[1]) / 2 == tokens * (2 * 32 if checkpointing else layer)
 
 
 COUNTS = Inventory(
@@ -122,6 +129,7 @@ COUNTS = Inventory(
     image_tokens=4,
     projector_input_size=8,
     adapter_element=0,
+    lora_rank=0,
     dtype="bfloat16",
 )
 

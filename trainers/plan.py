@@ -21,8 +21,8 @@ per block an absmax: 1 byte each with double quantization (and one fp32 constant
 
 Activations are an estimate (`activation_bytes`), linear in the tokens of a micro-batch (padding-free batches and
 varlen/SDPA attention keep no s x s score matrix). Its decoder-layer term is what autograd keeps in a Llama layer,
-checked on a CPU by summing the tensors it saves (tests/test_plan.py); peaks of the backward pass and of the loss's
-chunks, and CUDA's own memory, are not in it.
+trained, frozen or with LoRA, checked to the byte on a CPU by summing the tensors it saves (tests/test_plan.py);
+peaks of the backward pass and of the loss's chunks, and CUDA's own memory, are not in it.
 """
 
 import argparse
@@ -67,6 +67,7 @@ class Inventory:
     image_tokens: int
     projector_input_size: int
     adapter_element: int  # bytes per value of the LoRA adapters (fp32 as PEFT upcasts them); 0 without LoRA
+    lora_rank: int  # 0 without LoRA
     dtype: str  # the language model's, which its activations are in
 
 
@@ -185,6 +186,7 @@ def inventory(
         image_tokens=llava.config.image_seq_length,
         projector_input_size=llava.config.vision_config.hidden_size * llava.config.num_vision_feature_layers,
         adapter_element=next((p.element_size() for n, p in model.named_parameters() if "lora_A" in n), 0),
+        lora_rank=model_args.lora_r if stage.uses_lora else 0,
         dtype=str(model.get_input_embeddings().weight.dtype).removeprefix("torch."),
     )
     return counts, notes
@@ -218,22 +220,26 @@ def state_bytes(counts: Inventory, strategy: str, gpus: int, mixed_precision: bo
     }
 
 
-def layer_bytes(counts: Inventory, element: int, trains_norms: bool, lora_dropout: bool) -> int:
+def layer_bytes(counts: Inventory, element: int, trains: bool, lora_dropout: bool, mask_bytes: int = 1) -> int:
     """Bytes autograd keeps per token in one Llama decoder layer, h its width, k the key/value width, f the MLP width,
-    a its heads and e the bytes of the dtype: A = 8h + 8 + e(6h + 2k + 4f) + 4a.
+    a its heads and e the bytes of the dtype: 8h + 8 + 4a + e(6h + 2k + 4f) when the layer trains (stage 2),
+    8h + 8 + 4a + e(2h + 2k + 3f) when it is frozen (stage 1, and LoRA's base).
 
-    Each RMSNorm keeps its input in fp32 (4h), its fp32 inverse RMS (4), its output (e x h), and the input cast back
-    to the dtype when its weight trains (e x h); attention (SDPA, flash or varlen: no s x s matrix) keeps the rotated
-    q and k, v, its output, whose layout o_proj reads as a view (e(2h + 2k)), and its fp32 log-sum-exp per head (4a);
-    the MLP keeps gate, SiLU(gate), up and their product (e x 4f). LoRA with dropout adds each adapted layer's
-    dropped input in the adapters' dtype and its mask, (a + 1)(6h + f) with a the adapters' bytes per value: a rough
-    term, not checked (the CPU's dropout keeps its mask in fp32, CUDA's as bool).
+    Each RMSNorm keeps its input in fp32 (4h) and its inverse RMS (4); a trained one also its input cast back (e x h)
+    and, for the trained linear layers it feeds, its output (e x h). Attention (SDPA, flash or varlen: no s x s
+    matrix) keeps the rotated q and k, v, its output, which o_proj reads as a view (e(2h + 2k)), and the fp32
+    log-sum-exp per head (4a). The MLP keeps gate, SiLU(gate) and up (e x 3f), and their product for a trained
+    down_proj (e x f). LoRA on the seven linear layers adds each one's input in the adapters' dtype a' (PEFT casts
+    it to the fp32 adapters; with dropout, the dropped input and its mask of `mask_bytes`: a bool on CUDA, a' on a
+    CPU), and the r values of its `lora_A` output: (a' + mask)(6h + f) + 7a'r.
     """
     h, k, f = counts.hidden_size, counts.kv_size, counts.intermediate_size
-    norms = 2 * (4 * h + 4 + element * h * (2 if trains_norms else 1))
-    layer = norms + element * (2 * h + 2 * k + 4 * f) + 4 * counts.heads
-    if lora_dropout:
-        layer += (counts.adapter_element + 1) * (6 * h + f)
+    layer = 2 * (4 * h + 4) + 4 * counts.heads + element * (2 * h + 2 * k + 3 * f)
+    if trains:
+        layer += element * (4 * h + f)
+    if counts.lora_rank:
+        adapter, mask = counts.adapter_element, mask_bytes if lora_dropout else 0
+        layer += (adapter + mask) * (6 * h + f) + 7 * adapter * counts.lora_rank
     return layer
 
 
@@ -243,7 +249,7 @@ def activation_bytes(
     image_tokens: int,
     checkpointing: bool,
     element: int,
-    trains_norms: bool,
+    trains: bool,
     lora_dropout: bool,
     eager: bool,
 ) -> int:
@@ -258,7 +264,7 @@ def activation_bytes(
     keeps nothing.
     """
     h = counts.hidden_size
-    layer = layer_bytes(counts, element, trains_norms, lora_dropout)
+    layer = layer_bytes(counts, element, trains, lora_dropout)
     kept = tokens * (counts.layers * element * h + layer if checkpointing else counts.layers * layer)
     if eager:  # s x s per head, for one sample of `tokens` tokens
         kept += (1 if checkpointing else counts.layers) * (4 + element) * counts.heads * tokens * tokens
