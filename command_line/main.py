@@ -174,9 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
     commands.add_parser("predict", help="answer a question file with a checkpoint, resumably", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
+    commands.add_parser("plan", help="GPU memory of a training recipe, and the batch that fits", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("train", "eval", "predict", "generate-data") and rest:
+    if args.command not in ("train", "plan", "eval", "predict", "generate-data") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         info(args.path)
@@ -184,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         from trainers.train import cli
 
         cli(rest)
+    elif args.command == "plan":
+        from trainers.plan import cli as plan
+
+        plan(rest)
     elif args.command == "merge-lora":
         from trainers.merge_lora import merge_lora
 

@@ -102,6 +102,7 @@ BAD_PATHS = {
     "push": ["push", "MISSING", "tester/repo"],
     "generate-data": ["generate-data", "stage1", "--captions", "MISSING", "--output", "OUT/data.json"],
     "train": ["train", "stage1", "--data_path", "MISSING", "--output_dir", "OUT", "--bf16", "false"],
+    "plan": ["plan", "--config", "llava-1.5-7b-stage2", "--vision_tower", "MISSING", "--language_model", "OUT"],
 }  # fmt: skip
 
 
