@@ -39,7 +39,7 @@ from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneratio
 from modeling_llava.configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
 
-from .stages import Stage, apply_freeze, lora_config
+from .stages import Stage, apply_freeze, lora_config_of_run
 from .train import LlavaScriptArguments, SetupError, check_arguments, parse
 
 GIB = 2**30
@@ -146,14 +146,7 @@ def inventory(
             id(module.weight) for module in model.model.language_model.modules() if isinstance(module, torch.nn.Linear)
         }
     if stage.uses_lora:
-        config = lora_config(
-            model,
-            model_args.lora_r,
-            model_args.lora_alpha,
-            model_args.lora_dropout,
-            use_rslora=model_args.use_rslora,
-            use_dora=model_args.use_dora,
-        )
+        config = lora_config_of_run(model, model_args)
         # As TRL's SFTTrainer: PEFT upcasts the adapters to fp32, except under ZeRO-3 for a model not quantized.
         with torch.device("meta"):
             model = get_peft_model(model, config, autocast_adapter_dtype=not zero3 or stage.quantized)

@@ -103,6 +103,19 @@ def lora_config(
     )
 
 
+def lora_config_of_run(model: LlavaPluginForConditionalGeneration, model_args) -> LoraConfig:
+    """`lora_config` with the LoRA fields of a run's `ModelConfig` (`lora_r`, `lora_alpha`, ...): what `llava train`
+    applies and `llava plan` counts."""
+    return lora_config(
+        model,
+        model_args.lora_r,
+        model_args.lora_alpha,
+        model_args.lora_dropout,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+    )
+
+
 def trainable_summary(model: nn.Module) -> dict[str, int]:
     """Trainable parameter counts per part, for the run's log."""
     parts = dict.fromkeys(PARTS, 0)
@@ -113,4 +126,4 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     return parts
 
 
-__all__ = ["STAGES", "Stage", "apply_freeze", "get_stage", "lora_config", "trainable_summary"]
+__all__ = ["STAGES", "Stage", "apply_freeze", "get_stage", "lora_config", "lora_config_of_run", "trainable_summary"]

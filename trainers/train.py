@@ -39,7 +39,7 @@ from processing.padding_free import LlavaPaddingFreeCollator
 from .checkpoints import RunMismatchError, prepare_output_dir, run_fingerprint
 from .llava_trainer import LlavaSFTTrainer
 from .projector_artifact import load_projector
-from .stages import STAGES, Stage, apply_freeze, get_stage, lora_config, trainable_summary
+from .stages import STAGES, Stage, apply_freeze, get_stage, lora_config_of_run, trainable_summary
 
 logger = logging.get_logger(__name__)
 RECIPES = Path(__file__).parent / "recipes"
@@ -424,14 +424,7 @@ def _assemble_trainer(
     collator_class = LlavaPaddingFreeCollator if script_args.padding_free_batches else LlavaDataCollator
     peft_config = None
     if stage.uses_lora:
-        peft_config = lora_config(
-            model,
-            model_args.lora_r,
-            model_args.lora_alpha,
-            model_args.lora_dropout,
-            use_rslora=model_args.use_rslora,
-            use_dora=model_args.use_dora,
-        )
+        peft_config = lora_config_of_run(model, model_args)
     trainer = LlavaSFTTrainer(
         model=model,
         args=training_args,
