@@ -205,11 +205,11 @@ def run_task(output_dir: str | Path = "demo_output", quick: bool = False, seed: 
     whole demo there first where `output_dir` holds no finished one) and returns what it writes to
     `task_results.json` (removed first, written last). Raises `DemoFolderError` where the demo there is of the other
     size (`--quick` or not)."""
-    started = time.perf_counter()
     output_dir = Path(output_dir)
     if not (output_dir / "results.json").is_file():
         print(f"No finished demo in {output_dir}: running `llava demo` there first.")
         run_demo(output_dir, quick=quick, seed=seed)
+    started = time.perf_counter()  # the fine-tune and its evaluations, not the demo before them
     if json.loads((output_dir / "results.json").read_text())["size"] != asdict(QUICK if quick else FULL):
         ran, fix = ("", "leave out --quick") if quick else (" --quick", "add --quick")
         raise DemoFolderError(

@@ -44,7 +44,8 @@ BACKGROUND = (255, 255, 255)
 QUESTION_KINDS = ("colour", "shape", "position")
 # The new task's question kind (`Scene.task_question`): no stage sees it, so the demo's final model cannot answer it.
 TASK_KIND = "side"
-# The positions it is asked of: the four quadrants (a shape at the center is on neither side).
+# The positions it is asked of: the four quadrants. A shape at the center is on neither side; asked of it too, with
+# "It is in the center." (one fifth of the samples), the demo's LoRA run did not learn that third answer (tried).
 TASK_POSITIONS = tuple(position for position in POSITIONS if position != "center")
 
 # Stage 1's brief-description requests, in the spirit of the paper's "Describe the image concisely." list.
@@ -103,9 +104,9 @@ class Scene:
         """The new task's (question, answer), asked of a shape on a side (`TASK_POSITIONS`): which side, which the
         position decides but no stage's wording gives.
 
-        The answer's words are new to the model but are tokens of the world's texts: a word spelled from characters
-        the stand-in language model rarely or never produced (a capital "O", "middle") has output rows that LoRA,
-        which leaves the head as it is, learns too slowly for the demo.
+        The answer's words are tokens of the world's texts, new in this order: LoRA leaves the output head as it is,
+        and an answer with a character the stand-in language model never produced (tried: "On the left.", its capital
+        "O" untrained) was not learnt in the demo's steps.
         """
         if self.position not in TASK_POSITIONS:
             raise ValueError(f"The side question is asked of a shape on a side, not at the {self.position}.")
