@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     demo_parser = commands.add_parser("demo", help="the whole LLaVA pipeline in miniature, offline, on a CPU")
     demo_parser.add_argument("--output-dir", default="demo_output", help="where everything is written")
     demo_parser.add_argument("--quick", action="store_true", help="a few steps of everything: checks the plumbing")
+    demo_parser.add_argument(
+        "--task",
+        action="store_true",
+        help="then LoRA-fine-tune the demo's model on a new question kind, accuracy before and after (runs the demo "
+        "first where --output-dir holds no finished one)",
+    )
     demo_parser.add_argument("--seed", type=int, default=0)
 
     push_parser = commands.add_parser(
@@ -198,9 +204,12 @@ def main(argv: list[str] | None = None) -> None:
             fail("merge-lora", error)
         print(f"Merged checkpoint written to {merged}")
     elif args.command == "demo":
-        from trainers.demo.run import run_demo
+        from trainers.demo.run import DemoFolderError, run_demo, run_task
 
-        run_demo(args.output_dir, quick=args.quick, seed=args.seed)
+        try:
+            (run_task if args.task else run_demo)(args.output_dir, quick=args.quick, seed=args.seed)
+        except DemoFolderError as error:  # --task in a folder holding a demo of the other size
+            fail("demo", error)
     elif args.command == "convert":
         from modeling_llava.convert_checkpoint import convert
 

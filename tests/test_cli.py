@@ -4,6 +4,7 @@ every command ends a user's mistake in one line and exit status 2."""
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from tests.conftest import refused
-from trainers.demo.run import run_demo
+from trainers.demo.run import QUICK, run_demo, run_task
 from trainers.projector_artifact import save_projector
 
 
@@ -59,6 +60,46 @@ def test_quick_demo_writes_every_result_and_says_where(tmp_path, capsys):
     assert Path(tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for model in ("stage1", "stage2", "stage2-no-stage1"):
         assert (tmp_path / model / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_quick_task_demo_fine_tunes_an_adapter_on_the_demo_model_and_measures_it(tmp_path, capsys):
+    """`llava demo --task --quick` in an empty folder: the quick demo first, then a LoRA adapter on its stage-2 model
+    (the `demo-task-lora` recipe starting from a plugin checkpoint), evaluated unmerged; plumbing, not accuracy."""
+    results = run_task(tmp_path, quick=True)
+    out = capsys.readouterr().out
+    assert f"No finished demo in {tmp_path}" in out and f"The adapter is in {tmp_path / 'task-lora'}" in out
+    assert (tmp_path / "results.json").is_file()  # the demo ran first
+    saved = json.loads((tmp_path / "task_results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    base = json.loads((tmp_path / "task-lora" / "llava_base.json").read_text())
+    assert base["model_name_or_path"] == str((tmp_path / "stage2").resolve())
+    assert (tmp_path / "task-lora" / "adapter_config.json").is_file()
+    assert not (tmp_path / "task-lora" / "model.safetensors").exists()  # an adapter, not a merged model
+    sided = sum(
+        1
+        for record in json.loads((tmp_path / "world" / "heldout.json").read_text())
+        if record["kind"] == "position" and "center" not in record["conversations"][1]["value"]
+    )
+    for name in ("task_before", "task_after", "task_after_blank_image"):
+        assert saved["heldout"][name]["total"] == sided and set(saved["heldout"][name]["per_kind"]) == {"side"}
+    assert saved["heldout"]["old_after"]["total"] == saved["heldout"]["old_before"]["total"] == 3 * 6
+    assert len(saved["loss"]["loss"]) >= 1 and saved["task_samples"] == 12
+    assert Path(tmp_path / "task_loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_task_demo_on_a_quick_demo_folder_says_to_add_quick(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"size": asdict(QUICK)}))  # what `llava demo --quick` leaves
+    result = subprocess.run(
+        [sys.executable, "-m", "command_line.main", "demo", "--task", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"llava demo: {tmp_path} holds a `llava demo --quick` run, and the task is fine-tuned at the size of the demo "
+        "it starts from: add --quick, or give another --output-dir.\n"
+    )
 
 
 NO_HEAVY_IMPORTS = """

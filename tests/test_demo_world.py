@@ -27,10 +27,12 @@ from trainers.demo.world import (
     COLOURS,
     QUESTION_KINDS,
     SCENES,
+    TASK_KIND,
     Scene,
     blank_image,
     heldout_scenes,
     world_texts,
+    write_task,
     write_world,
 )
 
@@ -161,6 +163,53 @@ def test_captions_and_answers_round_trip():
 def test_heldout_scenes_read_back_the_drawn_scenes(world):
     for image, scene in heldout_scenes(world):
         assert scene == scene_from_pixels(world.image_folder / image)
+
+
+SIDE_QUESTION = "Is the shape on the left or on the right?"
+
+
+def side_from_pixels(path) -> str | None:
+    """The side of the picture the shape's bounding box lies in, from the pixels alone; None where it straddles the
+    middle column (the world's center position)."""
+    with Image.open(path) as image:
+        xs = np.nonzero((np.asarray(image.convert("RGB")) != BACKGROUND).any(axis=-1))[1]
+        width = image.width
+    return "left" if xs.max() < width / 2 else "right" if xs.min() >= width / 2 else None
+
+
+def test_task_answers_the_side_the_pixels_show_and_keeps_old_questions_beside_it(world):
+    write_task(world, num_train=60, seed=0)
+    train, heldout = load(world.task_train), load(world.task_heldout)
+    assert len(train) == 60 and len({record["image"] for record in train}) == 60
+    for record in train:
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("<image>\n") and "<image>" not in turns[2]["value"], record["id"]
+        answers = {
+            turns[0]["value"].removeprefix("<image>\n"): turns[1]["value"],
+            turns[2]["value"]: turns[3]["value"],
+        }
+        path = world.image_folder / record["image"]
+        assert answers.pop(SIDE_QUESTION) == f"It is on the {side_from_pixels(path)}.", record["id"]
+        # The other turn is one of the old questions, answered as stage 2 answers it.
+        assert set(answers.items()) <= set(scene_from_pixels(path).questions()), record["id"]
+    sided = [image for image, _ in heldout_scenes(world) if side_from_pixels(world.image_folder / image)]
+    assert [record["image"] for record in heldout] == sided  # every held-out image with the shape on a side, once
+    for record in heldout:
+        side = side_from_pixels(world.image_folder / record["image"])
+        assert record["kind"] == TASK_KIND and record["conversations"][0]["value"] == "<image>\n" + SIDE_QUESTION
+        assert record["conversations"][1]["value"] == f"It is on the {side}.", record["id"]
+
+
+def test_no_stage_before_the_task_asks_the_side_question(world):
+    write_task(world, num_train=60, seed=0)
+    earlier = world.stage1.read_text() + world.stage2.read_text() + "".join(world_texts(world))
+    assert "left or on the right" not in earlier and "It is on the" not in earlier
+    assert "left or on the right" in world.task_train.read_text()
+
+
+def test_task_refuses_more_samples_than_sided_training_images(world):
+    with pytest.raises(ValueError, match=r"asks about 1000 training images, but .*stage1.json has \d+ with the shape"):
+        write_task(world, num_train=1000)
 
 
 def test_world_texts_render_records_as_training_does(world, processor):

@@ -1,9 +1,10 @@
 """Held-out answer accuracy of a trained LLaVA on the demo world: the measure that says whether the model sees.
 
-The model is loaded the way any user loads it (`AutoModelForImageTextToText` / `AutoProcessor` from the saved
-folder), each question is asked in the `vicuna_v1` format with its held-out image, answers come from batched greedy
-generation with left padding, and an answer counts when it is exactly the reference sentence. The same questions with
-the blank background instead of the image measure what the model can answer without looking.
+The model is loaded the way `llava chat` and `llava predict` load it (`processing.generation.load_llava`: a saved
+checkpoint, or a LoRA adapter applied unmerged to its base), each question is asked in the `vicuna_v1` format with
+its held-out image, answers come from batched greedy generation with left padding, and an answer counts when it is
+exactly the reference sentence. The same questions with the blank background instead of the image measure what the
+model can answer without looking.
 """
 
 import json
@@ -12,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from processing.conversation import user_message
-from processing.generation import generate_greedy
+from processing.generation import generate_greedy, load_llava
 
 from .world import WorldFiles, blank_image
 
@@ -24,15 +24,17 @@ MAX_NEW_TOKENS = 16
 
 @dataclass
 class Accuracy:
-    """Exact-match accuracy overall and per question kind, with the wrong answers kept for inspection."""
+    """Exact-match accuracy overall and per question kind, with the answers (and the wrong ones apart) kept."""
 
     correct: int = 0
     total: int = 0
     per_kind: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     mistakes: list[dict[str, str]] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # every answer by record id
 
     def add(self, record_id: str, kind: str, answer: str, reference: str) -> None:
         hit = answer == reference
+        self.answers[record_id] = answer
         self.correct += hit
         self.total += 1
         self.per_kind[kind][0] += hit
@@ -68,11 +70,19 @@ def answer_questions(
     )
 
 
-def heldout_accuracy(model_dir: str | Path, world: WorldFiles, blank: bool = False, progress: bool = True) -> Accuracy:
-    """Accuracy of the checkpoint in `model_dir` on the world's held-out questions (with blank images if `blank`)."""
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    records = json.loads(Path(world.heldout).read_text())
+def heldout_accuracy(
+    model_dir: str | Path,
+    world: WorldFiles,
+    blank: bool = False,
+    progress: bool = True,
+    questions: str | Path | None = None,
+) -> Accuracy:
+    """Accuracy of the checkpoint or adapter in `model_dir` on held-out questions (with blank images if `blank`):
+    the world's (`heldout.json`), or the records in `questions` (the same shape, such as `task-heldout.json`).
+
+    In float32, the precision the demo trains in, on the device `load_llava` picks."""
+    model, processor = load_llava(model_dir, dtype="float32")
+    records = json.loads(Path(questions or world.heldout).read_text())
     image_size = processor.image_processor.crop_size["height"]
     images = [blank_image(image_size) if blank else world.image_folder / record["image"] for record in records]
     questions = [record["conversations"][0]["value"].removeprefix("<image>\n") for record in records]

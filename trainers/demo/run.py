@@ -7,6 +7,11 @@
    ablation); `results.json`, a PNG of the loss curves, a table, and one chat.
 
 `results.json` is removed first and written last, so a folder holding one is a finished run.
+
+`llava demo --task` (`run_task`) then fine-tunes that final model on a question kind it was never trained on, with
+the `demo-task-lora` recipe, as a user fine-tunes a released LLaVA on their own data: held-out accuracy on the new
+task before and after, on the old questions after (what the adapter keeps), and its loss curve, in
+`task_results.json` and `task_loss_curve.png`.
 """
 
 import json
@@ -26,7 +31,7 @@ from .backbones import (
     pretrain_vision_tower,
 )
 from .evaluate import answer_questions, heldout_accuracy
-from .world import WorldFiles, heldout_scenes, write_world
+from .world import TASK_KIND, WorldFiles, heldout_scenes, write_task, write_world
 
 matplotlib.use("Agg")  # no display: the curves only go to a file
 from matplotlib import pyplot as plt  # noqa: E402
@@ -43,6 +48,8 @@ class DemoSize:
 
 FULL = DemoSize(num_train=2000, num_heldout=150, vision_steps=VISION_STEPS, text_steps=TEXT_STEPS, max_steps=None)
 QUICK = DemoSize(num_train=48, num_heldout=6, vision_steps=4, text_steps=4, max_steps=2)  # plumbing only
+# Samples of the new task (`llava demo --task`): a few hundred, as a small task of one's own; quick: plumbing only.
+TASK_SAMPLES = {"full": 300, "quick": 12}
 
 
 def train_stage(stage: str, recipe: str, output_dir: Path, seed: int, max_steps: int | None, **fields) -> dict:
@@ -61,15 +68,18 @@ def train_stage(stage: str, recipe: str, output_dir: Path, seed: int, max_steps:
     }
 
 
-def plot_losses(curves: dict[str, dict], path: Path) -> None:
-    figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    panels = [
-        ("CLIP stand-in (contrastive)", ["vision_pretraining"]),
-        ("Vicuna stand-in (causal LM)", ["text_pretraining"]),
-        ("LLaVA stage 1 (projector)", ["stage1"]),
-        ("LLaVA stage 2 (projector + LLM)", ["stage2", "stage2_no_stage1"]),
-    ]
-    for axis, (title, names) in zip(axes, panels, strict=True):
+DEMO_PANELS = [
+    ("CLIP stand-in (contrastive)", ["vision_pretraining"]),
+    ("Vicuna stand-in (causal LM)", ["text_pretraining"]),
+    ("LLaVA stage 1 (projector)", ["stage1"]),
+    ("LLaVA stage 2 (projector + LLM)", ["stage2", "stage2_no_stage1"]),
+]
+
+
+def plot_losses(curves: dict[str, dict], path: Path, panels: list[tuple[str, list[str]]] = DEMO_PANELS) -> None:
+    """One panel per (title, curve names), side by side."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.25 * len(panels), 3.6), squeeze=False)
+    for axis, (title, names) in zip(axes[0], panels, strict=True):
         for name in names:
             curve = curves[name]
             axis.plot(curve["steps"], curve["loss"], label=name.replace("_", " "))
@@ -169,4 +179,94 @@ def run_demo(output_dir: str | Path = "demo_output", quick: bool = False, seed: 
     return results
 
 
-__all__ = ["FULL", "QUICK", "run_demo"]
+def print_task_report(results: dict) -> None:
+    rows = [
+        (f"new task ({TASK_KIND}), before", "task_before"),
+        (f"new task ({TASK_KIND}), after", "task_after"),
+        ("same, blank image", "task_after_blank_image"),
+        ("old questions, before", "old_before"),
+        ("old questions, after", "old_after"),
+    ]
+    print(f"\nHeld-out accuracy before and after the LoRA fine-tune ({results['task_samples']} training samples)")
+    for label, key in rows:
+        entry = results["heldout"][key]
+        kinds = "  ".join(f"{kind} {value:.3f}" for kind, value in sorted(entry["per_kind"].items()))
+        print(f"  {label:<34}{entry['accuracy']:>7.3f}   ({entry['total']} questions: {kinds})")
+    for turn in results["examples"]:
+        print(f"  USER: {turn['question']}\n  BEFORE: {turn['before']}\n  AFTER: {turn['after']}")
+
+
+class DemoFolderError(ValueError):
+    """An output folder `llava demo --task` cannot fine-tune in as asked; the message says what to do."""
+
+
+def run_task(output_dir: str | Path = "demo_output", quick: bool = False, seed: int = 0) -> dict:
+    """Fine-tunes the demo's final model in `output_dir` on the new task with the `demo-task-lora` recipe (running the
+    whole demo there first where `output_dir` holds no finished one) and returns what it writes to
+    `task_results.json` (removed first, written last). Raises `DemoFolderError` where the demo there is of the other
+    size (`--quick` or not)."""
+    output_dir = Path(output_dir)
+    if not (output_dir / "results.json").is_file():
+        print(f"No finished demo in {output_dir}: running `llava demo` there first.")
+        run_demo(output_dir, quick=quick, seed=seed)
+    started = time.perf_counter()  # the fine-tune and its evaluations, not the demo before them
+    if json.loads((output_dir / "results.json").read_text())["size"] != asdict(QUICK if quick else FULL):
+        ran, fix = ("", "leave out --quick") if quick else (" --quick", "add --quick")
+        raise DemoFolderError(
+            f"{output_dir} holds a `llava demo{ran}` run, and the task is fine-tuned at the size of the demo it "
+            f"starts from: {fix}, or give another --output-dir."
+        )
+    (output_dir / "task_results.json").unlink(missing_ok=True)
+    world = WorldFiles.under(output_dir / "world")
+    samples = TASK_SAMPLES["quick" if quick else "full"]
+    write_task(world, samples, seed)
+    base, adapter = output_dir / "stage2", output_dir / "task-lora"
+
+    before = heldout_accuracy(base, world, questions=world.task_heldout)
+    curve = train_stage(
+        "lora", "demo-task-lora", adapter, seed, QUICK.max_steps if quick else None,
+        model_name_or_path=base, data_path=world.task_train, image_folder=world.image_folder,
+    )  # fmt: skip
+    heldout = {
+        "task_before": before,
+        "task_after": heldout_accuracy(adapter, world, questions=world.task_heldout),
+        "task_after_blank_image": heldout_accuracy(adapter, world, blank=True, questions=world.task_heldout),
+        "old_after": heldout_accuracy(adapter, world),
+    }
+    plot_losses(
+        {"task_lora": curve}, output_dir / "task_loss_curve.png", [("LoRA fine-tune on the new task", ["task_lora"])]
+    )
+    examples = [
+        {
+            "image": record["image"],
+            "question": record["conversations"][0]["value"].removeprefix("<image>\n"),
+            "reference": record["conversations"][1]["value"],
+            "before": heldout["task_before"].answers[record["id"]],
+            "after": heldout["task_after"].answers[record["id"]],
+        }
+        for record in json.loads(world.task_heldout.read_text())[:3]
+    ]
+    results = {
+        "task_kind": TASK_KIND,
+        "task_samples": samples,
+        "accuracy_task_before": heldout["task_before"].value,
+        "accuracy_task_after": heldout["task_after"].value,
+        "accuracy_old_after": heldout["old_after"].value,
+        # The old questions before: the demo's own measure of the same model, with the same function.
+        "heldout": {name: accuracy.summary() for name, accuracy in heldout.items()}
+        | {"old_before": json.loads((output_dir / "results.json").read_text())["heldout"]["with_image"]},
+        "mistakes_task_after": heldout["task_after"].mistakes,
+        "examples": examples,
+        "loss": curve,
+        "seed": seed,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    (output_dir / "task_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_task_report(results)
+    written = f"{output_dir / 'task_results.json'} and {output_dir / 'task_loss_curve.png'}"
+    print(f"\nWrote {written} in {results['wall_seconds']:.0f} s.")
+    print(f"The adapter is in {adapter}: try `llava chat {adapter}` (it loads unmerged on {base}).")
+    return results
+
+
+__all__ = ["FULL", "QUICK", "DemoFolderError", "run_demo", "run_task"]

@@ -5,6 +5,9 @@ and place so that held-out images are new pictures of known scenes. `write_world
 data files of a LLaVA run in the original LLaVA JSON format: stage 1's brief captions, stage 2's multi-turn questions
 (with a few text-only records, as LLaVA-1.5 mixes text-only data in) and single held-out questions for evaluation.
 `world_texts` is everything the stand-in language model reads before it sees an image.
+
+`write_task` adds a task the trained model has never been asked (`llava demo --task`): which side of the picture a
+shape in a quadrant is on, answered in a wording of its own, as the task data a user fine-tunes a released LLaVA on.
 """
 
 import hashlib
@@ -39,6 +42,11 @@ POSITIONS = {
 BACKGROUND = (255, 255, 255)
 # The kinds of question, in the order of `Scene.questions()`; each is also the name of the Scene field it asks about.
 QUESTION_KINDS = ("colour", "shape", "position")
+# The new task's question kind (`Scene.task_question`): no stage sees it, so the demo's final model cannot answer it.
+TASK_KIND = "side"
+# The positions it is asked of: the four quadrants. A shape at the center is on neither side; asked of it too, with
+# "It is in the center." (one fifth of the samples), the demo's LoRA run did not learn that third answer (tried).
+TASK_POSITIONS = tuple(position for position in POSITIONS if position != "center")
 
 # Stage 1's brief-description requests, in the spirit of the paper's "Describe the image concisely." list.
 INSTRUCTIONS = (
@@ -92,6 +100,18 @@ class Scene:
             ("Where is the shape?", f"It is at the {self.position}."),
         ]
 
+    def task_question(self) -> tuple[str, str]:
+        """The new task's (question, answer), asked of a shape on a side (`TASK_POSITIONS`): which side, which the
+        position decides but no stage's wording gives.
+
+        The answer's words are tokens of the world's texts, new in this order: LoRA leaves the output head as it is,
+        and an answer with a character the stand-in language model never produced (tried: "On the left.", its capital
+        "O" untrained) was not learnt in the demo's steps.
+        """
+        if self.position not in TASK_POSITIONS:
+            raise ValueError(f"The side question is asked of a shape on a side, not at the {self.position}.")
+        return "Is the shape on the left or on the right?", f"It is on the {self.position.split()[1]}."
+
 
 SCENES = tuple(Scene(colour, shape, position) for colour in COLOURS for shape in SHAPES for position in POSITIONS)
 
@@ -105,6 +125,20 @@ class WorldFiles:
     stage1: Path
     stage2: Path
     heldout: Path
+
+    @classmethod
+    def under(cls, root: str | Path) -> "WorldFiles":
+        """Where `write_world(root)` puts things."""
+        root = Path(root)
+        return cls(root, root / "images", root / "stage1.json", root / "stage2.json", root / "heldout.json")
+
+    @property
+    def task_train(self) -> Path:
+        return self.root / "task-train.json"
+
+    @property
+    def task_heldout(self) -> Path:
+        return self.root / "task-heldout.json"
 
 
 def blank_image(image_size: int = 32) -> Image.Image:
@@ -171,8 +205,7 @@ def write_world(
     Stage 1 and stage 2 describe the same `num_train` images; the `num_heldout` held-out images are drawn again
     until no training image has the same pixels, and each gets one record per question kind (with its `"kind"`).
     """
-    root = Path(root)
-    world = WorldFiles(root, root / "images", root / "stage1.json", root / "stage2.json", root / "heldout.json")
+    world = WorldFiles.under(root)
     world.image_folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -206,14 +239,7 @@ def write_world(
         name = f"heldout_{index:05d}.png"
         image.save(world.image_folder / name)
         for kind, (question, answer) in zip(QUESTION_KINDS, scene.questions(), strict=True):
-            heldout.append(
-                {
-                    "id": f"heldout-{index:05d}-{kind}",
-                    "image": name,
-                    "kind": kind,
-                    "conversations": [_turn("human", "<image>\n" + question), _turn("gpt", answer)],
-                }
-            )
+            heldout.append(_heldout_record(index, name, kind, question, answer))
 
     for path, records in ((world.stage1, stage1), (world.stage2, stage2), (world.heldout, heldout)):
         path.write_text(json.dumps(records, indent=1))
@@ -232,6 +258,56 @@ def heldout_scenes(world: WorldFiles) -> list[tuple[str, Scene]]:
         answer = record["conversations"][1]["value"]
         attributes.setdefault(record["image"], {})[record["kind"]] = values[(record["kind"], answer)]
     return [(image, Scene(**scene)) for image, scene in attributes.items()]
+
+
+def _heldout_record(index: int, image: str, kind: str, question: str, answer: str) -> dict:
+    conversations = [_turn("human", "<image>\n" + question), _turn("gpt", answer)]
+    return {"id": f"heldout-{index:05d}-{kind}", "image": image, "kind": kind, "conversations": conversations}
+
+
+def training_scenes(world: WorldFiles) -> list[tuple[str, Scene]]:
+    """(image path relative to `image_folder`, scene) of each training image, in order, read back from its caption."""
+    scenes = {scene.caption(): scene for scene in SCENES}
+    return [
+        (record["image"], scenes[record["conversations"][1]["value"]])
+        for record in json.loads(world.stage1.read_text())
+    ]
+
+
+def _task_record(index: int, image: str, scene: Scene, rng: np.random.Generator) -> dict:
+    """The new question and one of the old ones about the same image, in random order, `<image>` opening the first:
+    the old question keeps the model answering it in its own wording (without it, LoRA's 300 samples teach the
+    model to answer "Where is the shape?" with the new task's words)."""
+    questions = [scene.task_question(), scene.questions()[rng.integers(len(QUESTION_KINDS))]]
+    conversations = []
+    for turn, kind in enumerate(rng.permutation(2)):
+        question, answer = questions[kind]
+        conversations += [_turn("human", "<image>\n" + question if turn == 0 else question), _turn("gpt", answer)]
+    return {"id": f"task-{index:05d}", "image": image, "conversations": conversations}
+
+
+def write_task(world: WorldFiles, num_train: int = 300, seed: int = 0) -> None:
+    """Writes the new task's data beside the world's: `task-train.json`, a conversation with the question of
+    `TASK_KIND` (and one old question) about each of the first `num_train` training images with the shape on a side,
+    and `task-heldout.json`, the new question alone about each such held-out image (with its `"kind"`).
+
+    Deterministic in `seed`. The full demo's 300 come from its first 375 images: each of the 60 scenes 5 times.
+    """
+    scenes = [(image, scene) for image, scene in training_scenes(world) if scene.position in TASK_POSITIONS]
+    if num_train > len(scenes):
+        raise ValueError(
+            f"The task asks about {num_train} training images, but {world.stage1} has {len(scenes)} with the shape "
+            "on a side."
+        )
+    rng = np.random.default_rng(seed)
+    train = [_task_record(index, image, scene, rng) for index, (image, scene) in enumerate(scenes[:num_train])]
+    heldout = [
+        _heldout_record(index, image, TASK_KIND, *scene.task_question())
+        for index, (image, scene) in enumerate(heldout_scenes(world))
+        if scene.position in TASK_POSITIONS
+    ]
+    world.task_train.write_text(json.dumps(train, indent=1))
+    world.task_heldout.write_text(json.dumps(heldout, indent=1))
 
 
 def _render(rows: list[dict], template: str, image_in_words: list[str]) -> list[str]:
@@ -279,11 +355,15 @@ __all__ = [
     "RULES",
     "SCENES",
     "SHAPES",
+    "TASK_KIND",
+    "TASK_POSITIONS",
     "Scene",
     "WorldFiles",
     "blank_image",
     "heldout_scenes",
     "render",
+    "training_scenes",
     "world_texts",
+    "write_task",
     "write_world",
 ]
