@@ -164,6 +164,15 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def sampling_arguments(temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """`generate()` arguments for greedy decoding where `temperature` is 0, else sampling at `temperature` with nucleus
+    `top_p`, as the original's `do_sample=True if temperature > 0`. Explicit either way, so that a checkpoint's
+    generation_config.json does not choose between greedy and sampling."""
+    if temperature > 0:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return {"do_sample": False}
+
+
 def generate_answers(
     model,
     processor,
@@ -190,10 +199,7 @@ def generate_answers(
         raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
     ids = ids if ids is not None else [f"#{index}" for index in range(len(images))]
     background = image_background(processor)
-    # Explicit either way, so that a checkpoint's generation_config.json does not choose between greedy and sampling.
-    sampling = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    sampling = sampling_arguments(temperature, top_p)
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start : start + batch_size]
         prompts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in batch]
@@ -249,4 +255,5 @@ __all__ = [
     "load_llava",
     "quantization_config",
     "resolve_dtype",
+    "sampling_arguments",
 ]

@@ -17,7 +17,7 @@ from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.conversation import assistant_message, decode_answer, render_conversation, user_message
-from processing.generation import load_llava
+from processing.generation import load_llava, sampling_arguments
 from processing.images import decode_image, image_background
 
 HELP = "Commands: /image PATH (new conversation about that image), /reset, /exit."
@@ -38,9 +38,7 @@ class ChatSession:
         temperature: float = 0.0,
     ):
         self.model, self.processor = model, processor
-        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-        if temperature > 0:
-            self.generation["temperature"] = temperature
+        self.generation = {"max_new_tokens": max_new_tokens, **sampling_arguments(temperature)}
         self.image: Image.Image | None = None
         self.messages: list[dict] = []
 

@@ -20,6 +20,7 @@ from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from processing.conversation import decode_answer, render_conversation
+from processing.generation import sampling_arguments
 
 from .openai_format import Sampling
 from .request_error import RequestError
@@ -149,9 +150,7 @@ class GenerationWorker:
         inputs = await asyncio.to_thread(self.prompt_inputs, messages, images)
         room = self.context_length - inputs["input_ids"].shape[1] if self.context_length else None
         max_new_tokens = min(sampling.max_new_tokens or self.default_max_new_tokens, room or 2**31)
-        generation = {"max_new_tokens": max_new_tokens, "do_sample": sampling.temperature > 0}
-        if sampling.temperature > 0:
-            generation |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
+        generation = {"max_new_tokens": max_new_tokens, **sampling_arguments(sampling.temperature, sampling.top_p)}
         job = Job(inputs, generation, sampling.seed)
         with self._ready:
             if len(self._waiting) >= self.max_queue:
