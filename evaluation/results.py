@@ -1,0 +1,82 @@
+"""What every benchmark of `llava eval` shares: reading an answer file in the original's shape, and writing
+`OUTPUT/<benchmark>_results.json` in one shape.
+
+An answer file is JSON lines as the original's `model_vqa*.py` write them (`question_id`, `prompt`, `text`,
+`answer_id`, `model_id`, `metadata`; MMBench's adds its own keys). It may come from `llava predict`, from the original
+repository, from another engine or machine: scoring reads it only through `read_answers`, so every benchmark refuses a
+broken line the same way, naming the file and the line.
+
+The results file holds `benchmark`, `score` (the figure of LLaVA-1.5's table in its units, or `None` where a server
+or a GPT-4 grader scores the upload file), `parts` (per category or split, with counts), `submission` (the upload
+file's path, where there is one) and whatever else the benchmark adds. It is written beside its place and renamed
+into it, so a stopped run never leaves a half-written file looking complete.
+"""
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+class BenchmarkError(ValueError):
+    """A benchmark's input (answer file, question file, annotations) is missing or not what the original reads."""
+
+
+def read_answers(path: str | Path, fields: tuple[str, ...] = ("question_id", "text")) -> list[dict]:
+    """The answer lines of `path`, each checked to hold `fields`. Blank lines are skipped; anything else that is not a
+    JSON object with those fields stops with the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"Answer file {str(path)!r} does not exist.")
+    answers = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                answer = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BenchmarkError(f"Answer file {str(path)!r} line {number} is not JSON: {error}") from None
+            missing = [field for field in fields if not isinstance(answer, dict) or field not in answer]
+            if missing:
+                named = ", ".join(map(repr, missing))
+                raise BenchmarkError(f"Answer file {str(path)!r} line {number} has no {named}.")
+            answers.append(answer)
+    return answers
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Writes `value` as JSON to `path` through a staging file renamed into place (never half a file at `path`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
+    staging.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    staging.replace(path)
+    return path
+
+
+def results_path(output_dir: str | Path, benchmark: str) -> Path:
+    """`OUTPUT/<benchmark>_results.json`, with `-` in the benchmark's name written `_` (`mmbench_cn_results.json`)."""
+    return Path(output_dir) / f"{benchmark.replace('-', '_')}_results.json"
+
+
+def write_results(
+    output_dir: str | Path,
+    benchmark: str,
+    score: float | None,
+    parts: dict,
+    submission: str | Path | None = None,
+    **extra: Any,
+) -> Path:
+    """Writes a benchmark's results file whole and returns its path."""
+    results = {
+        "benchmark": benchmark,
+        "score": score,
+        "parts": parts,
+        "submission": None if submission is None else str(submission),
+        **extra,
+    }
+    return write_json(results_path(output_dir, benchmark), results)
+
+
+__all__ = ["BenchmarkError", "read_answers", "results_path", "write_json", "write_results"]
