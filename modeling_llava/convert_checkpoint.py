@@ -6,7 +6,9 @@ The three formats hold the same weights under different names:
   `model.mm_projector.{0,2}` (`model.mm_projector` for `linear`), the vision tower usually not in the weights but
   named by `mm_vision_tower`;
 - llava-hf (transformers' built-in, model_type `llava`): `model.vision_tower`,
-  `model.multi_modal_projector.linear_{1,2}`, `model.language_model`, `lm_head`;
+  `model.multi_modal_projector.linear_{1,2}`, `model.language_model`, `lm_head` in memory; released checkpoints
+  (and `--to llava-hf` exports) keep the older names `vision_tower.vision_model`, `multi_modal_projector`,
+  `language_model.model` and `language_model.lm_head`, which every transformers release and vLLM read;
 - this plugin (`llava_plugin`): as llava-hf, with `linear_N` for projectors of any depth.
 
 `model_type` alone does not tell the first two apart: the original's Llama class was registered as `llava` from its
@@ -76,6 +78,14 @@ SHARED_CONFIG_FIELDS = (
     "tie_word_embeddings",
 )
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
+# In-memory prefix of transformers' LlavaForConditionalGeneration -> the prefix released llava-hf checkpoints
+# (llava-hf/llava-1.5-7b-hf) use. vLLM's LlavaForConditionalGeneration loads these names as they are.
+LLAVA_HF_RELEASE_PREFIXES = {
+    "model.language_model.": "language_model.model.",
+    "lm_head.": "language_model.lm_head.",
+    "model.multi_modal_projector.": "multi_modal_projector.",
+    "model.vision_tower.": "vision_tower.",
+}
 # Original fields that describe LLaVA-NeXT / v1-preview features this format has no place for.
 UNSUPPORTED = {
     "mm_use_im_start_end": (True, "image start/end tokens around each image (LLaVA v1 preview checkpoints)"),
@@ -335,6 +345,29 @@ def to_llava_hf(
     return hf_model, hf_processor
 
 
+def llava_hf_release_weights(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """`model`'s weights under the names of released llava-hf checkpoints, for `--to llava-hf` to write.
+
+    Transformers 5 holds them under other names in memory (`model.language_model.*`, and CLIP's and SigLIP's towers
+    without their `vision_model.` level) and writes the released names back only for a model it loaded from a file,
+    by reverting the renamings it recorded there. The export is assembled from a state dict, so it recorded none and
+    would be saved under its in-memory names, which vLLM's loader refuses ("There is no module or parameter named
+    'vision_tower.embeddings'"). These names load in transformers (the renamings it applies to every released
+    checkpoint) and in vLLM alike.
+    """
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if name in tied:
+            continue
+        prefix = next(prefix for prefix in LLAVA_HF_RELEASE_PREFIXES if name.startswith(prefix))
+        rest = name.removeprefix(prefix)
+        if prefix == "model.vision_tower." and not rest.startswith("vision_model."):
+            rest = "vision_model." + rest
+        weights[LLAVA_HF_RELEASE_PREFIXES[prefix] + rest] = tensor
+    return weights
+
+
 def _assemble(model_class: type, config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype):
     """A model holding exactly `state_dict`'s weights, through `from_pretrained` (meta init, buffers, tying).
 
@@ -394,11 +427,22 @@ def convert(
     elif to != "plugin":
         raise ValueError(f"Unknown target format {to!r}: expected 'plugin' or 'llava-hf'.")
     max_shard_size = shard_size(source)
+    save_arguments = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    if to == "llava-hf":  # the released names, written as they are (no renaming of transformers' on top)
+        save_arguments |= {"state_dict": llava_hf_release_weights(model), "save_original_format": False}
     with atomic_folder(destination) as staging:
-        model.save_pretrained(staging, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+        model.save_pretrained(staging, **save_arguments)
         processor.save_pretrained(staging)
     logger.warning(f"Converted {detect_format(source)} checkpoint {str(source)!r} to {to} at {str(destination)!r}.")
     return destination
 
 
-__all__ = ["FORMAT_NAMES", "checkpoint_format", "convert", "detect_format", "load_any", "to_llava_hf"]
+__all__ = [
+    "FORMAT_NAMES",
+    "checkpoint_format",
+    "convert",
+    "detect_format",
+    "llava_hf_release_weights",
+    "load_any",
+    "to_llava_hf",
+]

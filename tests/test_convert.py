@@ -300,6 +300,33 @@ def test_export_to_llava_hf_loads_in_transformers_alone(tmp_path, llava_checkpoi
     assert_same_outputs(exported, exported_processor, ours, AutoProcessor.from_pretrained(llava_checkpoint))
 
 
+def test_export_writes_the_weight_names_of_released_llava_hf_checkpoints(tmp_path, llava_checkpoint):
+    """vLLM's LlavaForConditionalGeneration reads the names llava-hf/llava-1.5-7b-hf holds (its CLIP tower under
+    `vision_tower.vision_model`); an export under transformers 5's in-memory names (`model.vision_tower.embeddings.*`)
+    stopped vLLM 0.32 with "There is no module or parameter named 'vision_tower.embeddings'"."""
+    convert(llava_checkpoint, tmp_path / "hf", to="llava-hf")
+    names = set()
+    for file in (tmp_path / "hf").glob("*.safetensors"):
+        with safe_open(file, "pt") as weights:
+            names |= set(weights.keys())
+    released = (
+        "language_model.model.",
+        "language_model.lm_head.",
+        "multi_modal_projector.",
+        "vision_tower.vision_model.",
+    )
+    assert names and all(name.startswith(released) for name in names), sorted(names)[:5]
+    assert {
+        "language_model.lm_head.weight",
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.layers.1.self_attn.q_proj.weight",
+        "multi_modal_projector.linear_2.bias",
+        "vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "vision_tower.vision_model.encoder.layers.0.self_attn.k_proj.weight",
+        "vision_tower.vision_model.post_layernorm.weight",
+    } <= names
+
+
 def test_export_refuses_projectors_the_builtin_cannot_hold(tmp_path, checkpoints):
     source = save_original(tmp_path / "original", checkpoints, "linear")
     with pytest.raises(ValueError, match="projector_type 'linear' cannot be expressed"):
