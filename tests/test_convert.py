@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import (
     AutoProcessor,
+    AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionModel,
     LlamaConfig,
@@ -325,6 +326,16 @@ def test_export_writes_the_weight_names_of_released_llava_hf_checkpoints(tmp_pat
         "vision_tower.vision_model.encoder.layers.0.self_attn.k_proj.weight",
         "vision_tower.vision_model.post_layernorm.weight",
     } <= names
+
+
+def test_export_carries_the_conversation_template_alone(tmp_path, llava_checkpoint):
+    """A tokenizer saved with several templates (`plain` beside the default) loads them as a dict, which stopped vLLM
+    0.32's chat rendering with "TypeError: unhashable type: 'dict'"; serving needs the conversation's only."""
+    convert(llava_checkpoint, tmp_path / "hf", to="llava-hf")
+    conversation = AutoProcessor.from_pretrained(llava_checkpoint).chat_template["default"]
+    assert not (tmp_path / "hf" / "additional_chat_templates").exists()
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template == conversation
+    assert AutoProcessor.from_pretrained(tmp_path / "hf").chat_template == conversation
 
 
 def test_export_refuses_projectors_the_builtin_cannot_hold(tmp_path, checkpoints):

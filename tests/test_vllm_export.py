@@ -1,4 +1,5 @@
-"""A `llava convert --to llava-hf` export served by vLLM gives this plugin's greedy tokens.
+"""A `llava convert --to llava-hf` export served by vLLM gives this plugin's prompt ids and greedy tokens, for a prompt
+text and for a chat message rendered by the export's chat template.
 
 vLLM is the independent reference here: its own Llava, CLIP and Llama implementations read the export's config and
 weights, and its own processing expands `<image>`. One environment cannot hold vLLM's CPU build (it pins
@@ -49,5 +50,7 @@ def test_export_served_by_vllm_gives_the_plugins_greedy_tokens(tmp_path, tokeniz
         tmp_path / "llava", tmp_path / "image.png", "What is the colour of the square?", VLLM_PYTHON
     )
 
-    assert served["prompt_ids"] == ours["prompt_ids"]
-    assert served["tokens"] == ours["tokens"] and len(ours["tokens"]) > 1
+    assert set(served) == {"generate", "chat"}
+    for kind, answer in served.items():  # a prompt text; an OpenAI-style message through the export's chat template
+        assert answer["prompt_ids"] == ours["prompt_ids"], kind
+        assert answer["tokens"] == ours["tokens"] and len(ours["tokens"]) > 1, kind
