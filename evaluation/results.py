@@ -14,6 +14,7 @@ into it, so a stopped run never leaves a half-written file looking complete.
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,34 @@ def read_answers(path: str | Path, fields: tuple[str, ...] = ("question_id", "te
     return answers
 
 
-def write_json(path: str | Path, value: Any) -> Path:
-    """Writes `value` as JSON to `path` through a staging file renamed into place (never half a file at `path`)."""
+def experiment_name(answers: list[dict], default: str) -> str:
+    """The name the original gives an upload file: its scripts name the answer file after the checkpoint and the upload
+    file after the answer file (`answers_upload/.../llava-v1.5-13b.xlsx`), so here after the answer lines' one
+    `model_id` (the checkpoint's name). `default` where the lines name no single model, or one that is no file name."""
+    names = {answer.get("model_id") if isinstance(answer.get("model_id"), str) else None for answer in answers}
+    name = names.pop() if len(names) == 1 else None
+    if isinstance(name, str) and name.strip(".") and not {"/", "\\", "\0"} & set(name):
+        return name
+    return default
+
+
+def write_whole(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Has `write(staging_path)` write a file that is then renamed to `path`: never half a file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
-    staging.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    staging.replace(path)
+    try:
+        write(staging)
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Writes `value` as JSON to `path`, whole."""
+    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    return write_whole(path, lambda staging: staging.write_text(text, encoding="utf-8"))
 
 
 def results_path(output_dir: str | Path, benchmark: str) -> Path:
@@ -79,4 +100,12 @@ def write_results(
     return write_json(results_path(output_dir, benchmark), results)
 
 
-__all__ = ["BenchmarkError", "read_answers", "results_path", "write_json", "write_results"]
+__all__ = [
+    "BenchmarkError",
+    "experiment_name",
+    "read_answers",
+    "results_path",
+    "write_json",
+    "write_results",
+    "write_whole",
+]
