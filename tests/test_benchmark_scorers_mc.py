@@ -5,7 +5,9 @@ haotian-liu/LLaVA (`playground/data/eval/`), with MME's ground truth from MME's 
 BradyFU/Awesome-Multimodal-Large-Language-Models commit 1c1d69e, `tools/eval_tool.zip`, `Your_Results/*.txt`, laid
 out as `MME_Benchmark_release_version` sheets). The figures hard-coded below are what the original's scripts printed
 when run once on the same slices (Python 3.11.7, pandas 3.1.1, openpyxl 3.1.5, scikit-learn 1.9.1); each test says
-which. Hand-made cases check each rule of those scripts that the slices do not reach.
+which. Hand-made cases check each rule of those scripts that the slices do not reach; their expected figures were
+also checked once against the original's scripts run on the same inputs. The `slow` tests score the whole official
+MME and MM-Vet files (`full/`); MMBench's (2.4 MB) and SEED's (its key is not public) are not kept.
 """
 
 import base64
@@ -59,6 +61,28 @@ def test_mme_official_slice_equals_calculation_py(mme_release, tmp_path):
     assert {name: part["score"] for name, part in result["parts"]["cognition"]["categories"].items()} == cognition
     assert result["parts"]["perception"]["categories"]["artwork"]["other"] == 1
     assert result["submission"] is None
+
+
+@pytest.mark.slow
+def test_mme_official_13b_answers_give_the_published_1531_3(tmp_path):
+    # MME's answer sheets (eval_tool.zip's Your_Results: image, question, truth) laid out as its release folder.
+    folder = tmp_path / "MME_Benchmark_release_version"
+    for results in sorted((FIXTURES / "mme" / "full" / "Your_Results").glob("*.txt")):
+        category = folder / results.stem
+        sheets = category / "questions_answers_YN" if results.stem in NESTED else category
+        sheets.mkdir(parents=True)
+        if results.stem in NESTED:
+            (category / "images").mkdir()
+        for line in results.read_text().splitlines():
+            image, question, truth = line.split("\t")
+            with (sheets / f"{image.rsplit('.', 1)[0]}.txt").open("a") as sheet:
+                sheet.write(f"{question}\t{truth}\n")
+    answers = read_answers(FIXTURES / "mme" / "full" / "llava-v1.5-13b.jsonl", ("question_id", "prompt", "text"))
+    result = mme.score(answers, output_dir=tmp_path, annotations=folder)
+    # Printed by convert_answer_to_mme.py (32cebc38) + calculation.py (eval_tool.zip) on the same files.
+    assert result["score"] == 1531.3187274909965 and f"{result['score']:.1f}" == "1531.3"
+    assert result["parts"]["cognition"]["score"] == 295.3571428571429
+    assert result["parts"]["perception"]["categories"]["artwork"]["score"] == 117.75
 
 
 def make_mme(root: Path, images: int = 1, question: str = "Is it {}? Please answer yes or no.") -> Path:
@@ -385,6 +409,13 @@ def test_mm_vet_results_of_official_slice_equal_released_file(tmp_path):
     result = mm_vet.score(answers, output_dir=tmp_path)
     assert result == {"score": None, "parts": {"answers": 13}, "submission": tmp_path / "llava-v1.5-13b.json"}
     assert result["submission"].read_bytes() == (FIXTURES / "mm-vet" / "released_results_head.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_mm_vet_results_of_official_13b_answers_equal_released_file(tmp_path):
+    answers = read_answers(FIXTURES / "mm-vet" / "full" / "llava-v1.5-13b.jsonl")
+    submission = mm_vet.score(answers, output_dir=tmp_path)["submission"]
+    assert submission.read_bytes() == (FIXTURES / "mm-vet" / "full" / "released_llava-v1.5-13b.json").read_bytes()
 
 
 def test_mm_vet_repeated_id_keeps_first_place_and_last_text(tmp_path):
