@@ -17,6 +17,7 @@ those modules): with `llava/eval/model_vqa_loader.py`, as their `scripts/v1_5/ev
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +78,44 @@ def read_json(path: str | Path, kind: str) -> Any:
         raise BenchmarkError(f"{kind} {str(path)!r} is not JSON: {error}") from None
 
 
-def upload_path(output_dir: str | Path, benchmark: str, answers: list[dict], suffix: str = ".json") -> Path:
+def upload_path(
+    output_dir: str | Path, benchmark: str, answers: list[dict], suffix: str = ".json", experiment: str | None = None
+) -> Path:
     """Where a benchmark's upload file goes: `OUTPUT/answers_upload/<benchmark>/<model>.json`, named as the original's
     convert scripts name it, after the checkpoint (the answers' `model_id`, as `model_vqa*.py` write it). Answers
-    with no single `model_id` name it after the benchmark."""
-    names = {Path(str(answer.get("model_id", ""))).name for answer in answers}
-    name = names.pop() if len(names) == 1 and "" not in names else benchmark
+    with no single `model_id` name it after the benchmark; `experiment` names it outright."""
+    name = experiment or experiment_name(answers, benchmark)
     return Path(output_dir) / "answers_upload" / benchmark / f"{name}{suffix}"
 
 
-def write_json(path: str | Path, value: Any) -> Path:
-    """Writes `value` as JSON to `path` through a staging file renamed into place (never half a file at `path`)."""
+def experiment_name(answers: list[dict], default: str) -> str:
+    """The name the original gives an upload file: its scripts name the answer file after the checkpoint and the upload
+    file after the answer file (`answers_upload/.../llava-v1.5-13b.xlsx`), so here after the answer lines' one
+    `model_id` (the checkpoint's name). `default` where the lines name no single model, or one that is no file name."""
+    names = {answer.get("model_id") if isinstance(answer.get("model_id"), str) else None for answer in answers}
+    name = names.pop() if len(names) == 1 else None
+    if isinstance(name, str) and name.strip(".") and not {"/", "\\", "\0"} & set(name):
+        return name
+    return default
+
+
+def write_whole(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Has `write(staging_path)` write a file that is then renamed to `path`: never half a file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
-    staging.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    staging.replace(path)
+    try:
+        write(staging)
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Writes `value` as JSON to `path`, whole."""
+    text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+    return write_whole(path, lambda staging: staging.write_text(text, encoding="utf-8"))
 
 
 def results_path(output_dir: str | Path, benchmark: str) -> Path:
@@ -123,6 +145,7 @@ def write_results(
 __all__ = [
     "VQA_LOADER_ANSWERING",
     "BenchmarkError",
+    "experiment_name",
     "read_answers",
     "read_json",
     "read_json_lines",
@@ -130,4 +153,5 @@ __all__ = [
     "upload_path",
     "write_json",
     "write_results",
+    "write_whole",
 ]
