@@ -5,7 +5,9 @@ greedy), resuming, the results file, the model card's table, `llava eval suite` 
 contiguous chunks of the original's `--num-chunks`."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -335,3 +337,70 @@ def test_a_folder_without_any_benchmark_is_one_line(stub, tmp_path, capsys):
 )
 def test_processes_take_the_originals_contiguous_chunks(count, processes, expected):
     assert [chunk(list(range(count)), rank, processes) for rank in range(processes)] == expected
+
+
+REPOSITORY = Path(__file__).parent.parent
+
+
+def torchrun(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2` of `llava ARGV` on this CPU, the stub benchmark registered in each process."""
+    (tmp_path / "modules").mkdir(exist_ok=True)
+    (tmp_path / "modules" / "stub_benchmark.py").write_text(STUB)
+    driver = tmp_path / "llava_with_stub.py"
+    driver.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path / 'modules')!r})\n"
+        "from evaluation import benchmarks\n"
+        "benchmarks.BENCHMARKS['stub'] = benchmarks.Benchmark(\n"
+        "    'stub', 'stub_benchmark', 'stub', benchmarks.Layout(('stub',), 'q.jsonl', 'images', 'truth.json')\n"
+        ")\n"
+        "from command_line.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver)]
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command + argv, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_processes_answer_as_one_and_merge_in_question_order(llava_checkpoint, question_folder, tmp_path):
+    """`llava predict` under torchrun: each process answers its chunk (2 and 2 questions of 4 here, then 3 of 5 and 2)
+    into its part file; the merged answer file holds one process's lines, in the question file's order."""
+    questions = write_jsonl(tmp_path / "questions.jsonl", [*QUESTIONS, {"question_id": 14, "text": "Which shape?"}])
+    common = ["--questions", str(questions), "--image-folder", str(question_folder / "images"), "--batch-size", "2"]
+    common += ["--max-new-tokens", str(MAX_NEW_TOKENS)]
+    llava(["predict", llava_checkpoint, "--output", str(tmp_path / "one.jsonl"), *common])
+    done = torchrun(tmp_path, ["predict", llava_checkpoint, "--output", str(tmp_path / "two.jsonl"), *common])
+    one, two = lines(tmp_path / "one.jsonl"), lines(tmp_path / "two.jsonl")
+    assert [line["question_id"] for line in two] == [10, 11, "x", 13, 14]
+    assert [line["text"] for line in two] == [line["text"] for line in one]
+    assert [list(line) for line in two] == [list(line) for line in one]
+    assert not (tmp_path / "two.jsonl.parts").exists()  # the parts are merged and removed
+    assert done.stdout.count("5 questions answered into") == 1  # one report, of both processes
+
+
+@pytest.mark.slow
+def test_llava_eval_on_two_processes_resumes_merges_and_scores_once(stub, llava_checkpoint, question_folder, tmp_path):
+    """A stopped one-process run (two answers and a cut line) resumed by two processes: the answers kept, the rest
+    answered, merged in order, and scored by process 0 alone."""
+    (tmp_path / "truth.json").write_text(json.dumps({"10": "a", "11": "b", "x": "c", "13": "d"}))
+    argv = ["eval", "stub", llava_checkpoint, "--questions", str(question_folder / "questions.jsonl")]
+    argv += ["--image-folder", str(question_folder / "images"), "--annotations", str(tmp_path / "truth.json")]
+    argv += ["--batch-size", "3"]
+    llava([*argv, "--output-dir", str(tmp_path / "one")])
+    one = lines(tmp_path / "one" / "stub_answers.jsonl")
+    resumed = tmp_path / "two"
+    resumed.mkdir()
+    kept = "".join(json.dumps(line) + "\n" for line in one[:2])
+    (resumed / "stub_answers.jsonl").write_text(kept + json.dumps(one[2])[:20])
+    done = torchrun(tmp_path, [*argv, "--output-dir", str(resumed)])
+    two = lines(resumed / "stub_answers.jsonl")
+    assert two[:2] == one[:2]
+    assert [line["text"] for line in two] == [line["text"] for line in one]
+    assert [line["question_id"] for line in two] == [question["question_id"] for question in QUESTIONS]
+    assert done.stdout.count("stub: 0.00") == 1
+    assert json.loads((resumed / "stub_results.json").read_text())["score"] == 0.0
