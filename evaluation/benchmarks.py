@@ -351,8 +351,8 @@ def run(args: argparse.Namespace) -> None:
             args.batch_size,
             args.static_cache,
         )
-        if process_share()[0] != 0:  # process 0 scores the merged answers
-            return
+    if process_share()[0] != 0:  # process 0 scores (the merged answers)
+        return
     results = score(benchmark, answers, output_dir, args.annotations, args.questions)
     print(describe(results))
     print(f"Answers: {answers}. Results: {results_path(output_dir, benchmark.name)}")
