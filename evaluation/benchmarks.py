@@ -50,6 +50,9 @@ class Layout:
 
 @dataclass(frozen=True)
 class Benchmark:
+    """A benchmark of `llava eval`: its subcommand `name`, the `module` that answers and scores it, its `layout` in
+    eval.zip, and fixed `options` of that module (MMBench-CN is the MMBench module with `language="cn"`)."""
+
     name: str
     module: str
     help: str
@@ -222,6 +225,9 @@ def answer(
     from .predict import answer_file
 
     settings = benchmark_module(benchmark).ANSWERING
+    if settings.get("template") and settings["template"] not in CHAT_TEMPLATES:
+        known = ", ".join(CHAT_TEMPLATES)
+        raise BenchmarkError(f"{benchmark.module} answers with template {settings['template']!r}; known: {known}.")
 
     def load_with_template():
         model, processor = load()
@@ -279,7 +285,8 @@ def describe(results: dict) -> str:
     """A benchmark's result in one line: its score, or where its upload file is."""
     if results["score"] is None:
         where = results.get("submission")
-        return f"{results['benchmark']}: scored by its server or grader; upload {where}" if where else "no score"
+        told = f"scored by its server or grader; upload {where}" if where else "no score"
+        return f"{results['benchmark']}: {told}"
     return f"{results['benchmark']}: {results['score']:.2f}"
 
 

@@ -14,7 +14,11 @@ flushed, in the question file's order: a run stopped at any point is resumed by 
 questions the answer file answers and drops a last line cut short by the stop (its question is answered again). The
 answer file is complete when it holds one line per question.
 
-`answer_questions` is the engine, for any list of `Question`s; `predict` is the command around it.
+Launched as several processes (`torchrun`, `accelerate launch`), the questions are split into contiguous chunks, one
+per process, and merged in order once all are answered (`evaluation.sharding`), as the original's chunked runs.
+
+`answer_questions` is the engine, for any list of `Question`s; `answer_file` adds resuming and the processes' split,
+and is what `llava predict`, `llava eval` and the suite answer with; `predict` is the command around it.
 """
 
 import argparse
