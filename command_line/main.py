@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     add_precision_arguments(serve_parser)
 
     # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
-    commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
+    commands.add_parser(
+        "eval", help="score a checkpoint or an answer file on LLaVA-1.5's benchmarks, or all of them", add_help=False
+    )
     commands.add_parser("predict", help="answer a question file with a checkpoint, resumably", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
     commands.add_parser("plan", help="GPU memory of a training recipe, and the batch that fits", add_help=False)

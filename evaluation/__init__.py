@@ -1,9 +1,9 @@
-"""Benchmarks of the LLaVA paper, run by `llava eval`: ScienceQA (multiple-choice accuracy in the paper's columns)
-and LLaVA-Bench (answers scored against references by a judge model).
+"""Benchmarks of LLaVA-1.5's table, run by `llava eval`: VQAv2, GQA, VizWiz, ScienceQA, TextVQA, POPE, MME, MMBench,
+MMBench-CN, SEED, LLaVA-Bench and MM-Vet (`benchmarks.BENCHMARKS`), each scored as the original's scripts score it,
+and `llava eval suite`, all of them on `eval.zip`'s layout.
 
-Both write `OUTPUT/<benchmark>_results.json`, which the model card (`hub_cards/`) reads for its evaluation table and
-`model-index`. Torch and transformers are imported only when a benchmark runs, so `llava eval ... --help` and the
-data and scoring functions come without them.
+Each writes `OUTPUT/<benchmark>_results.json` (`results.py`), which the model card (`hub_cards/`) reads for its
+evaluation table and `model-index`. A benchmark's module is imported only when it runs.
 """
 
 
@@ -11,8 +11,8 @@ def main(argv: list[str] | None = None) -> None:
     """`llava eval BENCHMARK ...`: each benchmark's module defines its flags and runs it.
 
     A mistake in the checkpoint, the data or an image (a file that is not there or not an image, a path leading out of
-    the image folder, a row without a field), or a judge that fails for good, is one line naming the file, question
-    or record, and exit status 2, as `llava train`'s."""
+    the image folder, a row without a field, an answer file not in the original's shape), or a judge that fails for
+    good, is one line naming the file, question or record, and exit status 2, as `llava train`'s."""
     import argparse
     import sys
 
@@ -20,16 +20,29 @@ def main(argv: list[str] | None = None) -> None:
     from processing.llava_data import DataError
     from processing.teacher import TeacherError
 
-    from . import llava_bench, scienceqa
+    from . import benchmarks, llava_bench, scienceqa, suite
+    from .results import BenchmarkError
 
     parser = argparse.ArgumentParser(prog="llava eval", description="Score a LLaVA checkpoint on a benchmark.")
-    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    scienceqa.add_arguments(benchmarks.add_parser("scienceqa", help="multiple-choice accuracy on ScienceQA"))
-    llava_bench.add_arguments(benchmarks.add_parser("llava-bench", help="relative score from a judge model"))
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, benchmark in benchmarks.BENCHMARKS.items():
+        subparser = commands.add_parser(name, help=benchmark.help)
+        if benchmark.own_command:
+            benchmarks.benchmark_module(benchmark).add_arguments(subparser)
+        else:
+            benchmarks.add_arguments(subparser, benchmark)
+    suite.add_arguments(commands.add_parser("suite", help="every benchmark found in eval.zip's layout, one table"))
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (CheckpointError, DataError, TeacherError, llava_bench.LlavaBenchError, scienceqa.ScienceQAError) as error:
+    except (
+        BenchmarkError,
+        CheckpointError,
+        DataError,
+        TeacherError,
+        llava_bench.LlavaBenchError,
+        scienceqa.ScienceQAError,
+    ) as error:
         print(f"llava eval {args.benchmark}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

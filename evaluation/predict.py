@@ -14,14 +14,19 @@ flushed, in the question file's order: a run stopped at any point is resumed by 
 questions the answer file answers and drops a last line cut short by the stop (its question is answered again). The
 answer file is complete when it holds one line per question.
 
-`answer_questions` is the engine, for any list of `Question`s; `predict` is the command around it.
+Launched as several processes (`torchrun`, `accelerate launch`), the questions are split into contiguous chunks, one
+per process, and merged in order once all are answered (`evaluation.sharding`), as the original's chunked runs.
+
+`answer_questions` is the engine, for any list of `Question`s; `answer_file` adds resuming and the processes' split,
+and is what `llava predict`, `llava eval` and the suite answer with; `predict` is the command around it.
 """
 
 import argparse
 import json
 import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +35,22 @@ from tqdm.auto import tqdm
 from processing.generation import CheckpointError, add_decoding_arguments, generate_answers, load_llava
 from processing.llava_data import DataError, convert_record
 
+from .sharding import all_done, chunk, merge_parts, part_path, process_device, process_share
+
 # The original's model_vqa_loader.py, whose scripts answer every short-answer benchmark of LLaVA-1.5.
 MAX_NEW_TOKENS = 128
 
 
 @dataclass
 class Question:
-    """One question: its conversation up to the question turn (Hugging Face chat format) and its image path."""
+    """One question: its conversation up to the question turn (Hugging Face chat format) and its image path;
+    `extras`, keys its answer line carries besides the original's six (MMBench's `round_id`, `options`, ...)."""
 
     question_id: Any
     prompt: str
     messages: list[dict]
     image: str | None
+    extras: dict = field(default_factory=dict)
 
 
 def _parse(path: Path) -> list:
@@ -106,6 +115,12 @@ def read_questions(
     questions = [
         _question(record, index, image_folder, allow_outside) for index, record in enumerate(_parse(Path(path)))
     ]
+    check_unique(questions, path)
+    return questions
+
+
+def check_unique(questions: list[Question], path: str | Path) -> None:
+    """Refuses a question file whose ids repeat: resuming, and merging the processes' parts, go by id."""
     seen = set()
     for question in questions:
         if _key(question.question_id) in seen:
@@ -113,7 +128,6 @@ def read_questions(
                 f"Question file {str(path)!r} holds question {question.question_id!r} twice; ids must be unique."
             )
         seen.add(_key(question.question_id))
-    return questions
 
 
 def _key(question_id: Any) -> str:
@@ -170,6 +184,7 @@ def answer_questions(
     static_cache: bool | None = None,
     progress: bool = True,
     answered: int = 0,
+    desc: str = "answering",
 ) -> None:
     """Appends the answers to `questions` to `output`, one line each, in order, flushed after every batch.
     `answered` counts questions answered before (the progress bar starts from it)."""
@@ -187,9 +202,7 @@ def answer_questions(
         temperature=temperature,
         top_p=top_p,
     )
-    bar = tqdm(
-        total=answered + len(questions), initial=answered, desc="answering", unit="question", disable=not progress
-    )
+    bar = tqdm(total=answered + len(questions), initial=answered, desc=desc, unit="question", disable=not progress)
     with output.open("a", encoding="utf-8") as file, bar:
         start = 0
         for texts in batches:
@@ -198,6 +211,7 @@ def answer_questions(
                     "question_id": question.question_id,
                     "prompt": question.prompt,
                     "text": text,
+                    **question.extras,
                     "answer_id": uuid.uuid4().hex,
                     "model_id": model_id,
                     "metadata": {},
@@ -208,6 +222,60 @@ def answer_questions(
             file.flush()
             start += len(texts)
             bar.update(len(texts))
+
+
+def answer_file(
+    questions: list[Question],
+    output: str | Path,
+    load: Callable[[], tuple[Any, Any]],
+    model_id: str,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    static_cache: bool | None = None,
+    progress: bool = True,
+    desc: str = "answering",
+) -> int:
+    """Answers into `output` the `questions` it does not answer yet, and returns how many were answered. `load()`
+    gives the model and processor; it is called only when there is a question to answer.
+
+    Launched as several processes (`WORLD_SIZE` > 1), each answers its chunk of the questions into its part file and
+    process 0 merges the parts into `output` once all are done (`evaluation.sharding`); every process returns the
+    count of them all."""
+    rank, world = process_share()
+    done = answered_ids(output, questions) if rank == 0 or world == 1 else set()
+    target = Path(output)
+    if world > 1:
+        all_done(0)  # process 0 has cut a stopped run's last line from `output` before the others read it
+        done = answered_ids(output, questions) if rank else done
+        target = part_path(output, rank, world)
+        done |= answered_ids(target, questions)
+    mine = chunk(questions, rank, world)
+    todo = [question for question in mine if _key(question.question_id) not in done]
+    if todo:
+        model, processor = load()
+        answer_questions(
+            model,
+            processor,
+            todo,
+            target,
+            model_id,
+            batch_size,
+            max_new_tokens,
+            temperature,
+            top_p,
+            static_cache,
+            progress,
+            answered=len(mine) - len(todo),
+            desc=desc,
+        )
+    if world == 1:
+        return len(todo)
+    answered = all_done(len(todo))
+    if rank == 0:
+        merge_parts(output, [_key(question.question_id) for question in questions])
+    return answered
 
 
 def predict(
@@ -231,21 +299,22 @@ def predict(
     """Answers the questions of the file `questions` that `output` does not answer yet; returns how many it answered.
     The checkpoint is loaded only when there is one to answer. With a `seed`, a fresh run gives the same answers for
     the same batch size (a resumed sampled run continues from the seed, not from where the stopped run was)."""
-    loaded = read_questions(questions, image_folder, allow_outside)
-    done = answered_ids(output, loaded)
-    todo = [question for question in loaded if _key(question.question_id) not in done]
-    if not todo:
-        return 0
-    model, processor = load_llava(checkpoint, device, vision_tower, dtype=dtype, quantization=quantization)
-    if seed is not None:
-        from transformers import set_seed
 
-        set_seed(seed)
-    answer_questions(
-        model,
-        processor,
-        todo,
+    def load():
+        model, processor = load_llava(
+            checkpoint, process_device(device), vision_tower, dtype=dtype, quantization=quantization
+        )
+        if seed is not None:
+            from transformers import set_seed
+
+            set_seed(seed)
+        return model, processor
+
+    loaded = read_questions(questions, image_folder, allow_outside)
+    return answer_file(
+        loaded,
         output,
+        load,
         model_name(checkpoint),
         batch_size,
         max_new_tokens,
@@ -253,9 +322,7 @@ def predict(
         top_p,
         static_cache,
         progress,
-        answered=len(done),
     )
-    return len(todo)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,7 +377,19 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, DataError, OSError) as error:
         print(f"llava predict: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"{answered} questions answered into {args.output}" if answered else f"{args.output} answers every question")
+    if process_share()[0] == 0:  # one report for all the processes
+        done = f"{answered} questions answered into {args.output}"
+        print(done if answered else f"{args.output} answers every question")
 
 
-__all__ = ["Question", "answer_questions", "answered_ids", "main", "model_name", "predict", "read_questions"]
+__all__ = [
+    "Question",
+    "answer_file",
+    "answer_questions",
+    "answered_ids",
+    "check_unique",
+    "main",
+    "model_name",
+    "predict",
+    "read_questions",
+]

@@ -34,9 +34,33 @@ LOSS_PLOT_NAME = "loss_curve.png"
 # Training state only (`trainers/checkpoints.py`), never uploaded: a checkpoint's completion marker, a run's identity.
 COMPLETE_NAME = "llava_checkpoint_complete.json"
 FINGERPRINT_NAME = "llava_fingerprint.json"
-# Written by `llava eval`; each holds an `accuracy` / `overall` score (see evaluation/).
+# Written by `llava eval` (evaluation/results.py): `<benchmark>_results.json` holds `benchmark`, `score` (in the units
+# of LLaVA-1.5's table, None where a server or grader scores the upload file), `parts` and `submission`. ScienceQA's
+# and LLaVA-Bench's files of earlier versions hold an `accuracy` / `overall` score instead.
+RESULTS_PATTERN = "*_results.json"
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
+# The benchmarks of LLaVA-1.5's table, in its order, as the card names them: the name in the results file -> (name in
+# the card, Hub dataset of model-index, metric type, the score's unit).
+CARD_BENCHMARKS = {
+    "vqav2": ("VQAv2", "lmms-lab/VQAv2", "accuracy", "accuracy (%), test-dev"),
+    "gqa": ("GQA", "lmms-lab/GQA", "accuracy", "accuracy (%), testdev balanced"),
+    "vizwiz": ("VizWiz", "lmms-lab/VizWiz-VQA", "accuracy", "accuracy (%), test"),
+    "scienceqa": ("ScienceQA-IMG", "derek-thomas/ScienceQA", "accuracy", "accuracy on image questions (%)"),
+    "textvqa": ("TextVQA", "lmms-lab/textvqa", "accuracy", "accuracy (%), val"),
+    "pope": ("POPE", "lmms-lab/POPE", "f1", "F1 x100, mean of adversarial, popular, random"),
+    "mme": ("MME", "lmms-lab/MME", "perception_score", "perception score (sum)"),
+    "mmbench": ("MMBench", "lmms-lab/MMBench", "accuracy", "accuracy (%), dev"),
+    "mmbench-cn": ("MMBench-CN", "lmms-lab/MMBench", "accuracy", "accuracy (%), dev"),
+    "seed": ("SEED-Bench", "lmms-lab/SEED-Bench", "accuracy", "accuracy (%)"),
+    "llava-bench": (
+        "LLaVA-Bench (In-the-Wild)",
+        "liuhaotian/llava-bench-in-the-wild",
+        "relative_score",
+        "relative score (judge)",
+    ),
+    "mm-vet": ("MM-Vet", "lmms-lab/MMVet", "gpt4_score", "GPT-4 score"),
+}
 OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
 
@@ -194,7 +218,7 @@ def _benchmark_rows(
 def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], list[EvalResult]]:
     rows, results = [], []
     scienceqa = _read_json(folder / SCIENCEQA_RESULTS)
-    if scienceqa is not None:
+    if scienceqa is not None and "score" not in scienceqa:
         metric = f"accuracy ({scienceqa.get('scoring', 'lenient')} scoring)"
         rows += _benchmark_rows("ScienceQA", metric, "{:.2%}", scienceqa["accuracy"], scienceqa.get("columns", {}))
         results.append(
@@ -208,7 +232,7 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
             )
         )
     bench = _read_json(folder / LLAVA_BENCH_RESULTS)
-    if bench is not None:
+    if bench is not None and "score" not in bench:
         metric = (
             f"relative score ({bench.get('scoring', 'strict')} scoring, judge {bench.get('judge', '?')}, "
             f"judge prompts: {bench.get('judge_prompts', OWN_JUDGE_PROMPTS)})"
@@ -224,9 +248,55 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
                 metric_value=round(bench["overall"], 1),
             )
         )
+    for benchmark in _benchmark_results(folder):
+        new_rows, result = _benchmark_evaluation(benchmark)
+        rows += new_rows
+        results += [result] if result is not None else []
     for result in results:
         result.task_name = model_name
     return rows, results
+
+
+def _benchmark_results(folder: Path) -> list[dict[str, Any]]:
+    """The folder's results files in the one shape, in the order of LLaVA-1.5's table (others after, by name)."""
+    found = [json.loads(path.read_text()) for path in sorted(folder.glob(RESULTS_PATTERN))]
+    found = [results for results in found if isinstance(results, dict) and {"benchmark", "score"} <= results.keys()]
+    order = {name: place for place, name in enumerate(CARD_BENCHMARKS)}
+    return sorted(found, key=lambda results: (order.get(_card_key(results), len(order)), str(results["benchmark"])))
+
+
+def _card_key(results: dict[str, Any]) -> str:
+    return str(results["benchmark"]).replace("_", "-")
+
+
+def _benchmark_evaluation(results: dict[str, Any]) -> tuple[list[dict[str, str]], EvalResult | None]:
+    """The card's rows of one results file (its score, then each part that has one) and its model-index entry; a
+    benchmark scored by a server or a grader shows its upload file and has no model-index entry."""
+    name, dataset, metric_type, unit = CARD_BENCHMARKS.get(
+        _card_key(results), (str(results["benchmark"]), None, None, "score")
+    )
+    score = results["score"]
+    if score is None:
+        submission = results.get("submission")
+        value = f"submitted: {Path(submission).name}" if submission else "not scored"
+        return [{"benchmark": name, "metric": unit, "value": value}], None
+    parts = {
+        part: value["score"]
+        for part, value in (results.get("parts") or {}).items()
+        if isinstance(value, dict) and isinstance(value.get("score"), int | float)
+    }
+    rows = _benchmark_rows(name, unit, "{:.2f}", score, parts)
+    if dataset is None:
+        return rows, None
+    result = EvalResult(
+        task_type="visual-question-answering",
+        dataset_type=dataset,
+        dataset_name=name,
+        metric_type=metric_type,
+        metric_name=unit,
+        metric_value=round(score, 2),
+    )
+    return rows, result
 
 
 def _training(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
