@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 from processing.generation import CheckpointError, add_decoding_arguments, generate_answers, load_llava
 from processing.llava_data import DataError, convert_record
 
+from .results import VQA_LOADER_ANSWERING
 from .sharding import all_done, chunk, merge_parts, part_path, process_device, process_share
 
 # The original's model_vqa_loader.py, whose scripts answer every short-answer benchmark of LLaVA-1.5.
-MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS = VQA_LOADER_ANSWERING["max_new_tokens"]
 
 
 @dataclass
