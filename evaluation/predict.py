@@ -227,6 +227,7 @@ def predict(
     progress: bool = True,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> int:
     """Answers the questions of the file `questions` that `output` does not answer yet; returns how many it answered.
     The checkpoint is loaded only when there is one to answer. With a `seed`, a fresh run gives the same answers for
@@ -236,7 +237,9 @@ def predict(
     todo = [question for question in loaded if _key(question.question_id) not in done]
     if not todo:
         return 0
-    model, processor = load_llava(checkpoint, device, vision_tower, dtype=dtype, quantization=quantization)
+    model, processor = load_llava(
+        checkpoint, device, vision_tower, dtype=dtype, quantization=quantization, template=template
+    )
     if seed is not None:
         from transformers import set_seed
 
@@ -306,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             args.vision_tower,
             dtype=args.dtype,
             quantization=args.quantization,
+            template=args.template,
         )
     except (CheckpointError, DataError, OSError) as error:
         print(f"llava predict: {error}", file=sys.stderr)
