@@ -8,14 +8,17 @@ Llama's does, which `_mask_targets`' arithmetic relies on: a newline is a byte p
 at the start of a text is the one piece `▁###`, and after a newline it is `##` + `#`.
 """
 
+import asyncio
 import io
 import json
 import shutil
 
 import pytest
 import sentencepiece
+import torch
 from datasets import Dataset
 from sentencepiece import sentencepiece_model_pb2
+from transformers import BatchFeature
 
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor, chat_template, use_template
 from processing.collator import LlavaDataCollator
@@ -24,6 +27,7 @@ from processing.generation import load_llava
 from processing.lengths import sample_length
 from processing.llava_data import read_records
 from processing.padding_free import LlavaPaddingFreeCollator
+from serving.worker import _END, Job, _AnswerStreamer
 from tests.conftest import CORPUS, random_image, run_args, train
 from tests.original_llava import HUMAN_SYSTEM, IGNORE, OriginalLlava
 from tests.test_original_tokenization import LEGACY_MODES, ORIGINAL_READS, RECORDS, unpadded
@@ -202,3 +206,25 @@ def test_a_run_trained_with_a_template_answers_in_it(checkpoints, train_data, tm
     saved = LlavaPluginProcessor.from_pretrained(tmp_path)
     assert saved.chat_template["default"] == CHAT_TEMPLATES["v0"]
     assert trainer.data_collator.chat_template == chat_template("v0", image_in_place=True)
+
+
+def test_a_streamed_v0_answer_never_shows_its_stop_string(setups):
+    """`llava serve` streams a v0 answer token by token: the pieces add up to the answer without `###`, even while
+    `##` may still become it."""
+    processor, _ = setups["legacy-true"]
+    v0 = LlavaPluginProcessor(processor.image_processor, processor.tokenizer, processor.image_seq_length)
+    use_template(v0, "v0")
+    tokens = v0.tokenizer("It is red.\n### Human", add_special_tokens=False)["input_ids"]
+
+    async def stream() -> tuple[list[str], str]:
+        job = Job(BatchFeature({"input_ids": torch.zeros(1, 3, dtype=torch.long)}), {}, None)
+        streamer = _AnswerStreamer(v0, job)
+        streamer.put(torch.zeros(1, 3))  # the prompt, as generate() puts it first
+        for token in tokens:
+            streamer.put(torch.tensor([token]))
+        streamer.finish(answer_text(v0, v0.decode(tokens)))
+        job._emit(_END)
+        return [piece async for piece in job.pieces()], job.text
+
+    pieces, answer = asyncio.run(stream())
+    assert answer == "It is red." and "".join(pieces) == answer
