@@ -9,7 +9,6 @@ at the start of a text is the one piece `▁###`, and after a newline it is `##`
 """
 
 import asyncio
-import io
 import json
 import shutil
 
@@ -28,7 +27,7 @@ from processing.lengths import sample_length
 from processing.llava_data import read_records
 from processing.padding_free import LlavaPaddingFreeCollator
 from serving.worker import _END, Job, _AnswerStreamer
-from tests.conftest import CORPUS, random_image, run_args, train
+from tests.conftest import CORPUS, random_image, run_args, sentencepiece_bpe, train
 from tests.original_llava import HUMAN_SYSTEM, IGNORE, OriginalLlava
 from tests.test_original_tokenization import LEGACY_MODES, ORIGINAL_READS, RECORDS, unpadded
 
@@ -43,23 +42,8 @@ def v0_tokenizer(tmp_path_factory) -> tuple[str, bytes]:
     """A SentencePiece Llama tokenizer (folder, model proto) that reads `###` and newlines as Llama's does (see the
     module docstring): trained on the test corpus, then without the pieces that hold a newline or a bare `###`, and
     with `▁###` (and the pieces BPE merges on the way to it)."""
-    proto = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter((CORPUS + V0_CORPUS) * 4),
-        model_writer=proto,
-        model_type="bpe",
-        vocab_size=450,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
     model = sentencepiece_model_pb2.ModelProto()
-    model.ParseFromString(proto.getvalue())
+    model.ParseFromString(sentencepiece_bpe((CORPUS + V0_CORPUS) * 4, vocab_size=450))
     kept = [piece for piece in model.pieces if "\n" not in piece.piece and piece.piece != "###"]
     del model.pieces[:]
     model.pieces.extend(kept)
@@ -99,10 +83,11 @@ def setups(tmp_path_factory, checkpoints, v0_tokenizer) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
+    """The records of the vicuna_v1 tests (`RECORDS`), as a LLaVA JSON and its image folder."""
     root = tmp_path_factory.mktemp("paper-data")
     (root / "images").mkdir()
-    random_image(0).save(root / "images" / "a.png")
-    random_image(1).save(root / "images" / "b.png")
+    for index, name in enumerate(("a.png", "b.png")):
+        random_image(index).save(root / "images" / name)
     (root / "data.json").write_text(json.dumps([{"id": name, **record} for name, record in RECORDS.items()]))
     return {"data_path": str(root / "data.json"), "image_folder": str(root / "images")}
 
