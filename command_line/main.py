@@ -56,6 +56,19 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+# `CHAT_TEMPLATES`' names, written out so that building the parser imports no torch; a test keeps the two alike.
+TEMPLATES = ("vicuna_v1", "llava_v1", "v0", "plain")
+
+
+def add_template_argument(parser: argparse.ArgumentParser) -> None:
+    """`processing.generation.add_template_argument`'s flag, without importing torch."""
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        help="answer in this chat template instead of the checkpoint's own (v0: the paper's LLaVA v1 checkpoints)",
+    )
+
+
 def serve(args: argparse.Namespace) -> None:
     """`llava serve`: user errors (a missing extra, a wrong folder, a taken port) end in one line and exit code 2."""
     try:
@@ -75,7 +88,7 @@ def serve(args: argparse.Namespace) -> None:
         page=not args.no_page,
     )
     try:
-        run_server(args.model, settings, args.device, args.vision_tower, args.dtype, args.quantization)
+        run_server(args.model, settings, args.device, args.vision_tower, args.dtype, args.quantization, args.template)
     except (ValueError, OSError) as error:  # a wrong folder or format, a port in use: the message says which
         fail("serve", error)
 
@@ -133,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     convert_parser.add_argument("--to", choices=["plugin", "llava-hf"], default="plugin")
     convert_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
     convert_parser.add_argument(
-        "--template", default="vicuna_v1", help="chat template of an original checkpoint (vicuna_v1 or plain)"
+        "--template",
+        choices=TEMPLATES,
+        default="vicuna_v1",
+        help="chat template of an original checkpoint (default: %(default)s; v0 and llava_v1 for LLaVA v1's)",
     )
 
     chat_parser = commands.add_parser("chat", help="chat with a LLaVA model in the terminal")
@@ -147,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     chat_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     chat_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
     add_precision_arguments(chat_parser)
+    add_template_argument(chat_parser)
 
     serve_parser = commands.add_parser(
         "serve",
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: cuda when present)")
     serve_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
     add_precision_arguments(serve_parser)
+    add_template_argument(serve_parser)
 
     # Their flags are defined by their modules, which parse what follows the command (`llava eval scienceqa --help`).
     commands.add_parser(
@@ -234,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.vision_tower,
                 args.dtype,
                 args.quantization,
+                args.template,
             )
         except (ValueError, OSError) as error:  # a wrong folder or format: the message says which and what to do
             fail("chat", error)

@@ -220,7 +220,7 @@ def answer(
 ) -> int:
     """Answers the benchmark's questions into `output` with its ANSWERING settings (greedy, its template and
     `max_new_tokens`), resumably; `load()` gives the model and processor when there is something to answer."""
-    from modeling_llava.chat_templates import CHAT_TEMPLATES
+    from modeling_llava.chat_templates import CHAT_TEMPLATES, use_template
 
     from .predict import answer_file
 
@@ -232,7 +232,7 @@ def answer(
     def load_with_template():
         model, processor = load()
         if settings.get("template"):  # the original's --conv-mode, whatever template the checkpoint was saved with
-            processor.chat_template = CHAT_TEMPLATES[settings["template"]]
+            use_template(processor, settings["template"])
         return model, processor
 
     return answer_file(

@@ -279,13 +279,14 @@ def evaluate(
     scoring: str = "paper",
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> dict:
     """Answers the questions, has the judge score them, writes the answers and `llava_bench_results.json`."""
     paper = scoring == "paper"
     rule_prompts = load_rules(rules) if rules is not None else None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization)
+    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization, template=template)
     answers = generate_greedy(
         model,
         processor,
@@ -414,6 +415,7 @@ def run(args: argparse.Namespace) -> None:
         args.scoring,
         dtype=args.dtype,
         quantization=args.quantization,
+        template=args.template,
     )
     print_report(results, teacher, output_dir / RESULTS_NAME)
     print(refresh_card_after_eval(output_dir, args.overwrite_card))

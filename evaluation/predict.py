@@ -296,6 +296,7 @@ def predict(
     progress: bool = True,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> int:
     """Answers the questions of the file `questions` that `output` does not answer yet; returns how many it answered.
     The checkpoint is loaded only when there is one to answer. With a `seed`, a fresh run gives the same answers for
@@ -303,7 +304,7 @@ def predict(
 
     def load():
         model, processor = load_llava(
-            checkpoint, process_device(device), vision_tower, dtype=dtype, quantization=quantization
+            checkpoint, process_device(device), vision_tower, dtype=dtype, quantization=quantization, template=template
         )
         if seed is not None:
             from transformers import set_seed
@@ -374,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             args.vision_tower,
             dtype=args.dtype,
             quantization=args.quantization,
+            template=args.template,
         )
     except (CheckpointError, DataError, OSError) as error:
         print(f"llava predict: {error}", file=sys.stderr)

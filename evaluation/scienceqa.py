@@ -272,10 +272,11 @@ def evaluate(
     allow_images_outside_folder: bool = False,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> dict:
     """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
     problems = load_problems(data, split, allow_images_outside_folder)
-    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization)
+    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization, template=template)
     conversations = [[user_message(problem.prompt, images=int(problem.image is not None))] for problem in problems]
     outputs = generate_greedy(
         model,
@@ -348,6 +349,7 @@ def run(args: argparse.Namespace) -> None:
         args.allow_images_outside_folder,
         dtype=args.dtype,
         quantization=args.quantization,
+        template=args.template,
     )
     print_report(results, Path(output_dir) / RESULTS_NAME)
     print(refresh_card_after_eval(output_dir, args.overwrite_card))

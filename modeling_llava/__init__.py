@@ -15,7 +15,7 @@ from transformers import (
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from .attention_varlen import VARLEN_ATTENTION, varlen_attention_forward, varlen_mask
-from .chat_templates import CHAT_TEMPLATES
+from .chat_templates import CHAT_TEMPLATES, chat_template, stop_string, use_template
 from .configuration_llava_plugin import LlavaPluginConfig
 from .modeling_llava_plugin import (
     LlavaPluginForConditionalGeneration,
@@ -46,5 +46,8 @@ __all__ = [
     "LlavaPluginModel",
     "LlavaPluginPreTrainedModel",
     "LlavaPluginProcessor",
+    "chat_template",
+    "stop_string",
     "tokenizer_with_image_token",
+    "use_template",
 ]

@@ -1,22 +1,77 @@
-"""The two prompt formats of LLaVA, as Jinja chat templates.
+"""The prompt formats of LLaVA, as Jinja chat templates.
 
 `VICUNA_V1` renders byte for byte what the original repository's `conv_vicuna_v1.get_prompt()` renders (system
 prompt, ` USER: ... ASSISTANT: ...</s>` turns, an empty turn as a bare `USER:` / `ASSISTANT:`, generation prompt
-`ASSISTANT:`); `PLAIN` is stage 1's format: the image, then the caption and a newline, the user's words dropped as the
-original's `preprocess_plain` does. Both wrap assistant text in `{% generation %}` so that
-`return_assistant_tokens_mask` (TRL's `assistant_only_loss`) leaves loss on the answers and their end-of-sequence
-token only.
+`ASSISTANT:`); `LLAVA_V1` is the same format with the system prompt of `conv_llava_v1`, the original's inference
+template for LLaVA v1 checkpoints (`--conv-mode llava_v1`: "a curious human", "the human's questions"). `PLAIN` is
+stage 1's format: the image, then the caption and a newline, the user's words dropped as the original's
+`preprocess_plain` does.
+
+`V0` is the paper's format (LLaVA v1, April 2023), as the original's code of its first release (commit 8959d5c,
+`llava/train/train.py` and `llava/conversation.py`; the text and masking unchanged for `--version v0` up to 053c284,
+August 2023) renders it, which differs between training and answering. An image is one `<image>` token run, its
+neighbours tokenized as `tokenizer_image_token` does (053c284's v0 path): 8959d5c wrote `<im_start>`, the patch
+tokens and `<im_end>` into the text instead, which this plugin's single image token has no counterpart for.
+
+- training (no generation prompt) renders as `preprocess` with `_add_speaker_and_signal`: the system prompt of
+  `default_conversation` (`conv_vicuna_v0`'s, "a curious human"), a blank line, every turn as
+  `### Human: ...\n` / `### Assistant: ...\n`, and a closing `### `. Its `_mask_targets` leaves the loss on every
+  assistant turn with its `### Assistant: ` header and newline, on the `###` that opens each human turn (the first
+  two tokens of the turn, which on Llama's tokenizer are `##` and `#`: a human turn follows an answer, so the model
+  learns to end an answer with `###`) and on the closing `### `;
+- answering (`add_generation_prompt=True`) renders as `conv_vicuna_v0.get_prompt()`, the paper's evaluation prompt:
+  the system prompt, `###`, the template's one-shot example exchange (renewable energy), then `Human: ...###` /
+  `Assistant: ...###` turns and `Assistant:`. The model ends its answer with `###` (`STOP_STRINGS`).
+
+All wrap the supervised text in `{% generation %}` so that `return_assistant_tokens_mask` (TRL's
+`assistant_only_loss`) gives the original's labels.
 
 Message content may be a string (LLaVA JSON, with `<image>` written in it) or a list of `{"type": "image"}` /
 `{"type": "text", "text": ...}` items (the Hugging Face format). A turn's images render first, each as `<image>`
-followed by a newline when anything follows, then its text: the original's `preprocess_multimodal` moves the image to
-the start of the turn that wrote it (`<image>\n` + text, stripped).
+followed by a newline when anything follows, then its text: the original's `preprocess_multimodal` (from v1.0.0,
+July 2023) moves the image to the start of the turn that wrote it (`<image>\n` + text, stripped). The paper's code
+kept `<image>` where the data wrote it (its instruction data put it before or after the question at random):
+`chat_template(name, image_in_place=True)` renders list content in its order instead, for rows read with the image
+kept in place (`processing.llava_data`, `image_in_place`).
 """
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+# `conv_llava_v1` and `conv_vicuna_v0` (the paper's `conv_v1_2`) share this one: "human" where vicuna_v1 says "user".
+HUMAN_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# The example exchange `conv_vicuna_v0` holds in its `messages` (offset 2), rendered before every question.
+V0_EXAMPLE_QUESTION = "What are the key differences between renewable and non-renewable energy sources?"
+V0_EXAMPLE_ANSWER = (
+    "Renewable energy sources are those that can be replenished naturally in a relatively "
+    "short amount of time, such as solar, wind, hydro, geothermal, and biomass. "
+    "Non-renewable energy sources, on the other hand, are finite and will eventually be "
+    "depleted, such as coal, oil, and natural gas. Here are some key differences between "
+    "renewable and non-renewable energy sources:\n"
+    "1. Availability: Renewable energy sources are virtually inexhaustible, while non-renewable "
+    "energy sources are finite and will eventually run out.\n"
+    "2. Environmental impact: Renewable energy sources have a much lower environmental impact "
+    "than non-renewable sources, which can lead to air and water pollution, greenhouse gas emissions, "
+    "and other negative effects.\n"
+    "3. Cost: Renewable energy sources can be more expensive to initially set up, but they typically "
+    "have lower operational costs than non-renewable sources.\n"
+    "4. Reliability: Renewable energy sources are often more reliable and can be used in more remote "
+    "locations than non-renewable sources.\n"
+    "5. Flexibility: Renewable energy sources are often more flexible and can be adapted to different "
+    "situations and needs, while non-renewable sources are more rigid and inflexible.\n"
+    "6. Sustainability: Renewable energy sources are more sustainable over the long term, while "
+    "non-renewable sources are not, and their depletion can lead to economic and social instability.\n"
+)
+
+
+def _string(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
 
 _RENDER_CONTENT = (
     "{%- macro render(content) -%}"
@@ -30,27 +85,78 @@ _RENDER_CONTENT = (
     "{%- endif -%}"
     "{%- endmacro -%}"
 )
-
-VICUNA_V1 = (
-    _RENDER_CONTENT + "{%- set system = '" + VICUNA_V1_SYSTEM.replace("'", "\\'") + "' -%}"
+# The same macro with the items in their order: an image renders as `<image>` where the data wrote it.
+_RENDER_IN_PLACE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}"
+    "{%- for item in content -%}"
+    "{%- if item.type == 'image' -%}{{- '<image>' -}}{%- elif item.type == 'text' -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+)
+_SYSTEM_MESSAGE = (
     "{%- if messages[0].role == 'system' -%}"
     "{%- set system = render(messages[0].content) -%}{%- set messages = messages[1:] -%}"
     "{%- endif -%}"
-    "{{- bos_token + system + ' ' -}}"
-    "{%- for message in messages -%}"
-    "{%- set content = render(message.content) -%}"
-    "{%- if message.role == 'user' -%}"
-    "{%- if content -%}{{- 'USER: ' + content + ' ' -}}{%- else -%}{{- 'USER:' -}}{%- endif -%}"
-    "{%- elif message.role == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}"
-    "{%- if content -%}{%- generation -%}{{- ' ' + content + eos_token -}}{%- endgeneration -%}{%- endif -%}"
-    "{%- else -%}{{- raise_exception('vicuna_v1 knows the roles system, user and assistant, not ' + message.role) -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
-PLAIN = (
+
+def _vicuna_style(name: str, system: str) -> str:
+    """` USER: ... ASSISTANT: ...</s>` turns after `system` (`SeparatorStyle.TWO`, sep " ", sep2 "</s>")."""
+    return (
+        "{%- set system = " + _string(system) + " -%}" + _SYSTEM_MESSAGE + "{{- bos_token + system + ' ' -}}"
+        "{%- for message in messages -%}"
+        "{%- set content = render(message.content) -%}"
+        "{%- if message.role == 'user' -%}"
+        "{%- if content -%}{{- 'USER: ' + content + ' ' -}}{%- else -%}{{- 'USER:' -}}{%- endif -%}"
+        "{%- elif message.role == 'assistant' -%}"
+        "{{- 'ASSISTANT:' -}}"
+        "{%- if content -%}{%- generation -%}{{- ' ' + content + eos_token -}}{%- endgeneration -%}{%- endif -%}"
+        "{%- else -%}{{- raise_exception('" + name + " knows the roles system, user and assistant, not ' + "
+        "message.role) -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+    )
+
+
+_V0 = (
+    "{%- set system = " + _string(HUMAN_SYSTEM) + " -%}" + _SYSTEM_MESSAGE + "{%- for message in messages -%}"
+    "{%- if message.role not in ('user', 'assistant') -%}"
+    "{{- raise_exception('v0 knows the roles system, user and assistant, not ' + message.role) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- bos_token + system -}}"
+    "{%- if add_generation_prompt -%}"
+    # conv_vicuna_v0.get_prompt(): SeparatorStyle.SINGLE, sep "###", the example exchange first.
+    "{{- '###Human: ' + "
+    + _string(V0_EXAMPLE_QUESTION)
+    + " + '###Assistant: ' + "
+    + _string(V0_EXAMPLE_ANSWER)
+    + " + '###' -}}"
+    "{%- for message in messages -%}"
+    "{%- set content = render(message.content) -%}"
+    "{%- set role = 'Human' if message.role == 'user' else 'Assistant' -%}"
+    "{%- if content -%}{{- role + ': ' + content + '###' -}}{%- else -%}{{- role + ':' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- 'Assistant:' -}}"
+    "{%- else -%}"
+    # preprocess: _add_speaker_and_signal's "### Role: value\n" turns, loss as _mask_targets leaves it.
+    "{{- '\\n\\n' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'user' -%}"
+    "{%- generation -%}{{- '###' -}}{%- endgeneration -%}{{- ' Human: ' + render(message.content) + '\\n' -}}"
+    "{%- else -%}"
+    "{%- generation -%}{{- '### Assistant: ' + render(message.content) + '\\n' -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- generation -%}{{- '### ' -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+)
+
+_PLAIN = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
     "{%- if message.role == 'user' -%}"
@@ -67,6 +173,59 @@ PLAIN = (
     "{%- endfor -%}"
 )
 
-CHAT_TEMPLATES = {"vicuna_v1": VICUNA_V1, "plain": PLAIN}
+_BODIES = {
+    "vicuna_v1": _vicuna_style("vicuna_v1", VICUNA_V1_SYSTEM),
+    "llava_v1": _vicuna_style("llava_v1", HUMAN_SYSTEM),
+    "v0": _V0,
+    "plain": _PLAIN,
+}
+# What a model of each template writes after its answer when `eos_token` does not end it: `v0` answers end with
+# `###` (the original stops on it with its `KeywordsStoppingCriteria` and strips it).
+STOP_STRINGS = {"v0": "###"}
 
-__all__ = ["CHAT_TEMPLATES", "PLAIN", "VICUNA_V1", "VICUNA_V1_SYSTEM"]
+
+def chat_template(name: str, image_in_place: bool = False) -> str:
+    """The Jinja template `name` (one of `CHAT_TEMPLATES`); with `image_in_place`, list content renders in its order
+    (an image where the data wrote it) instead of with the turn's images first."""
+    if name not in _BODIES:
+        raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(_BODIES)}.")
+    if name == "plain":  # renders a turn's images and no user text: placement does not arise
+        return _PLAIN
+    return (_RENDER_IN_PLACE if image_in_place else _RENDER_CONTENT) + _BODIES[name]
+
+
+CHAT_TEMPLATES = {name: chat_template(name) for name in _BODIES}
+
+
+def use_template(processor, name: str) -> None:
+    """Makes `CHAT_TEMPLATES[name]` the processor's default chat template, keeping its other named ones: what a
+    checkpoint trained with `name` answers in, or what `--template` asks of a checkpoint at inference."""
+    if name not in CHAT_TEMPLATES:
+        raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(CHAT_TEMPLATES)}.")
+    named = processor.chat_template if isinstance(processor.chat_template, dict) else {}
+    processor.chat_template = {**named, "default": CHAT_TEMPLATES[name]}
+
+
+def stop_string(processor) -> str | None:
+    """The text that ends an answer in the processor's default chat template besides `eos_token` (`STOP_STRINGS`),
+    or None."""
+    template = processor.chat_template
+    template = template.get("default") if isinstance(template, dict) else template
+    return next((STOP_STRINGS[name] for name in STOP_STRINGS if CHAT_TEMPLATES[name] == template), None)
+
+
+VICUNA_V1, LLAVA_V1, V0, PLAIN = (CHAT_TEMPLATES[name] for name in ("vicuna_v1", "llava_v1", "v0", "plain"))
+
+__all__ = [
+    "CHAT_TEMPLATES",
+    "HUMAN_SYSTEM",
+    "LLAVA_V1",
+    "PLAIN",
+    "STOP_STRINGS",
+    "V0",
+    "VICUNA_V1",
+    "VICUNA_V1_SYSTEM",
+    "chat_template",
+    "stop_string",
+    "use_template",
+]

@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-import modeling_llava  # noqa: F401  (registers the Auto classes)
+from modeling_llava import CHAT_TEMPLATES, use_template  # the import registers the Auto classes
 
+from .conversation import answer_text, stop_arguments
 from .images import image_background, open_image
 
 
@@ -82,6 +83,7 @@ def load_llava(
     vision_tower: str | None = None,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ):
     """The model (in eval mode) and processor of a LLaVA checkpoint in any format `llava convert` reads (this
     plugin's, llava-hf, the original repository's), or of a LoRA adapter folder (`llava train lora`, applied unmerged
@@ -89,7 +91,8 @@ def load_llava(
 
     On `device` (default: CUDA when present) in `dtype` (one of `DTYPES`), or with the language model quantized by
     bitsandbytes (`quantization`: `4bit`, `8bit`; CUDA only, this plugin's checkpoints and adapters). `vision_tower`
-    stands in for an original checkpoint's `mm_vision_tower`.
+    stands in for an original checkpoint's `mm_vision_tower`. `template` (one of `CHAT_TEMPLATES`) replaces the
+    checkpoint's own chat template for answering (`--template`): the one place where inference chooses it.
 
     Raises `CheckpointError` when `path` is neither a checkpoint folder nor a model the Hub serves, or cannot be
     loaded as asked."""
@@ -122,6 +125,11 @@ def load_llava(
     except (OSError, ValueError) as error:  # no config.json, another format, no llava_base.json, bad weights
         message = str(error) if str(path) in str(error) else f"Checkpoint {str(path)!r}: {error}"
         raise CheckpointError(message) from error
+    if template is not None:
+        try:
+            use_template(processor, template)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from error
     return model.eval(), processor
 
 
@@ -152,11 +160,22 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_template_argument(parser: argparse.ArgumentParser) -> None:
+    """`--template NAME`, read into `args.template` (what `load_llava` takes). `llava chat` and `serve` define the same
+    flag without importing torch (`command_line`)."""
+    parser.add_argument(
+        "--template",
+        choices=tuple(CHAT_TEMPLATES),
+        help="answer in this chat template instead of the checkpoint's own (v0: the paper's LLaVA v1 checkpoints)",
+    )
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--device`, the precision (`add_precision_arguments`) and `--static-cache`, as every command that answers
-    questions with a checkpoint takes them."""
+    """`--device`, the precision (`add_precision_arguments`), `--template` and `--static-cache`, as every command that
+    answers questions with a checkpoint takes them."""
     parser.add_argument("--device", help="default: cuda when present, else cpu")
     add_precision_arguments(parser)
+    add_template_argument(parser)
     parser.add_argument(
         "--static-cache",
         action=argparse.BooleanOptionalAction,
@@ -215,10 +234,14 @@ def generate_answers(
         ).to(model.device, dtype=model.dtype)
         with torch.no_grad():
             generated = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, **sampling, **decoding_kwargs(model, static_cache)
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                **sampling,
+                **stop_arguments(processor),
+                **decoding_kwargs(model, static_cache),
             )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        yield [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        yield [answer_text(processor, text) for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def generate_greedy(
@@ -249,6 +272,7 @@ __all__ = [
     "CheckpointError",
     "add_decoding_arguments",
     "add_precision_arguments",
+    "add_template_argument",
     "decoding_kwargs",
     "generate_answers",
     "generate_greedy",

@@ -111,13 +111,19 @@ def _resolve_images(
 
 
 def _as_list_content(
-    record_id: str, messages: list[dict[str, Any]], num_images: int, placeholders_required: bool
+    record_id: str,
+    messages: list[dict[str, Any]],
+    num_images: int,
+    placeholders_required: bool,
+    image_in_place: bool = False,
 ) -> list[dict[str, Any]]:
     """The messages with list content, holding one `{"type": "image"}` item per image.
 
     List content keeps its image items where they are. From string content every `<image>` is taken out, that text
     stripped, and the image put at the start of the same turn, as the original `preprocess_multimodal` does (the chat
-    templates render a turn's images first). Images that no placeholder places go to the start of the first user
+    templates render a turn's images first); with `image_in_place`, the text is cut at each `<image>` instead and the
+    image item put between its pieces, as written (the paper's code kept it there; render such rows with
+    `chat_template(name, image_in_place=True)`). Images that no placeholder places go to the start of the first user
     turn, as TRL puts them (allowed unless `placeholders_required`). Rows in this one shape render the same in
     `sample_length` as in the collator, and mix in one `datasets.Dataset`.
     """
@@ -131,8 +137,14 @@ def _as_list_content(
                     f"Record {record_id!r}: turn {turn} ({message['role']}) holds {IMAGE_TOKEN}; images belong in "
                     "user turns (image tokens are never trained on)."
                 )
-            text = content.replace(IMAGE_TOKEN, "").strip() if markers else content
-            content = [{"type": "image"} for _ in range(markers)] + [{"type": "text", "text": text}]
+            if image_in_place and markers:
+                pieces = content.split(IMAGE_TOKEN)
+                content = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+                for piece in pieces[1:]:
+                    content += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
+            else:
+                text = content.replace(IMAGE_TOKEN, "").strip() if markers else content
+                content = [{"type": "image"} for _ in range(markers)] + [{"type": "text", "text": text}]
         elif isinstance(content, list) and all(isinstance(item, dict) for item in content):
             # A Hub dataset's content items carry every key of the column, the missing ones as None.
             content = [{key: value for key, value in item.items() if value is not None} for item in content]
@@ -161,6 +173,7 @@ def from_llava_record(
     image_folder: str | Path | None = None,
     allow_outside: bool = False,
     answered: bool = True,
+    image_in_place: bool = False,
 ) -> dict[str, Any]:
     """Converts one original LLaVA record into a training row.
 
@@ -168,7 +181,8 @@ def from_llava_record(
     which is then stripped, and the image rendered at the start of that turn (as `<image>\\n`); an answer may not hold
     one. A record with `"image"` must write the marker: the original's `preprocess_plain` asserts it, and its
     `preprocess_v1` would silently train on the text alone. `answered=False` also takes a conversation without an
-    answer (a question for `llava predict`).
+    answer (a question for `llava predict`); `image_in_place` keeps each image where its turn wrote it
+    (`_as_list_content`).
     """
     record_id = record_name(record, index)
     conversations = record.get("conversations")
@@ -189,7 +203,7 @@ def from_llava_record(
     _check_turns(record_id, [message["role"] for message in messages], answered)
     images = _image_list(record_id, "image", record.get("image"))
     images = _resolve_images(record_id, images, image_folder or None, allow_outside)
-    messages = _as_list_content(record_id, messages, len(images), placeholders_required=True)
+    messages = _as_list_content(record_id, messages, len(images), True, image_in_place)
     return {"id": record_id, "messages": messages, "images": images}
 
 
@@ -199,9 +213,10 @@ def from_messages_record(
     image_folder: str | Path | None = None,
     allow_outside: bool = False,
     answered: bool = True,
+    image_in_place: bool = False,
 ) -> dict[str, Any]:
     """Checks a row in TRL's `messages` + `images` format (string or list content), resolving its image paths;
-    `answered=False` also takes one without an answer.
+    `answered=False` also takes one without an answer; `image_in_place` as in `from_llava_record`.
 
     Images may also be decoded already (a Hub dataset's Image column); they are kept as they are.
     """
@@ -220,7 +235,7 @@ def from_messages_record(
         images = _resolve_images(record_id, raw_images, image_folder or None, allow_outside)
     else:  # already decoded images (a Hub dataset with an Image column)
         images = raw_images
-    messages = _as_list_content(record_id, messages, len(images), placeholders_required=False)
+    messages = _as_list_content(record_id, messages, len(images), False, image_in_place)
     return {"id": record_id, "messages": messages, "images": images}
 
 
@@ -246,12 +261,14 @@ def read_records(
     progress: bool = True,
     problems: list[dict[str, Any]] | None = None,
     single_exchange: bool = False,
+    image_in_place: bool = False,
 ) -> list[dict[str, Any]]:
     """Reads a LLaVA JSON file (a list of records), or a JSON/JSONL file of `messages` rows, into training rows.
 
     An image path that leads outside `image_folder` (`../`, an absolute path) is refused unless `allow_outside`;
-    `single_exchange` holds every record to stage 1's shape (`check_single_exchange`). With `problems`, each bad
-    record (and each JSONL line that is not JSON) is listed there, with its line in a JSONL file, and left out.
+    `single_exchange` holds every record to stage 1's shape (`check_single_exchange`); `image_in_place` keeps each
+    `<image>` where the text wrote it (`_as_list_content`). With `problems`, each bad record (and each JSONL line that
+    is not JSON) is listed there, with its line in a JSONL file, and left out.
     """
     path = Path(data_path)
     if not path.is_file():
@@ -259,7 +276,9 @@ def read_records(
     records, lines = parse_data_file(path, problems)
     if not isinstance(records, list):
         raise DataError(f"Data file {str(path)!r} must hold a list of records, got {type(records).__name__}.")
-    return convert_records(records, image_folder, allow_outside, progress, True, problems, single_exchange, lines)
+    return convert_records(
+        records, image_folder, allow_outside, progress, True, problems, single_exchange, lines, image_in_place
+    )
 
 
 def parse_data_file(path: Path, problems: list[dict[str, Any]] | None) -> tuple[Any, list[int] | None]:
@@ -296,15 +315,17 @@ def convert_record(
     allow_outside: bool = False,
     single_exchange: bool = False,
     answered: bool = True,
+    image_in_place: bool = False,
 ) -> dict[str, Any]:
     """The training row of one LLaVA (`conversations`) or `messages` record; `index` names a record without an id.
-    `answered=False` also takes a conversation that holds no answer yet (a question)."""
+    `answered=False` also takes a conversation that holds no answer yet (a question); `image_in_place` keeps each
+    `<image>` where the text wrote it."""
     if not isinstance(record, dict):
         raise DataError(f"Record #{index} is a {type(record).__name__}, not a record (a JSON object).")
     if "conversations" in record:
-        row = from_llava_record(record, index, image_folder, allow_outside, answered)
+        row = from_llava_record(record, index, image_folder, allow_outside, answered, image_in_place)
     elif "messages" in record:
-        row = from_messages_record(record, index, image_folder, allow_outside, answered)
+        row = from_messages_record(record, index, image_folder, allow_outside, answered, image_in_place)
     else:
         raise DataError(f"Record {record_name(record, index)!r} has neither 'conversations' nor 'messages'.")
     if single_exchange:
@@ -321,6 +342,7 @@ def convert_records(
     problems: list[dict[str, Any]] | None = None,
     single_exchange: bool = False,
     lines: list[int] | None = None,
+    image_in_place: bool = False,
 ) -> list[dict[str, Any]]:
     """Training rows from a list of LLaVA or `messages` records, in order.
 
@@ -333,7 +355,9 @@ def convert_records(
     bad = 0
     for index in tqdm(range(len(rows)), desc="checking records", disable=not progress, leave=False):
         try:
-            rows[index] = convert_record(rows[index], index, image_folder, allow_outside, single_exchange)
+            rows[index] = convert_record(
+                rows[index], index, image_folder, allow_outside, single_exchange, image_in_place=image_in_place
+            )
         except DataError as error:
             if problems is None:
                 raise
@@ -412,6 +436,7 @@ def _converted_batch(
     keep_images: bool,
     collect: bool,
     single_exchange: bool,
+    image_in_place: bool = False,
 ) -> dict[str, list]:
     """The rows of a batch of records; with `collect`, a bad record becomes an empty row whose `problem` and
     `problem_kind` say what is wrong (a batch's rows must all be returned), for `convert_dataset` to list and drop."""
@@ -419,7 +444,11 @@ def _converted_batch(
     for offset, index in enumerate(indices):
         record = {name: values[offset] for name, values in records.items()}
         try:
-            rows.append(convert_record(record, index, image_folder, allow_outside, single_exchange))
+            rows.append(
+                convert_record(
+                    record, index, image_folder, allow_outside, single_exchange, image_in_place=image_in_place
+                )
+            )
             problems.append(None)
         except DataError as error:
             if not collect:
@@ -442,6 +471,7 @@ def convert_dataset(
     progress: bool = True,
     problems: list[dict[str, Any]] | None = None,
     single_exchange: bool = False,
+    image_in_place: bool = False,
 ) -> datasets.Dataset:
     """Training rows from a `datasets.Dataset` of LLaVA or `messages` records, checked as `convert_records` checks
     (bad records listed in `problems` and left out, if given), without holding the dataset in memory or decoding its
@@ -469,6 +499,7 @@ def convert_dataset(
                 "keep_images": undecoded is not None,
                 "collect": problems is not None,
                 "single_exchange": single_exchange,
+                "image_in_place": image_in_place,
             },
             num_proc=processes_for(len(dataset), num_proc),
             desc="checking records",

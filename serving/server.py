@@ -176,12 +176,13 @@ def serve(
     vision_tower: str | None = None,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> None:
-    """Loads `checkpoint` (anything `llava chat` reads, in `dtype` or `quantization`: see `load_llava`) and serves it
-    until interrupted."""
+    """Loads `checkpoint` (anything `llava chat` reads, in `dtype` or `quantization`, answering in `template` or its
+    own chat template: see `load_llava`) and serves it until interrupted."""
     from processing.generation import load_llava
 
-    model, processor = load_llava(checkpoint, device, vision_tower, dtype, quantization)
+    model, processor = load_llava(checkpoint, device, vision_tower, dtype, quantization, template)
     app = create_app(model, processor, str(checkpoint), settings)
     listening, url = listen(settings.host, settings.port)  # bound here so that --port 0 can print the port it got
     print(f"llava serve: {checkpoint} answers at {url}/ (OpenAI API: {url}{API_PREFIX})", flush=True)

@@ -16,7 +16,13 @@ from PIL import Image
 from transformers import TextStreamer
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from processing.conversation import assistant_message, decode_answer, render_conversation, user_message
+from processing.conversation import (
+    assistant_message,
+    decode_answer,
+    render_conversation,
+    stop_arguments,
+    user_message,
+)
 from processing.generation import load_llava, sampling_arguments
 from processing.images import decode_image, image_background
 
@@ -62,7 +68,9 @@ class ChatSession:
             self.model.device, dtype=self.model.dtype
         )  # the dtype applies to floating tensors only
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **self.generation, streamer=streamer)
+            output = self.model.generate(
+                **inputs, **self.generation, **stop_arguments(self.processor), streamer=streamer
+            )
         answer = decode_answer(self.processor, output[0, inputs["input_ids"].shape[1] :])
         self.messages = [*messages, assistant_message(answer)]
         return answer
@@ -120,8 +128,9 @@ def run(
     vision_tower: str | None,
     dtype: str = "auto",
     quantization: str | None = None,
+    template: str | None = None,
 ) -> None:
-    llava, processor = load_llava(model, device, vision_tower, dtype, quantization)
+    llava, processor = load_llava(model, device, vision_tower, dtype, quantization, template)
     session = ChatSession(llava, processor, max_new_tokens, temperature)
     session.set_image(image)
     if prompt is not None:

@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
-from processing.conversation import decode_answer, render_conversation
+from processing.conversation import answer_text, decode_answer, render_conversation, stop_arguments
 from processing.generation import sampling_arguments
 
 from .openai_format import Sampling
@@ -150,7 +150,11 @@ class GenerationWorker:
         inputs = await asyncio.to_thread(self.prompt_inputs, messages, images)
         room = self.context_length - inputs["input_ids"].shape[1] if self.context_length else None
         max_new_tokens = min(sampling.max_new_tokens or self.default_max_new_tokens, room or 2**31)
-        generation = {"max_new_tokens": max_new_tokens, **sampling_arguments(sampling.temperature, sampling.top_p)}
+        generation = {
+            "max_new_tokens": max_new_tokens,
+            **sampling_arguments(sampling.temperature, sampling.top_p),
+            **stop_arguments(self.processor),
+        }
         job = Job(inputs, generation, sampling.seed)
         with self._ready:
             if len(self._waiting) >= self.max_queue:
@@ -198,7 +202,10 @@ class GenerationWorker:
         job.completion_tokens = int(new_tokens.shape[0])
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
-        job.finish_reason = "stop" if job.completion_tokens and int(new_tokens[-1]) in eos else "length"
+        text = self.processor.decode(new_tokens, skip_special_tokens=True)
+        stopped = "stop_strings" in job.generation and job.generation["stop_strings"][0] in text
+        ended = job.completion_tokens and int(new_tokens[-1]) in eos
+        job.finish_reason = "stop" if ended or stopped else "length"
         streamer.finish(decode_answer(self.processor, new_tokens))
 
 
@@ -228,8 +235,8 @@ class _AnswerStreamer:
             self.prompt_seen = True
             return
         self.tokens += value.reshape(-1).tolist()
-        text = self.processor.decode(self.tokens, skip_special_tokens=True).lstrip()
-        self._send(text.rstrip().removesuffix("\ufffd"))
+        text = self.processor.decode(self.tokens, skip_special_tokens=True).removesuffix("\ufffd")
+        self._send(answer_text(self.processor, text, partial=True))
 
     def end(self) -> None:
         pass  # `finish` sends the rest, once the answer's end is known

@@ -65,17 +65,14 @@ def checkpoints(tmp_path_factory, tokenizer):
     }
 
 
-@pytest.fixture(scope="session")
-def sentencepiece_llama(tmp_path_factory) -> tuple[str, sentencepiece.SentencePieceProcessor]:
-    """A tiny Llama whose tokenizer is only `tokenizer.model` + `tokenizer_config.json`, as the original LLaVA and
-    many Vicuna checkpoints ship it, and the SentencePiece model itself as the reference."""
-    folder = tmp_path_factory.mktemp("sentencepiece-llama")
+def sentencepiece_bpe(corpus: list[str], vocab_size: int) -> bytes:
+    """A SentencePiece BPE model (its serialized proto) trained on `corpus`, with Llama's settings."""
     proto = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 4),
+        sentence_iterator=iter(corpus),
         model_writer=proto,
         model_type="bpe",
-        vocab_size=400,
+        vocab_size=vocab_size,
         byte_fallback=True,  # as Llama's: 256 byte pieces, so no text falls back to <unk>
         normalization_rule_name="identity",  # as Llama's: text is not normalised, spaces not collapsed
         remove_extra_whitespaces=False,
@@ -85,6 +82,15 @@ def sentencepiece_llama(tmp_path_factory) -> tuple[str, sentencepiece.SentencePi
         pad_id=-1,
         minloglevel=2,
     )
+    return proto.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_llama(tmp_path_factory) -> tuple[str, sentencepiece.SentencePieceProcessor]:
+    """A tiny Llama whose tokenizer is only `tokenizer.model` + `tokenizer_config.json`, as the original LLaVA and
+    many Vicuna checkpoints ship it, and the SentencePiece model itself as the reference."""
+    folder = tmp_path_factory.mktemp("sentencepiece-llama")
+    proto = io.BytesIO(sentencepiece_bpe(CORPUS * 4, vocab_size=400))
     (folder / "tokenizer.model").write_bytes(proto.getvalue())
     tokenizer_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
     tokenizer_config |= {"unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False}

@@ -9,6 +9,11 @@ BOS once, every piece between `<image>` markers as a fresh text, read as the ori
 (`</s>`/`<s>` are special tokens; after one, a legacy tokenizer starts a fresh text, with SentencePiece's `▁` prefix,
 a non-legacy one continues without it). Labels: per round, the user part up to `ASSISTANT:` is masked and the answer
 with its `</s>` supervised; for `plain`, the image is masked and the caption with its newline supervised.
+`conv_llava_v1` is `conv_vicuna_v1` with its own system prompt. For `v0` (the paper's format), `v0_training` follows
+`preprocess`'s `--version v0` path (`_add_speaker_and_signal`, then `_mask_targets` walking the parts by their
+lengths tokenized alone) and `v0_prompt` is `conv_vicuna_v0.get_prompt()`, the answering prompt. Both were checked
+once against the original's own `conversation.py` and `train.py` (commits 8959d5c and 053c284) run on the same
+conversations and tokenizer.
 """
 
 import json
@@ -26,6 +31,32 @@ from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
 
 IGNORE = -100
 SPECIAL = re.compile(r"(</s>|<s>)")
+# The original's `conv_llava_v1` and `conv_vicuna_v0` (`conv_v1_2` in the paper's code) system prompt.
+HUMAN_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# `conv_vicuna_v0.messages`: the example exchange its `get_prompt()` writes before the conversation (offset 2).
+V0_EXAMPLE = (
+    ("Human", "What are the key differences between renewable and non-renewable energy sources?"),
+    (
+        "Assistant",
+        "Renewable energy sources are those that can be replenished naturally in a relatively short amount of time, "
+        "such as solar, wind, hydro, geothermal, and biomass. Non-renewable energy sources, on the other hand, are "
+        "finite and will eventually be depleted, such as coal, oil, and natural gas. Here are some key differences "
+        "between renewable and non-renewable energy sources:\n1. Availability: Renewable energy sources are "
+        "virtually inexhaustible, while non-renewable energy sources are finite and will eventually run out.\n2. "
+        "Environmental impact: Renewable energy sources have a much lower environmental impact than non-renewable "
+        "sources, which can lead to air and water pollution, greenhouse gas emissions, and other negative effects.\n"
+        "3. Cost: Renewable energy sources can be more expensive to initially set up, but they typically have lower "
+        "operational costs than non-renewable sources.\n4. Reliability: Renewable energy sources are often more "
+        "reliable and can be used in more remote locations than non-renewable sources.\n5. Flexibility: Renewable "
+        "energy sources are often more flexible and can be adapted to different situations and needs, while "
+        "non-renewable sources are more rigid and inflexible.\n6. Sustainability: Renewable energy sources are more "
+        "sustainable over the long term, while non-renewable sources are not, and their depletion can lead to "
+        "economic and social instability.\n",
+    ),
+)
 
 
 class OriginalLlava:
@@ -49,13 +80,16 @@ class OriginalLlava:
             return value
         return ("<image>\n" * value.count("<image>") + value.replace("<image>", "").strip()).strip()
 
-    def vicuna_v1_segments(self, conversations: list[dict], generation_prompt: bool) -> list[tuple[str, bool]]:
-        """`conv_vicuna_v1.get_prompt()`, cut into (text, supervised) segments: answers and their `</s>` are.
+    def vicuna_v1_segments(
+        self, conversations: list[dict], generation_prompt: bool, system: str = VICUNA_V1_SYSTEM
+    ) -> list[tuple[str, bool]]:
+        """`conv_vicuna_v1.get_prompt()` (`conv_llava_v1`'s with `system=HUMAN_SYSTEM`), cut into (text, supervised)
+        segments: answers and their `</s>` are, as `preprocess_v1` masks.
 
         Cuts fall before a space or at a special token, where SentencePiece never merges across, and neighbours
         with the same supervision are joined, so the cuts change no id (the test checks it against the whole text).
         """
-        segments, separator = [(VICUNA_V1_SYSTEM, False)], " "
+        segments, separator = [(system, False)], " "
         for index, turn in enumerate(conversations):
             role, value = ("USER", "ASSISTANT")[index % 2], self.multimodal(turn["value"])
             if not value:
@@ -81,6 +115,60 @@ class OriginalLlava:
     def plain_segments(conversations: list[dict]) -> list[tuple[str, bool]]:
         """`preprocess_plain`: the image alone, then the caption and the separator `\\n`."""
         return [("<image>", False), (conversations[1]["value"] + "\n", True)]
+
+    def v0_prompt(self, conversations: list[dict]) -> str:
+        """`conv_vicuna_v0.get_prompt()` after appending the turns (each image moved to its turn's start) and an empty
+        assistant turn (`SeparatorStyle.SINGLE`, sep `###`): the system prompt, the example exchange, each turn as
+        `Role: value###`, an empty one as `Role:`."""
+        roles = ("Human", "Assistant")
+        turns = [(roles[index % 2], self.multimodal(turn["value"])) for index, turn in enumerate(conversations)]
+        prompt = HUMAN_SYSTEM + "###"
+        for role, value in [*V0_EXAMPLE, *turns, ("Assistant", None)]:
+            prompt += f"{role}: {value}###" if value else f"{role}:"
+        return prompt
+
+    def v0_training(self, conversations: list[dict], image_in_place: bool) -> tuple[list[int], list[int]]:
+        """Ids and labels of `preprocess` for `--version v0`: `_add_speaker_and_signal` then `_mask_targets`.
+
+        The text is `system + "\\n\\n"`, each turn as `"### " + role + ": " + value + "\\n"`, then `"### "`. Each
+        part is tokenized alone as the original does (`tokenizer_image_token`, one id per image, BOS included) for
+        its length; `_mask_targets` masks the header, then walks the parts by those lengths, masking a human part
+        but for its first two tokens and leaving an assistant part, and what follows the last part, supervised.
+        `image_in_place` keeps `<image>` where the turn wrote it (the paper's code), else it moves to the turn's
+        start (`preprocess_multimodal` from v1.0.0).
+        """
+        header = HUMAN_SYSTEM + "\n\n"
+        parts = [
+            "### "
+            + ("Human", "Assistant")[index % 2]
+            + ": "
+            + (turn["value"] if image_in_place else self.multimodal(turn["value"]))
+            + "\n"
+            for index, turn in enumerate(conversations)
+        ]
+        conversation = header + "".join(parts) + "### "
+
+        def narrow_ids(text: str) -> list[int | None]:  # tokenizer_image_token's ids, None for each image's one id
+            ids = [self.fresh.bos_id()]
+            for index, piece in enumerate(text.split("<image>")):
+                ids += [None] if index else []
+                ids += self.encode([(piece, False)])[0][1:]
+            return ids
+
+        narrow = narrow_ids(conversation)
+        target = list(narrow)
+        cursor = len(narrow_ids(header))
+        target[:cursor] = [IGNORE] * len(target[:cursor])
+        for index, part in enumerate(parts):
+            part_length = len(narrow_ids(part))
+            if index % 2 == 0:  # a human part
+                target[cursor + 2 : cursor + part_length] = [IGNORE] * len(target[cursor + 2 : cursor + part_length])
+            cursor += part_length
+        ids, labels = [], []
+        for token, label in zip(narrow, target, strict=True):  # each image's id widened to its features
+            ids += self.image if token is None else [token]
+            labels += [IGNORE] * len(self.image) if token is None else [label]
+        return ids, labels
 
     def encode(self, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
         """Ids and labels. Each `<image>`-separated piece is a fresh text; inside it, the text after a special token

@@ -31,6 +31,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from command_line.main import main as llava
 from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
 from modeling_llava.convert_checkpoint import atomic_folder, checkpoint_format, convert, detect_format
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
@@ -377,3 +378,12 @@ def test_a_killed_writes_staging_is_cleaned_and_outputs_follow_the_umask(tmp_pat
         os.umask(old)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+
+
+def test_llava_convert_takes_the_papers_templates(tmp_path, checkpoints):
+    """A LLaVA v1 checkpoint of the paper's code converts with its training's prompt format: `--template v0`."""
+    source = save_original(tmp_path / "v1", checkpoints, "linear", select_layer=-1, pad=False, model_type="llava")
+    llava(["convert", str(source), str(tmp_path / "plugin"), "--template", "v0"])
+    processor = LlavaPluginProcessor.from_pretrained(tmp_path / "plugin")
+    assert processor.chat_template["default"] == CHAT_TEMPLATES["v0"]
+    assert processor.chat_template["llava_v1"] == CHAT_TEMPLATES["llava_v1"]  # the others by name

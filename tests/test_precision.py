@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import command_line.main
+import modeling_llava
 import processing.generation
 from command_line.main import main as llava
 from processing.generation import generate_greedy, load_llava
@@ -85,6 +86,12 @@ def flags(add_arguments) -> list[tuple]:
 def test_chat_and_serve_take_the_precision_flags_of_eval_and_predict():
     """`command_line` writes the flags out (its parser imports no torch); they must stay those of `processing`."""
     assert flags(command_line.main.add_precision_arguments) == flags(processing.generation.add_precision_arguments)
+
+
+def test_chat_and_serve_take_the_template_flag_of_eval_and_predict():
+    """The same for `--template`: its choices are every chat template `modeling_llava` defines."""
+    assert flags(command_line.main.add_template_argument) == flags(processing.generation.add_template_argument)
+    assert command_line.main.TEMPLATES == tuple(modeling_llava.CHAT_TEMPLATES)
 
 
 def test_the_two_quantizations_exclude_each_other(llava_checkpoint, capsys):

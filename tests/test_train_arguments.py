@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from command_line.main import main as llava
+from modeling_llava import CHAT_TEMPLATES
 from tests.conftest import run_args, unmasked_text
-from trainers.train import SetupError, build_trainer, check_arguments, parse
+from trainers.train import RECIPES, SetupError, build_trainer, check_arguments, parse
 
 ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes on a CPU need use_cpu
 
@@ -122,3 +123,33 @@ def test_a_start_that_is_neither_a_folder_nor_a_hub_model_is_named_in_one_line(
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"llava train: {missing!r} is neither a checkpoint folder nor a model on the Hub (")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("recipe", sorted(path.stem for path in RECIPES.glob("*.yaml")))
+def test_every_shipped_recipe_parses_and_passes_the_checks(recipe):
+    """Each recipe's fields are known, its values acted on (`check_arguments`), its template one of the project's."""
+    stage = check_arguments(*parse(["--config", recipe, *ON_CPU]))
+    assert stage.template in CHAT_TEMPLATES
+
+
+# The paper-era runs, from the original's scripts and README (commits 8959d5c-4682aa6, April-May 2023; 9ccab83,
+# August 2023) and the paper: (template, image in place, projector, vision tower, layer, epochs, lr, global batch).
+PAPER_RECIPES = {
+    "llava-v1-13b-stage1": ("v0", True, "linear", "openai/clip-vit-large-patch14", -2, 1, 2e-3, 128),
+    "llava-v1-13b-stage2": ("v0", True, "linear", "openai/clip-vit-large-patch14", -2, 3, 2e-5, 32),
+    "llava-lightning-7b-stage1": ("vicuna_v1", True, "linear", "openai/clip-vit-large-patch14", -2, 1, 2e-3, 128),
+    "llava-lightning-7b-stage2": ("vicuna_v1", True, "linear", "openai/clip-vit-large-patch14", -2, 1, 2e-5, 128),
+    "llava-v1-13b-scienceqa": ("v0", True, "linear", "openai/clip-vit-large-patch14", -2, 12, 2e-5, 32),
+    "llava-v1-13b-scienceqa-rerun": ("vicuna_v1", False, "linear", "openai/clip-vit-large-patch14", -2, 12, 2e-5, 128),
+}
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES)
+def test_the_paper_recipes_hold_the_original_settings(recipe):
+    script, training, _ = parse(["--config", recipe, *ON_CPU])
+    values = (script.template, script.image_in_place, script.projector_type, script.vision_tower)
+    values += (script.vision_feature_layer, training.num_train_epochs, training.learning_rate)
+    assert (*values, script.global_batch_size) == PAPER_RECIPES[recipe]
+    assert (training.weight_decay, training.warmup_steps, training.lr_scheduler_type) == (0.0, 0.03, "cosine")
+    assert training.max_length == 2048 and training.assistant_only_loss
+    assert ("scienceqa" in recipe) == ("scienceqa" in script.data_path)

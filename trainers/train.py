@@ -15,7 +15,7 @@ dataset (the speed benchmark does so).
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +28,13 @@ from transformers.utils import logging
 from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
-from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava import (
+    CHAT_TEMPLATES,
+    LlavaPluginForConditionalGeneration,
+    LlavaPluginProcessor,
+    chat_template,
+    use_template,
+)
 from processing.adapters import BASE_FIELDS, build_base
 from processing.collator import LlavaDataCollator
 from processing.data_checks import PROBLEMS_NAME, DataProblems, check_images
@@ -77,6 +83,21 @@ class LlavaScriptArguments:
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear, mlp2x_gelu, mlpNx_gelu, identity."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "Vision hidden state fed to the projector."})
     pad_to_square: bool = field(default=False, metadata={"help": "LLaVA-1.5's image_aspect_ratio=pad."})
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template the data is rendered with, and the checkpoint answers in (the original's "
+            "--version): default plain for stage1, vicuna_v1 otherwise; v0 is the paper's.",
+            "choices": [*CHAT_TEMPLATES],
+        },
+    )
+    image_in_place: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep each <image> where the data wrote it (the paper's code), instead of moving it to the start "
+            "of its turn (the original from v1.0.0)."
+        },
+    )
     padding_free_batches: bool = field(
         default=False,
         metadata={
@@ -132,7 +153,7 @@ NOT_HONOURED = {
     "chooses which tokens carry the loss.",
     "truncation_mode": "samples are never truncated (a cut could split an image's tokens); longer ones are dropped "
     "or refused (`on_overflow`).",
-    "chat_template_path": "the stage chooses the chat template (`plain` for stage1, `vicuna_v1` otherwise).",
+    "chat_template_path": "`template` names the chat template (plain, vicuna_v1, llava_v1, v0).",
     "dataset_text_field": "records are conversations (`messages`), not a text column.",
     "dataset_kwargs": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
     "shuffle_dataset": "the trainer's sampler already shuffles every epoch (`seed`, `data_seed`).",
@@ -170,6 +191,11 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
     if script_args.stage is None:
         raise SetupError(f"No stage: give it as `llava train STAGE` or `stage:` in the recipe ({', '.join(STAGES)}).")
     stage = get_stage(script_args.stage)
+    if script_args.template is not None:
+        if script_args.template not in CHAT_TEMPLATES:
+            names = ", ".join(CHAT_TEMPLATES)
+            raise SetupError(f"Unknown template {script_args.template!r}: expected one of {names}.")
+        stage = replace(stage, template=script_args.template)
     refused = [(name, NOT_HONOURED[name]) for name in _changed(training_args, NOT_HONOURED)]
     refused += [(name, NOT_HONOURED[name]) for name in _changed(model_args, NOT_HONOURED)]
     if stage.uses_lora and "use_peft" in dict(refused):
@@ -286,7 +312,11 @@ def load_training_rows(
     the problem's entry for a skipped record), which the run reports by id.
     """
     problems = DataProblems(script_args.data_path or script_args.dataset_name)
-    checks = {"problems": problems.entries, "single_exchange": template == "plain"}
+    checks = {
+        "problems": problems.entries,
+        "single_exchange": template == "plain",
+        "image_in_place": script_args.image_in_place,
+    }
     folder, outside = script_args.image_folder, script_args.allow_images_outside_folder
     if script_args.data_path:
         rows = read_records(script_args.data_path, folder, outside, progress, **checks)
@@ -306,7 +336,9 @@ def load_training_rows(
                 f"{problems.summary(problems_file)}\nFix them, or train without them: --on_bad_record skip"
             )
         logger.warning(f"Skipped (--on_bad_record skip): {problems.summary(problems_file)}")
-    dataset = measure_lengths(dataset, processor, CHAT_TEMPLATES[template], num_proc, progress)
+    dataset = measure_lengths(
+        dataset, processor, chat_template(template, script_args.image_in_place), num_proc, progress
+    )
     dataset, report = drop_overflowing(dataset, max_length, script_args.on_overflow)
     too_long = report.dropped if report is not None else []
     if too_long:
@@ -403,6 +435,9 @@ def _assemble_trainer(
     Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
     model, processor = model_and_processor or build_model_and_processor(script_args, model_args, stage.quantized)
     apply_freeze(model, stage)
+    template = chat_template(stage.template, script_args.image_in_place)
+    if script_args.template not in (None, "plain"):  # the checkpoint answers in the format it is trained on
+        use_template(processor, script_args.template)
     dropped = []
     progress = training_args.process_index == 0 and not training_args.disable_tqdm
     if train_dataset is None:
@@ -418,9 +453,7 @@ def _assemble_trainer(
                 Path(training_args.output_dir) / PROBLEMS_NAME if training_args.process_index == 0 else None,
             )
     elif script_args.group_by_modality_length and "length" not in train_dataset.column_names:
-        train_dataset = measure_lengths(
-            train_dataset, processor, CHAT_TEMPLATES[stage.template], progress=progress, cache=False
-        )
+        train_dataset = measure_lengths(train_dataset, processor, template, progress=progress, cache=False)
     collator_class = LlavaPaddingFreeCollator if script_args.padding_free_batches else LlavaDataCollator
     peft_config = None
     if stage.uses_lora:
@@ -434,7 +467,7 @@ def _assemble_trainer(
         data_collator=collator_class(
             processor=processor,
             assistant_only_loss=training_args.assistant_only_loss,
-            chat_template=CHAT_TEMPLATES[stage.template],
+            chat_template=template,
             pad_to_multiple_of=training_args.pad_to_multiple_of,
         ),
         peft_config=peft_config,
