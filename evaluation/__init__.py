@@ -1,4 +1,4 @@
-"""Benchmarks of the LLaVA paper, run by `llava eval`: ScienceQA (multiple-choice accuracy in the paper's columns)
+"""Benchmarks of the LLaVA paper, run by `llava eval`: ScienceQA (LLaVA-1.5's ScienceQA-IMG, with the paper's columns)
 and LLaVA-Bench (answers scored against references by a judge model).
 
 Both write `OUTPUT/<benchmark>_results.json`, which the model card (`hub_cards/`) reads for its evaluation table and
@@ -21,15 +21,17 @@ def main(argv: list[str] | None = None) -> None:
     from processing.teacher import TeacherError
 
     from . import llava_bench, scienceqa
+    from .results import BenchmarkError
 
     parser = argparse.ArgumentParser(prog="llava eval", description="Score a LLaVA checkpoint on a benchmark.")
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     scienceqa.add_arguments(benchmarks.add_parser("scienceqa", help="multiple-choice accuracy on ScienceQA"))
     llava_bench.add_arguments(benchmarks.add_parser("llava-bench", help="relative score from a judge model"))
     args = parser.parse_args(argv)
+    errors = (CheckpointError, DataError, TeacherError, BenchmarkError, llava_bench.LlavaBenchError)
     try:
         args.run(args)
-    except (CheckpointError, DataError, TeacherError, llava_bench.LlavaBenchError, scienceqa.ScienceQAError) as error:
+    except (*errors, scienceqa.ScienceQAError) as error:
         print(f"llava eval {args.benchmark}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
