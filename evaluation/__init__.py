@@ -33,16 +33,10 @@ def main(argv: list[str] | None = None) -> None:
             benchmarks.add_arguments(subparser, benchmark)
     suite.add_arguments(commands.add_parser("suite", help="every benchmark found in eval.zip's layout, one table"))
     args = parser.parse_args(argv)
+    errors = (CheckpointError, DataError, TeacherError, BenchmarkError, llava_bench.LlavaBenchError)
     try:
         args.run(args)
-    except (
-        BenchmarkError,
-        CheckpointError,
-        DataError,
-        TeacherError,
-        llava_bench.LlavaBenchError,
-        scienceqa.ScienceQAError,
-    ) as error:
+    except (*errors, scienceqa.ScienceQAError) as error:
         print(f"llava eval {args.benchmark}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -1,56 +1,62 @@
-"""`llava eval scienceqa`: multiple-choice accuracy on ScienceQA, overall and in the columns of the LLaVA paper.
+"""`llava eval scienceqa`: ScienceQA-IMG as LLaVA-1.5 reports it (71.6 for LLaVA-1.5-13B), with the paper's columns.
 
-Data: the ScienceQA release (`DIR/problems.json`, `DIR/pid_splits.json`, images at `DIR/images/<split>/<pid>/` or
-`DIR/<split>/<pid>/`), or LLaVA's converted question file (`llava_test_CQM-A.json`, a list of `{"id", "image",
-"conversations"}`) with the release's `problems.json` and `pid_splits.json` beside it. The prompt is LLaVA's
-(`CQM-A` conversion plus its single-prediction instruction): `Context: <hint or N/A>\\nQuestion: ...\\nOptions: (A)
-... (B) ...\\nAnswer with the option's letter from the given choices directly.`, the image first when the problem has
-one, in the checkpoint's chat template; answers come from batched greedy generation, the images decoded as training
-decodes them. An image path that leads outside the image folders (`../`, an absolute path) is refused unless
-`--allow-images-outside-folder`.
+Equals the original's `llava/eval/eval_science_qa.py` at LLaVA-1.5's release (commit ce1aa08), which
+`scripts/v1_5/eval/sqa.sh` runs on the answers of `llava/eval/model_vqa_science.py --single-pred-prompt`:
 
-Paper mode (the default) scores as the original release does, so the number stands beside the paper's: greedy
-answers of up to 1024 new tokens (LLaVA-1.5's `sqa.sh`), read by `eval_science_qa.py`'s rules only (the whole answer
-is a letter A-E; or it starts with `X. `; or `The answer is X` followed by one character occurs exactly once), a
-letter past the problem's choices or an unreadable answer counting wrong; columns as ScienceQA's own scorer
-(`tools/evaluate_acc.py`) defines them: subject NAT / SOC / LAN; context TXT (a non-empty hint, whitespace
-included), IMG (an image), NO (neither), so a problem with both counts in TXT and in IMG; grades G1-6 / G7-12;
-Average over all. `--lenient` adds a separately labelled result read by a tolerant parser (`(A)`, `A.`,
-`Answer: A`, `the answer is (A)`, ...); every answer paper mode could not read is listed.
+- Questions (`--data`: the ScienceQA release folder, `problems.json` + `pid_splits.json` + images in
+  `images/<split>/<pid>/` or `<split>/<pid>/`; or a LLaVA question file with the release files beside it): by default
+  laid out as `eval.zip`'s `llava_test_CQM-A.json` lays them out (`processing.scienceqa_data.llava15_question`);
+  `--prompt-layout base` asks the paper's base-prompt `CQM-A` instead (`Context: ...\\nQuestion: ...\\nOptions: (A)
+  ...`, as `convert_sqa_to_llava.py` writes it). A question file is asked as it is written. As `model_vqa_science.py`
+  does, `<image>` is taken out of the text, the image shown first, and `Answer with the option's letter from the given
+  choices directly.` appended on its own line; answered greedily, up to 1024 new tokens, into
+  `OUTPUT/scienceqa_answers.jsonl` in its shape (`question_id`, `prompt` = `<image>\\n` for an image question + the
+  text + the instruction, `text`, ...), resumably.
+- Scoring (of those answers, or of any answer file in that shape with `--answers FILE`): every problem of the split
+  counts; an answer is read only by the original's three shapes, on the text as written (not stripped): the whole
+  text is a letter A-E; or it starts with `X. `; or `The answer is X` followed by any one character occurs exactly
+  once. A letter past the problem's choices, an unreadable answer and a problem without an answer count wrong (the
+  1.5-era scorer has no random fallback: its `random.choice` is dead code after `return -1`). A question is an image
+  question when its answer's `prompt` holds `<image>`, as the original decides it.
 
-`OUTPUT/scienceqa_results.json` (written whole at the end, never half) holds:
-- `scoring`: `"paper"`; `accuracy`: correct / questions, a fraction in [0, 1]; `num_questions`; `split`; `model`;
-- `columns`: `{"NAT": fraction, ..., "Average": fraction}` for every column that has questions; `column_counts`;
-- `unparseable`: `[{"pid", "output"}]`; `predictions`: `[{"pid", "output", "choice", "answer", "correct"}]`
-  (`choice` and `answer` are letters, `choice` null when unreadable);
-- `model_index`: `[EvalResult kwargs]` for `huggingface_hub.EvalResult` (task, dataset "ScienceQA", metric
-  "accuracy", value in percent as the paper reports it);
-- with `--lenient`: `lenient`, the same scores read by the tolerant parser.
+`OUTPUT/scienceqa_results.json` (the shape of `evaluation.results`): `score`, the IMG accuracy in percent (the
+original's `IMG-Accuracy`); `parts`: `Total` and `IMG-Accuracy` as the original prints them and ScienceQA's own columns
+(its `tools/evaluate_acc.py`: subject NAT / SOC / LAN; context TXT (a non-empty hint), IMG (an image), NO (neither);
+grades G1-6 / G7-12; Average), each `{"accuracy": percent, "correct", "count"}`; and for the model card `scoring`,
+`accuracy` (a fraction), `columns` (fractions), `column_counts`, `split`, `model_index`; `unparseable`, `missing` and
+every `prediction`. `--lenient` adds a separately labelled score read by a tolerant parser.
+
+The paper's own protocol (v1: its prompt formats as written, sampling, the answer prompter, a random choice for an
+unreadable answer) is another `Protocol` beside `LLAVA_1_5`, not built yet.
 """
 
 import argparse
 import json
 import re
-import string
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from hub_cards.model_card import refresh_card_after_eval
 from processing.conversation import user_message
-from processing.generation import add_decoding_arguments, generate_greedy, load_llava
+from processing.generation import add_decoding_arguments, load_llava
 from processing.llava_data import outside_folder
+from processing.scienceqa_data import LETTERS, ScienceQAError, llava15_question, llava_record, read_release
 
-RESULTS_NAME = "scienceqa_results.json"
-LETTERS = string.ascii_uppercase
+from .predict import Question, answer_file, model_name
+from .results import read_answers, results_path, write_results
+from .sharding import process_device, process_share
+
+NAME = "scienceqa"
+RESULTS_NAME = results_path(".", NAME).name
+ANSWERS_NAME = "scienceqa_answers.jsonl"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LAYOUTS = ("llava-1.5", "base")
 COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Average")
+SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 # eval_science_qa.py's options, a list: its tests are membership in it ("AB" is no option), never substring tests.
-# ScienceQA problems have at most five choices.
-PAPER_OPTIONS = ("A", "B", "C", "D", "E")
+OPTIONS = tuple(LETTERS)
 # Verbatim from eval_science_qa.py: the "." is any one character, and it must be there.
 _PAPER_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
-SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 
 # The letter stays upper case, so that "a" in prose never counts. Leading: "A", "(A)", "A.", "A. text", "(A) text",
 # "A\ntext", "Answer: A"; else one letter in "The answer is A." (a reply that names two has no answer).
@@ -58,62 +64,58 @@ _LEADING_LETTER = re.compile(r"^(?:Answer:\s*)?\(?([A-Z])(?:\)?\.?$|[.)]\s|\)?\.
 _THE_ANSWER_IS = re.compile(r"[Tt]he answer is:?\s*\(?([A-Z])\b")
 
 
-class ScienceQAError(ValueError):
-    """Data that cannot be evaluated; the message names the file or problem and what is wrong."""
+@dataclass(frozen=True)
+class Protocol:
+    """How one era of the original asks and scores ScienceQA."""
+
+    name: str
+    layout: str  # the question layout asked from a release folder
+    instruction: str | None  # appended on its own line to every question (`--single-pred-prompt`)
+    max_new_tokens: int
 
 
-@dataclass
-class Problem:
-    """One question as the model sees it (`prompt`, `image`) and as it is scored (`answer`, `columns`)."""
-
-    pid: str
-    prompt: str
-    image: Path | None
-    num_choices: int
-    answer: int
-    columns: tuple[str, ...]
+# scripts/v1_5/eval/sqa.sh: llava_test_CQM-A.json, --single-pred-prompt, --temperature 0, --conv-mode vicuna_v1;
+# model_vqa_science.py: max_new_tokens=1024.
+LLAVA_1_5 = Protocol("1.5", "llava-1.5", INSTRUCTION, 1024)
 
 
-def build_prompt(problem: dict) -> str:
-    """LLaVA's ScienceQA question text (`CQM-A` format + the single-prediction instruction), without the image."""
-    context = problem.get("hint", "").strip() or "N/A"
-    options = " ".join(f"({LETTERS[i]}) {choice}" for i, choice in enumerate(problem["choices"]))
-    # The original conversion collapses double spaces once and strips, so the prompts match it byte for byte.
-    text = f"Context: {context}\nQuestion: {problem['question']}\nOptions: {options}\n".replace("  ", " ").strip()
-    return f"{text}\n{INSTRUCTION}"
+def question_text(pid: str, problem: dict, layout: str) -> str:
+    """The question of a release problem in a layout, without `<image>`, as `model_vqa_science.py` reads it from the
+    question file (`value.replace('<image>', '').strip()`)."""
+    if layout == "llava-1.5":
+        text = llava15_question(problem)
+    elif layout == "base":
+        text = llava_record(pid, problem, "CQM-A")["conversations"][0]["value"]
+    else:
+        raise ScienceQAError(f"Unknown prompt layout {layout!r}; the layouts are {', '.join(LAYOUTS)}.")
+    return text.replace("<image>", "").strip()
 
 
 def problem_columns(problem: dict) -> tuple[str, ...]:
     """The paper's columns a problem counts in, as ScienceQA's scorer decides them: a hint (any non-empty string, even
-    whitespace, which the prompt shows as N/A) and an image count in both TXT and IMG; NO is neither."""
+    whitespace) and an image count in both TXT and IMG; NO is neither."""
     has_text, has_image = bool(problem.get("hint")), bool(problem.get("image"))
-    grade = int(problem["grade"].removeprefix("grade"))
     columns = [SUBJECTS[problem["subject"]]]
-    if has_text:
-        columns.append("TXT")
-    if has_image:
-        columns.append("IMG")
-    if not (has_text or has_image):
-        columns.append("NO")
+    columns += ["TXT"] * has_text + ["IMG"] * has_image + ["NO"] * (not (has_text or has_image))
+    grade = int(problem["grade"].removeprefix("grade"))
     return (*columns, "G1-6" if grade <= 6 else "G7-12", "Average")
 
 
-def paper_choice(output: str, num_choices: int) -> int | None:
-    """The option index as the original's `eval_science_qa.py` reads it from the stripped answer, else None."""
-    text = output.strip()
-    if text in PAPER_OPTIONS:
+def paper_choice(text: str, num_choices: int) -> int | None:
+    """The option index `eval_science_qa.py` reads from an answer's text as written, else None."""
+    if text in OPTIONS:
         letter = text
-    elif len(text) >= 3 and text[0] in PAPER_OPTIONS and text[1:3] == ". ":
+    elif len(text) >= 3 and text[0] in OPTIONS and text[1:3] == ". ":
         letter = text[0]
     else:
         found = _PAPER_ANSWER_IS.findall(text)
         letter = found[0] if len(found) == 1 else None  # two matches fail even when they agree
-    return PAPER_OPTIONS.index(letter) if letter and letter in PAPER_OPTIONS[:num_choices] else None
+    return OPTIONS.index(letter) if letter in OPTIONS[:num_choices] else None
 
 
-def lenient_choice(output: str, num_choices: int) -> int | None:
+def lenient_choice(text: str, num_choices: int) -> int | None:
     """The option index an answer names by a tolerant reading (`--lenient`), or None."""
-    text = output.strip()
+    text = text.strip()
     match = _LEADING_LETTER.match(text)
     if match:
         letter = match.group(1)
@@ -122,17 +124,27 @@ def lenient_choice(output: str, num_choices: int) -> int | None:
         if len(letters) != 1:
             return None
         letter = letters.pop()
-    index = LETTERS.index(letter)
+    index = ord(letter) - ord("A")
     return index if index < num_choices else None
 
 
-def _read_json(path: Path):
-    if not path.is_file():
-        raise ScienceQAError(f"{str(path)!r} does not exist: expected the ScienceQA release layout there.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ScienceQAError(f"{str(path)!r} is not valid JSON: {error}") from error
+def _release(data: Path, split: str) -> tuple[Path, dict[str, dict], list[str]]:
+    if not data.exists():
+        raise ScienceQAError(
+            f"{str(data)!r} does not exist: give the ScienceQA release folder or LLaVA's question file."
+        )
+    root = data if data.is_dir() else data.parent
+    problems, pids = read_release(root, split)
+    for pid in pids:
+        problem = problems[pid]
+        if problem.get("subject") not in SUBJECTS or not re.fullmatch(
+            r"grade([1-9]|1[0-2])", str(problem.get("grade"))
+        ):
+            raise ScienceQAError(
+                f"Problem {pid!r}: subject {problem.get('subject')!r} / grade {problem.get('grade')!r} is not one of "
+                f"{sorted(SUBJECTS)} / grade1..grade12."
+            )
+    return root, problems, pids
 
 
 def _image_path(root: Path, split: str, relative: str, pid: str, allow_outside: bool) -> Path:
@@ -151,98 +163,123 @@ def _image_path(root: Path, split: str, relative: str, pid: str, allow_outside: 
     )
 
 
-def _check(pid: str, problem: dict) -> None:
-    if not isinstance(problem.get("choices"), list) or not isinstance(problem.get("answer"), int):
-        raise ScienceQAError(f"Problem {pid!r} needs 'choices' (a list) and 'answer' (an index into it).")
-    if problem.get("subject") not in SUBJECTS or not re.fullmatch(r"grade([1-9]|1[0-2])", str(problem.get("grade"))):
-        raise ScienceQAError(
-            f"Problem {pid!r}: subject {problem.get('subject')!r} / grade {problem.get('grade')!r} is not one of "
-            f"{sorted(SUBJECTS)} / grade1..grade12."
-        )
-    if not 0 <= problem["answer"] < len(problem["choices"]) <= len(LETTERS):
-        raise ScienceQAError(
-            f"Problem {pid!r}: answer index {problem['answer']} is not one of its {len(problem['choices'])} choices."
-        )
+def _question(pid: str, text: str, image: Path | None, protocol: Protocol) -> Question:
+    """A question as `model_vqa_science.py` asks it: the image first, the instruction on the last line; its `prompt`
+    is the answer line's (`<image>\\n` + text + instruction)."""
+    if protocol.instruction:
+        text = f"{text}\n{protocol.instruction}"
+    prompt = text if image is None else f"<image>\n{text}"
+    return Question(
+        pid, prompt, [user_message(text, images=int(image is not None))], None if image is None else str(image)
+    )
 
 
-def load_problems(data: str | Path, split: str = "test", allow_outside: bool = False) -> list[Problem]:
-    """The problems of `split` in a release folder, or those of a LLaVA question file with the release beside it.
-
-    An image path leading outside the image folders is refused unless `allow_outside`."""
+def read_questions(
+    data: str | Path,
+    split: str = "test",
+    layout: str | None = None,
+    protocol: Protocol = LLAVA_1_5,
+    allow_outside: bool = False,
+) -> list[Question]:
+    """The questions of `split` of a release folder in `layout` (default: the protocol's), or those of a LLaVA
+    question file (`{"id", "image"?, "conversations"}`, its first turn asked as written) with the release beside it."""
     data = Path(data)
-    if not data.exists():
-        raise ScienceQAError(
-            f"{str(data)!r} does not exist: give the ScienceQA release folder or LLaVA's question file."
-        )
-    root = data if data.is_dir() else data.parent
-    problems = _read_json(root / "problems.json")
+    root, problems, pids = _release(data, split)
     if data.is_dir():
-        splits = _read_json(root / "pid_splits.json")
-        if split not in splits:
-            raise ScienceQAError(f"{str(root / 'pid_splits.json')!r} has no split {split!r}; it has {sorted(splits)}.")
-        records = [{"id": pid} for pid in splits[split]]
-    else:
-        records = _read_json(data)
-    loaded = []
-    for index, record in enumerate(records):
-        if not isinstance(record, dict) or "id" not in record:
-            raise ScienceQAError(f"{str(data)!r}: question #{index} has no 'id' (a pid of problems.json).")
-        pid = str(record["id"])
-        if pid not in problems:
-            raise ScienceQAError(f"Problem {pid!r} is not in {str(root / 'problems.json')!r}.")
-        problem = problems[pid]
-        _check(pid, problem)
-        if "conversations" in record:  # LLaVA's file: its own prompt text, the instruction added as its eval does
-            prompt = _first_value(data, pid, record["conversations"]).replace("<image>", "").strip()
-            prompt = prompt if prompt.endswith(INSTRUCTION) else f"{prompt}\n{INSTRUCTION}"
-            image = record.get("image")
-        else:
-            prompt = build_prompt(problem)
-            image = f"{pid}/{problem['image']}" if problem.get("image") else None
-        image_path = _image_path(root, split, str(image), pid, allow_outside) if image else None
-        loaded.append(
-            Problem(pid, prompt, image_path, len(problem["choices"]), problem["answer"], problem_columns(problem))
+        layout = layout or protocol.layout
+        records = [
+            (
+                pid,
+                question_text(pid, problems[pid], layout),
+                None if problems[pid].get("image") is None else f"{pid}/{problems[pid]['image']}",
+            )
+            for pid in pids
+        ]
+    elif layout is not None:
+        raise ScienceQAError(
+            f"{str(data)!r} is a question file, asked as written: --prompt-layout is for a release folder."
         )
-    return loaded
+    else:
+        records = [_file_record(data, index, record, problems) for index, record in enumerate(_read_list(data))]
+    return [
+        _question(pid, text, image and _image_path(root, split, image, pid, allow_outside), protocol)
+        for pid, text, image in records
+    ]
 
 
-def _first_value(path: Path, pid: str, conversations) -> str:
-    first = conversations[0] if isinstance(conversations, list) and conversations else None
+def _read_list(path: Path) -> list:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ScienceQAError(f"{str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(records, list):
+        raise ScienceQAError(f"{str(path)!r} must hold a list of LLaVA records ({{'id', 'conversations', ...}}).")
+    return records
+
+
+def _file_record(path: Path, index: int, record, problems: dict) -> tuple[str, str, str | None]:
+    if not isinstance(record, dict) or "id" not in record:
+        raise ScienceQAError(f"{str(path)!r}: question #{index} has no 'id' (a pid of problems.json).")
+    pid = str(record["id"])
+    if pid not in problems:
+        raise ScienceQAError(f"{str(path)!r}: question {pid!r} is not in problems.json beside it.")
+    turns = record.get("conversations")
+    first = turns[0] if isinstance(turns, list) and turns else None
     if not isinstance(first, dict) or not isinstance(first.get("value"), str):
         raise ScienceQAError(f"{str(path)!r}: question {pid!r} has no first turn with a 'value' (the question text).")
-    return first["value"]
+    return pid, first["value"].replace("<image>", "").strip(), record.get("image")
 
 
-def score(problems: list[Problem], outputs: list[str], read_choice=paper_choice) -> dict:
-    """Accuracy overall and per column, with every prediction and the unreadable ones listed."""
-    if len(problems) != len(outputs):
-        raise ValueError(f"Got {len(outputs)} outputs for {len(problems)} problems.")
-    predictions, correct = [], dict.fromkeys(COLUMNS, 0)
-    counts = dict.fromkeys(COLUMNS, 0)
-    for problem, output in zip(problems, outputs, strict=True):
-        choice = read_choice(output, problem.num_choices)
-        hit = choice == problem.answer
-        for column in problem.columns:
+def score(answers: list[dict], problems: dict[str, dict], pids: list[str], read_choice=paper_choice) -> dict:
+    """Scores answer lines on the problems `pids` as `eval_science_qa.py` does, with ScienceQA's columns beside."""
+    by_id = {answer["question_id"]: answer for answer in answers}  # a later line for a question wins, as there
+    predictions, missing = [], []
+    correct, counts = dict.fromkeys(COLUMNS, 0), dict.fromkeys(COLUMNS, 0)
+    image_correct = image_count = 0
+    for pid in pids:
+        problem = problems[pid]
+        answer = by_id.get(pid)
+        if answer is None:
+            missing.append(pid)
+        text, prompt = ("FAILED", "Unknown") if answer is None else (answer["text"], answer["prompt"])
+        choice = read_choice(text, len(problem["choices"])) if isinstance(text, str) else None
+        hit = choice == problem["answer"]
+        for column in problem_columns(problem):
             counts[column] += 1
             correct[column] += hit
+        if isinstance(prompt, str) and "<image>" in prompt:
+            image_count += 1
+            image_correct += hit
         predictions.append(
             {
-                "pid": problem.pid,
-                "output": output,
+                "pid": pid,
+                "output": text,
                 "choice": None if choice is None else LETTERS[choice],
-                "answer": LETTERS[problem.answer],
+                "answer": LETTERS[problem["answer"]],
                 "correct": hit,
             }
         )
-    total = len(predictions)
+    total = sum(p["correct"] for p in predictions)
+    parts = {
+        "Total": _part(total, len(pids)),
+        "IMG-Accuracy": _part(image_correct, image_count),
+        **{column: _part(correct[column], counts[column]) for column in COLUMNS if counts[column]},
+    }
     return {
-        "accuracy": sum(p["correct"] for p in predictions) / total if total else 0.0,
+        "score": parts["IMG-Accuracy"]["accuracy"],
+        "parts": parts,
+        "accuracy": total / len(pids) if pids else 0.0,
         "columns": {column: correct[column] / counts[column] for column in COLUMNS if counts[column]},
         "column_counts": counts,
-        "num_questions": total,
+        "num_questions": len(pids),
+        "missing": missing,
         "unparseable": [{"pid": p["pid"], "output": p["output"]} for p in predictions if p["choice"] is None],
         "predictions": predictions,
     }
+
+
+def _part(correct: int, count: int) -> dict:
+    return {"accuracy": 100 * correct / count if count else None, "correct": correct, "count": count}
 
 
 def model_index(accuracy: float, split: str) -> list[dict]:
@@ -259,13 +296,37 @@ def model_index(accuracy: float, split: str) -> list[dict]:
     ]
 
 
+def score_file(
+    answers: str | Path,
+    data: str | Path,
+    output_dir: str | Path,
+    split: str = "test",
+    lenient: bool = False,
+    model: str | None = None,
+) -> dict:
+    """Scores an answer file in `model_vqa_science.py`'s shape against the release and writes the results file."""
+    lines = read_answers(answers, ("question_id", "prompt", "text"))
+    _, problems, pids = _release(Path(data), split)
+    results = score(lines, problems, pids)
+    extra = {key: value for key, value in results.items() if key not in ("score", "parts")}
+    extra |= {"scoring": "paper", "protocol": LLAVA_1_5.name, "split": split, "answers": str(answers), "model": model}
+    extra["model_index"] = model_index(results["accuracy"], split)
+    if lenient:
+        extra["lenient"] = {
+            k: v for k, v in score(lines, problems, pids, lenient_choice).items() if k != "predictions"
+        }
+    write_results(output_dir, NAME, results["score"], results["parts"], **extra)
+    return {"score": results["score"], "parts": results["parts"], **extra}
+
+
 def evaluate(
     model_path: str,
     data: str | Path,
     output_dir: str | Path,
     split: str = "test",
+    layout: str | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 1024,
+    max_new_tokens: int = LLAVA_1_5.max_new_tokens,
     device: str | None = None,
     static_cache: bool | None = None,
     lenient: bool = False,
@@ -274,55 +335,61 @@ def evaluate(
     quantization: str | None = None,
     template: str | None = None,
 ) -> dict:
-    """Answers every problem of `split` with the checkpoint, scores them and writes `OUTPUT/scienceqa_results.json`."""
-    problems = load_problems(data, split, allow_images_outside_folder)
-    model, processor = load_llava(model_path, device, dtype=dtype, quantization=quantization, template=template)
-    conversations = [[user_message(problem.prompt, images=int(problem.image is not None))] for problem in problems]
-    outputs = generate_greedy(
-        model,
-        processor,
-        conversations,
-        [p.image for p in problems],
-        batch_size,
-        max_new_tokens,
-        desc="ScienceQA",
-        static_cache=static_cache,
-        ids=[problem.pid for problem in problems],
+    """Answers the questions of `split` that `OUTPUT/scienceqa_answers.jsonl` does not answer yet, then scores it."""
+    questions = read_questions(data, split, layout, LLAVA_1_5, allow_images_outside_folder)
+    answers = Path(output_dir) / ANSWERS_NAME
+
+    def load():
+        return load_llava(
+            model_path, process_device(device), dtype=dtype, quantization=quantization, template=template
+        )
+
+    answer_file(
+        questions, answers, load, model_name(model_path), batch_size, max_new_tokens, static_cache=static_cache
     )
-    results = {"model": str(model_path), "split": split, "scoring": "paper", **score(problems, outputs)}
-    results["model_index"] = model_index(results["accuracy"], split)
-    if lenient:
-        results["lenient"] = {k: v for k, v in score(problems, outputs, lenient_choice).items() if k != "predictions"}
-    output = Path(output_dir) / RESULTS_NAME
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f"{output.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
-    staging.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    staging.replace(output)
-    return results
+    if process_share()[0] != 0:  # process 0 scores the merged answers
+        return {}
+    return score_file(answers, data, output_dir, split, lenient, str(model_path))
 
 
 def print_report(results: dict, path: Path) -> None:
+    parts = results["parts"]
+    total, image = parts["Total"], parts["IMG-Accuracy"]
+    image_text = "n/a (no answer's prompt holds <image>)" if image["accuracy"] is None else f"{image['accuracy']:.2f}%"
     print(
-        f"ScienceQA {results['split']} (paper mode): {100 * results['accuracy']:.2f}% of "
-        f"{results['num_questions']} questions"
+        f"ScienceQA {results['split']}: Total: {total['count']}, Correct: {total['correct']}, "
+        f"Accuracy: {total['accuracy']:.2f}%, IMG-Accuracy: {image_text}"
     )
     print("  ".join(f"{column} {100 * value:.2f}" for column, value in results["columns"].items()))
-    unparseable = [item["pid"] for item in results["unparseable"]]
-    if unparseable:
-        listed = ", ".join(unparseable[:20]) + (" ..." if len(unparseable) > 20 else "")
-        print(f"{len(unparseable)} answers paper mode could not read (counted wrong; all in the results): {listed}")
+    unread = [item["pid"] for item in results["unparseable"]]
+    if results["missing"]:
+        print(
+            f"{len(results['missing'])} problems have no answer (counted wrong): {', '.join(results['missing'][:20])}"
+        )
+    if unread:
+        listed = ", ".join(unread[:20]) + (" ..." if len(unread) > 20 else "")
+        print(f"{len(unread)} answers the original's scorer cannot read (counted wrong; all in the results): {listed}")
     if "lenient" in results:
-        print(f"Lenient reading (not the paper's scoring): {100 * results['lenient']['accuracy']:.2f}%")
+        print(f"Lenient reading (not the original's scoring): {100 * results['lenient']['accuracy']:.2f}%")
     print(f"Written to {path}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="LLaVA checkpoint (folder or Hub id)")
-    parser.add_argument("--data", required=True, help="ScienceQA release folder, or LLaVA's converted question file")
+    parser.add_argument("model", nargs="?", help="LLaVA checkpoint (folder or Hub id) to answer with; or --answers")
+    parser.add_argument("--answers", help="score this answer file (model_vqa_science.py's JSON lines) instead")
+    parser.add_argument("--data", required=True, help="ScienceQA release folder, or LLaVA's question file in one")
     parser.add_argument("--split", default="test", help="split of pid_splits.json (and the image folder's name)")
-    parser.add_argument("--output-dir", help=f"where {RESULTS_NAME} goes (default: the model folder, for its card)")
+    parser.add_argument(
+        "--prompt-layout",
+        choices=LAYOUTS,
+        help="questions from a release folder: llava-1.5 (default; eval.zip's llava_test_CQM-A.json) or base (the "
+        "paper's base-prompt CQM-A)",
+    )
+    parser.add_argument(
+        "--output-dir", help=f"where {RESULTS_NAME} and {ANSWERS_NAME} go (default: the model folder, for its card)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="default: the original evaluation's 1024")
+    parser.add_argument("--max-new-tokens", type=int, default=LLAVA_1_5.max_new_tokens, help="default: %(default)s")
     parser.add_argument("--lenient", action="store_true", help="also score with a tolerant parser (labelled apart)")
     parser.add_argument("--overwrite-card", action="store_true", help="regenerate a model card edited by hand")
     parser.add_argument(
@@ -333,6 +400,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.model is None) == (args.answers is None):
+        raise ScienceQAError("Give a checkpoint to answer with, or --answers FILE to score, not both.")
+    if args.answers is not None:
+        if args.output_dir is None:
+            raise ScienceQAError("Say where the results go with --output-dir.")
+        results = score_file(args.answers, args.data, args.output_dir, args.split, args.lenient)
+        print_report(results, results_path(args.output_dir, NAME))
+        return
     if args.output_dir is None and not Path(args.model).is_dir():
         raise ScienceQAError(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
     output_dir = args.output_dir or args.model
@@ -341,6 +416,7 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         output_dir,
         args.split,
+        args.prompt_layout,
         args.batch_size,
         args.max_new_tokens,
         args.device,
@@ -351,17 +427,21 @@ def run(args: argparse.Namespace) -> None:
         quantization=args.quantization,
         template=args.template,
     )
-    print_report(results, Path(output_dir) / RESULTS_NAME)
+    if not results:  # another process than the first: process 0 reports
+        return
+    print_report(results, results_path(output_dir, NAME))
     print(refresh_card_after_eval(output_dir, args.overwrite_card))
 
 
 __all__ = [
-    "Problem",
+    "LLAVA_1_5",
+    "Protocol",
     "ScienceQAError",
-    "build_prompt",
     "evaluate",
     "lenient_choice",
-    "load_problems",
     "paper_choice",
+    "question_text",
+    "read_questions",
     "score",
+    "score_file",
 ]

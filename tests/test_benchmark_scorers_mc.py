@@ -407,7 +407,8 @@ def test_mm_vet_results_of_official_slice_equal_released_file(tmp_path):
     # v1_161, which holds escaped non-ASCII); convert_mmvet_for_eval.py wrote the same bytes from this slice.
     answers = read_answers(FIXTURES / "mm-vet" / "llava-v1.5-13b.jsonl")
     result = mm_vet.score(answers, output_dir=tmp_path)
-    assert result == {"score": None, "parts": {"answers": 13}, "submission": tmp_path / "answers_upload" / "mm-vet" / "llava-v1.5-13b.json"}
+    upload = tmp_path / "answers_upload" / "mm-vet" / "llava-v1.5-13b.json"
+    assert result == {"score": None, "parts": {"answers": 13}, "submission": upload}
     assert result["submission"].read_bytes() == (FIXTURES / "mm-vet" / "released_results_head.json").read_bytes()
 
 

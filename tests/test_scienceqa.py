@@ -1,5 +1,16 @@
-"""ScienceQA: LLaVA's prompt, answer extraction, the paper's columns computed by hand on a tiny release made here, and
-`llava eval scienceqa` end to end on the tiny checkpoint, feeding the model card."""
+"""ScienceQA: LLaVA-1.5's questions and its scorer (`eval_science_qa.py`), the paper's columns computed by hand on a
+tiny release made here, real LLaVA-1.5-13B answers scored as the original scores them, and `llava eval scienceqa` end
+to end on the tiny checkpoint, feeding the model card.
+
+`tests/fixtures/eval/scienceqa/` holds a slice of 42 test problems: `llava_test_CQM-A.json` and
+`llava-v1.5-13b_output.json` are the records of those pids in the original's `eval.zip` question file and in its
+official LLaVA-1.5-13B scoring output (LLaVA commit 32cebc38, `playground/data/eval/scienceqa/`), copied as they are.
+problems.json's official copy is absent from every mirror; `problems.json` here holds the problems from the public,
+truncated copy in Think-ScienceQA/Think-ScienceQA.github.io (commit bc193c5, `data/scienceqa/problems.json`, which
+rewrote some train problems' lectures and four test hints: none of those is in the slice), lectures and solutions left
+out. The original's `eval_science_qa.py` (commit ce1aa08) run on this slice reproduces the official output's records
+exactly, and printed the figures hard-coded below. `hand_made_answers.jsonl` holds an answer of each quirky shape.
+"""
 
 import json
 import shutil
@@ -11,17 +22,22 @@ import pytest
 from huggingface_hub import EvalResult, ModelCard
 
 from command_line.main import main as llava
+from evaluation.results import read_answers
 from evaluation.scienceqa import (
+    INSTRUCTION,
     RESULTS_NAME,
     ScienceQAError,
-    build_prompt,
     lenient_choice,
-    load_problems,
     paper_choice,
+    question_text,
+    read_questions,
     score,
+    score_file,
 )
 from hub_cards.model_card import card_text, render_model_card
 from tests.conftest import random_image, refused
+
+SLICE = Path(__file__).parent / "fixtures" / "eval" / "scienceqa"
 
 
 def problem(subject, grade, hint, image, answer, question="Which is it?", choices=("cat", "dog", "fox")):
@@ -83,17 +99,80 @@ def release(tmp_path_factory) -> Path:
     return root
 
 
-def test_the_prompt_is_llavas_cqm_format_with_the_single_letter_instruction():
-    assert build_prompt(PROBLEMS["p1"]) == (
-        "Context: Look at the picture.\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox\n"
-        "Answer with the option's letter from the given choices directly."
+def test_the_base_layout_is_the_papers_cqm_a():
+    # The paper's base-prompt CQM-A, as convert_sqa_to_llava.py writes it, <image> taken out as model_vqa_science does.
+    assert question_text("p1", PROBLEMS["p1"], "base") == (
+        "Context: Look at the picture.\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox"
     )
     # No hint: the context is "N/A"; a double space collapses once, as in the original conversion.
-    assert build_prompt(PROBLEMS["p3"]).startswith("Context: N/A\nQuestion: Which is it?\n")
-    assert build_prompt(PROBLEMS["p6"]).startswith("Context: Some text.\n")
+    assert question_text("p3", PROBLEMS["p3"], "base").startswith("Context: N/A\nQuestion: Which is it?\n")
+    assert question_text("p6", PROBLEMS["p6"], "base").startswith("Context: Some text.\n")
 
 
-def test_llavas_converted_question_file_gives_the_same_problems(release):
+def test_the_llava_1_5_layout_by_hand():
+    assert (
+        question_text("p1", PROBLEMS["p1"], "llava-1.5")
+        == "Context: Look at the picture.\nWhich is it?\nA. cat\nB. dog\nC. fox"
+    )
+    # A blank hint (empty or whitespace) has no Context line.
+    assert question_text("p3", PROBLEMS["p3"], "llava-1.5") == "Which is it?\nA. cat\nB. dog\nC. fox"
+    assert question_text("p9", PROBLEMS["p9"], "llava-1.5") == "Which is it?\nA. cat\nB. dog\nC. fox"
+    assert question_text("p6", PROBLEMS["p6"], "llava-1.5").startswith("Context: Some text.\n")
+
+
+def slice_release(tmp_path: Path) -> Path:
+    """The slice's release with a made-up image where each image problem has one."""
+    root = tmp_path / "slice"
+    shutil.copytree(SLICE, root)
+    for pid, item in json.loads((SLICE / "problems.json").read_text()).items():
+        if item["image"]:
+            (root / "images/test" / pid).mkdir(parents=True)
+            random_image(int(pid)).save(root / "images/test" / pid / item["image"])
+    return root
+
+
+def test_questions_from_the_release_are_eval_zips(tmp_path):
+    """From the release folder, the questions are eval.zip's llava_test_CQM-A.json records, and the answer lines'
+    prompts those the official LLaVA-1.5-13B run wrote (model_vqa_science.py --single-pred-prompt)."""
+    root = slice_release(tmp_path)
+    problems = json.loads((SLICE / "problems.json").read_text())
+    official = {record["id"]: record for record in json.loads((SLICE / "llava_test_CQM-A.json").read_text())}
+    output = json.loads((SLICE / "llava-v1.5-13b_output.json").read_text())
+    official_prompts = {item["question_id"]: item["question"] for item in output["correct"] + output["incorrect"]}
+    questions = read_questions(root, "test")
+    assert [question.question_id for question in questions] == list(official) == list(problems)
+    for question in questions:
+        pid, record = question.question_id, official[question.question_id]
+        image = problems[pid]["image"]
+        value = question_text(pid, problems[pid], "llava-1.5")
+        assert (f"<image>\n{value}" if image else value) == record["conversations"][0]["value"]
+        assert record.get("image") == (f"{pid}/{image}" if image else None)
+        assert record["conversations"][1]["value"] == "ABCDE"[problems[pid]["answer"]]
+        assert question.prompt == official_prompts[pid]
+        assert question.image == (str(root / "images/test" / record["image"]) if image else None)
+        # Asked with the image first and the instruction last, as model_vqa_science.py asks it.
+        [message] = question.messages
+        content = message["content"]
+        assert [item["type"] for item in content] == ["image"] * bool(image) + ["text"]
+        assert (
+            content[-1]["text"]
+            == f"{record['conversations'][0]['value'].removeprefix('<image>').strip()}\n{INSTRUCTION}"
+        )
+    # The question file itself, beside the release, is asked as written: the same questions.
+    shutil.copy(SLICE / "llava_test_CQM-A.json", root / "llava_test_CQM-A.json")
+    assert read_questions(root / "llava_test_CQM-A.json", "test") == questions
+
+
+def test_the_base_layout_is_asked_by_name(release):
+    questions = read_questions(release, "test", layout="base")
+    assert questions[0].prompt == (
+        "<image>\nContext: Look at the picture.\nQuestion: Which is it?\nOptions: (A) cat (B) dog (C) fox\n"
+        + INSTRUCTION
+    )
+    assert questions[2].prompt.startswith("Context: N/A\nQuestion: Which is it?\n")
+
+
+def test_the_paper_converters_question_file_is_asked_as_written(release):
     # Records as LLaVA's convert_sqa_to_llava writes them (CQM-A): the image marker after the text.
     converted = [
         {
@@ -117,24 +196,27 @@ def test_llavas_converted_question_file_gives_the_same_problems(release):
         },
     ]
     (release / "llava_test_CQM-A.json").write_text(json.dumps(converted))
-    from_file = load_problems(release / "llava_test_CQM-A.json", "test")
-    from_release = {p.pid: p for p in load_problems(release, "test")}
-    assert [p.pid for p in from_file] == ["p1", "p3"]
+    from_file = read_questions(release / "llava_test_CQM-A.json", "test")
+    from_release = {question.question_id: question for question in read_questions(release, "test", layout="base")}
     assert from_file == [from_release["p1"], from_release["p3"]]
+    with pytest.raises(
+        ScienceQAError, match=r"is a question file, asked as written: --prompt-layout is for a release"
+    ):
+        read_questions(release / "llava_test_CQM-A.json", "test", layout="base")
 
 
 def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
-    problems = {p.pid: p for p in load_problems(release, "test")}
-    assert problems["p1"].image == release / "images/test/p1/image.png"
-    assert problems["p7"].image == release / "test/p7/image.png"
-    assert problems["p3"].image is None
+    questions = {question.question_id: question for question in read_questions(release, "test")}
+    assert questions["p1"].image == str(release / "images/test/p1/image.png")
+    assert questions["p7"].image == str(release / "test/p7/image.png")
+    assert questions["p3"].image is None
 
 
 @pytest.mark.parametrize(
     "output, num_choices, expected",
     [
         ("A", 3, 0),
-        ("  A\n", 3, 0),  # the original's generator strips the answer before its scorer reads it
+        ("  A\n", 3, None),  # the scorer reads the text as written: model_vqa_science.py strips, others may not
         ("A. apple", 3, 0),
         ("A.apple", 3, None),
         ("a", 3, None),
@@ -163,7 +245,7 @@ def test_images_are_found_in_either_layout_and_text_problems_have_none(release):
         ("The answer is F.", 5, None),
     ],
 )
-def test_paper_mode_reads_answers_as_the_original_scorer(output, num_choices, expected):
+def test_answers_are_read_as_the_original_scorer_reads_them(output, num_choices, expected):
     assert paper_choice(output, num_choices) == expected
 
 
@@ -190,8 +272,21 @@ def test_lenient_reading(output, expected):
     assert lenient_choice(output, num_choices=3) == expected
 
 
-def test_paper_accuracy_and_columns_match_the_hand_count(release):
-    results = score(load_problems(release, "test"), OUTPUTS)
+def answer_lines(release: Path, outputs: list[str]) -> list[dict]:
+    """Answer lines in model_vqa_science.py's shape: each question's prompt, the given text."""
+    questions = read_questions(release, "test")
+    return [
+        {"question_id": q.question_id, "prompt": q.prompt, "text": text}
+        for q, text in zip(questions, outputs, strict=True)
+    ]
+
+
+def release_problems(release: Path) -> tuple[dict, list[str]]:
+    return json.loads((release / "problems.json").read_text()), list(PROBLEMS)
+
+
+def test_accuracy_and_columns_match_the_hand_count(release):
+    results = score(answer_lines(release, OUTPUTS), *release_problems(release))
     assert results["accuracy"] == 4 / 9
     assert results["columns"] == pytest.approx(EXPECTED_COLUMNS)
     assert results["column_counts"] == {
@@ -205,30 +300,101 @@ def test_paper_accuracy_and_columns_match_the_hand_count(release):
         "G7-12": 4,
         "Average": 9,
     }
+    # The score: the image questions (their prompts hold <image>): p1, p7 right of p1, p2, p7, p8.
+    assert results["score"] == 50.0
+    assert results["parts"]["IMG-Accuracy"] == {"accuracy": 50.0, "correct": 2, "count": 4}
+    assert results["parts"]["Total"] == {"accuracy": pytest.approx(400 / 9), "correct": 4, "count": 9}
+    assert results["parts"]["SOC"] == {"accuracy": pytest.approx(100 / 3), "correct": 1, "count": 3}
     unreadable = {"p2": "(C)", "p4": "I am not sure.", "p6": "E", "p9": "The answer is (B)."}
     assert results["unparseable"] == [{"pid": pid, "output": output} for pid, output in unreadable.items()]
     assert [p["choice"] for p in results["predictions"]] == ["A", None, "B", None, "C", None, "B", "A", None]
 
 
 def test_lenient_scores_are_their_own(release):
-    results = score(load_problems(release, "test"), OUTPUTS, lenient_choice)
+    results = score(answer_lines(release, OUTPUTS), *release_problems(release), lenient_choice)
     assert results["accuracy"] == 5 / 9
     assert results["columns"] == pytest.approx(EXPECTED_LENIENT)
 
 
+def official_answer_lines(tmp_path: Path) -> Path:
+    """The slice's LLaVA-1.5-13B answers as model_vqa_science.py wrote them: the official scoring output keeps each
+    answer's question_id, prompt ("question") and text ("pred")."""
+    output = json.loads((SLICE / "llava-v1.5-13b_output.json").read_text())
+    records = sorted(output["correct"] + output["incorrect"], key=lambda item: int(item["question_id"]))
+    lines = [{"question_id": r["question_id"], "prompt": r["question"], "text": r["pred"]} for r in records]
+    path = tmp_path / "llava-v1.5-13b.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_the_official_13b_answers_score_as_the_original_scores_them(tmp_path):
+    results = score_file(official_answer_lines(tmp_path), SLICE, tmp_path / "out")
+    # eval_science_qa.py (ce1aa08) on this slice: "Total: 42, Correct: 26, Accuracy: 61.90%, IMG-Accuracy: 80.00%".
+    assert results["parts"]["Total"]["count"] == 42 and results["parts"]["Total"]["correct"] == 26
+    assert f"{results['parts']['Total']['accuracy']:.2f}" == "61.90"
+    assert f"{results['score']:.2f}" == "80.00"
+    # ... and its per-problem verdicts are the official output's.
+    output = json.loads((SLICE / "llava-v1.5-13b_output.json").read_text())
+    right = {item["question_id"] for item in output["correct"]}
+    assert {p["pid"] for p in results["predictions"] if p["correct"]} == right
+    written = json.loads((tmp_path / "out" / RESULTS_NAME).read_text())
+    assert (written["benchmark"], written["score"], written["submission"]) == ("scienceqa", results["score"], None)
+    assert written["parts"] == results["parts"]
+
+
+def test_hand_made_answers_of_every_shape_score_as_the_original_scores_them(tmp_path, capsys):
+    """Leading space (unread: not stripped), "X. text", two "The answer is" (unread), no character after the letter
+    (unread), a letter past the choices, a problem without an answer, a question answered twice (the last line
+    counts), an integer question_id (matches no pid), lower case, "(A)", "AB", <image> in the prompt of a text
+    problem (counted as an image question) and none in an image problem's (not counted), an answer to no problem."""
+    llava(
+        [
+            "eval",
+            "scienceqa",
+            "--answers",
+            str(SLICE / "hand_made_answers.jsonl"),
+            "--data",
+            str(SLICE),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    # eval_science_qa.py (ce1aa08) on this file: "Total: 42, Correct: 5, Accuracy: 11.90%, IMG-Accuracy: 100.00%",
+    # its results {'27': 1, '85': 0, '128': 1, '183': 0, '301': 2} and -1 for every other pid.
+    assert "Total: 42, Correct: 5, Accuracy: 11.90%, IMG-Accuracy: 100.00%" in capsys.readouterr().out
+    results = json.loads((tmp_path / RESULTS_NAME).read_text())
+    assert results["score"] == 100.0 and results["parts"]["IMG-Accuracy"] == {
+        "accuracy": 100.0,
+        "correct": 2,
+        "count": 2,
+    }
+    chosen = {p["pid"]: "ABCDE".index(p["choice"]) for p in results["predictions"] if p["choice"] is not None}
+    assert chosen == {"27": 1, "85": 0, "128": 1, "183": 0, "301": 2}
+    assert "96" in results["missing"] and "145" in results["missing"] and len(results["missing"]) == 42 - 12
+
+
+def test_an_answer_file_without_a_prompt_or_a_wrong_call_is_one_line(tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question_id": "4", "text": "B"}) + "\n")
+    command = ["eval", "scienceqa", "--answers", str(answers), "--data", str(SLICE), "--output-dir", str(tmp_path)]
+    assert f"Answer file {str(answers)!r} line 1 has no 'prompt'" in refused(capsys, command)
+    assert "not both" in refused(capsys, ["eval", "scienceqa", "--data", str(SLICE), "--output-dir", str(tmp_path)])
+    assert "--output-dir" in refused(capsys, ["eval", "scienceqa", "--answers", str(answers), "--data", str(SLICE)])
+
+
 def test_bad_data_is_named(release, tmp_path):
     with pytest.raises(ScienceQAError, match=r"no split 'dev'; it has \['test', 'train'\]"):
-        load_problems(release, "dev")
+        read_questions(release, "dev")
     shutil.copytree(release, tmp_path / "broken")
     (tmp_path / "broken/images/test/p2/image.png").unlink()
     with pytest.raises(ScienceQAError, match=r"Problem 'p2' has an image, but neither .*images/test/p2/image.png"):
-        load_problems(tmp_path / "broken", "test")
+        read_questions(tmp_path / "broken", "test")
     shutil.copy(release / "images/test/p2/image.png", tmp_path / "broken/images/test/p2/image.png")
     problems = json.loads((release / "problems.json").read_text())
     problems["p3"]["answer"] = 3
     (tmp_path / "broken/problems.json").write_text(json.dumps(problems))
-    with pytest.raises(ScienceQAError, match=r"Problem 'p3': answer index 3 is not one of its 3 choices"):
-        load_problems(tmp_path / "broken", "test")
+    with pytest.raises(ScienceQAError, match=r"Problem 'p3': answer 3 is not the index of one of its choices"):
+        read_questions(tmp_path / "broken", "test")
 
 
 def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_checkpoint, tmp_path):
@@ -241,10 +407,21 @@ def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_che
 
     assert results["scoring"] == "paper" and results["num_questions"] == len(results["predictions"]) == 9
     assert results["accuracy"] == sum(p["correct"] for p in results["predictions"]) / 9
+    # The answers, in model_vqa_science.py's shape, with the prompts of the questions; the results are theirs.
+    answers = read_answers(
+        model / "scienceqa_answers.jsonl", ("question_id", "prompt", "text", "answer_id", "model_id")
+    )
+    questions = read_questions(release, "test")
+    assert [(a["question_id"], a["prompt"]) for a in answers] == [(q.question_id, q.prompt) for q in questions]
+    assert {a["model_id"] for a in answers} == {"tiny-llava"}
     outputs = [p["output"] for p in results["predictions"]]
-    rescored = score(load_problems(release, "test"), outputs)
-    assert {key: results[key] for key in rescored} == rescored
-    lenient = score(load_problems(release, "test"), outputs, lenient_choice)
+    assert outputs == [a["text"] for a in answers]
+    rescored = score(answers, *release_problems(release))
+    assert {key: results[key] for key in rescored if key not in ("score", "parts")} == {
+        key: value for key, value in rescored.items() if key not in ("score", "parts")
+    }
+    assert (results["score"], results["parts"]) == (rescored["score"], rescored["parts"])
+    lenient = score(answers, *release_problems(release), lenient_choice)
     assert results["lenient"] == {key: value for key, value in lenient.items() if key != "predictions"}
     [entry] = results["model_index"]
     assert EvalResult(**entry).metric_value == round(100 * results["accuracy"], 2)
@@ -261,6 +438,7 @@ def test_llava_eval_scienceqa_end_to_end_feeds_the_model_card(release, llava_che
     (model / "README.md").write_text(edited)
     llava([*command, "--max-new-tokens", "4"])
     assert (model / "README.md").read_text() == edited  # a card edited by hand is left alone ...
+    assert read_answers(model / "scienceqa_answers.jsonl") == answers  # (answered already: a rerun resumes)
     llava([*command, "--max-new-tokens", "4", "--overwrite-card"])
     assert (model / "README.md").read_text() == card_text(render_model_card(model))  # ... unless asked
 
@@ -278,7 +456,7 @@ def test_the_llava_command_runs_in_a_fresh_process(release, llava_checkpoint, tm
     command += ["--max-new-tokens", "8"]
     result = subprocess.run([sys.executable, "-m", "command_line.main", *command], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "ScienceQA test (paper mode): " in result.stdout and (tmp_path / RESULTS_NAME).is_file()
+    assert "ScienceQA test: Total: 9, Correct: " in result.stdout and (tmp_path / RESULTS_NAME).is_file()
 
 
 @pytest.mark.parametrize("checkpoint", ["empty", "llama"])
@@ -301,8 +479,8 @@ def test_an_image_path_leading_outside_the_image_folders_is_refused_unless_allow
     message = refused(capsys, command)
     assert f"Problem 'p1': image '../../outside.png' lies outside the image folder '{root / 'images/test'}'" in message
     assert "--allow-images-outside-folder" in message
-    [problem] = load_problems(root / "llava_test.json", allow_outside=True)
-    assert problem.image == root / "images/test/../../outside.png"
+    [question] = read_questions(root / "llava_test.json", allow_outside=True)
+    assert question.image == str(root / "images/test/../../outside.png")
 
 
 def test_a_question_file_row_without_what_it_needs_is_named(release, tmp_path):
@@ -310,7 +488,7 @@ def test_a_question_file_row_without_what_it_needs_is_named(release, tmp_path):
     shutil.copytree(release, root)
     (root / "llava_test.json").write_text(json.dumps([{"image": "p1/image.png"}]))
     with pytest.raises(ScienceQAError, match=r"llava_test.json': question #0 has no 'id'"):
-        load_problems(root / "llava_test.json")
+        read_questions(root / "llava_test.json")
     (root / "llava_test.json").write_text(json.dumps([{"id": "p1", "conversations": []}]))
     with pytest.raises(ScienceQAError, match=r"llava_test.json': question 'p1' has no first turn with a 'value'"):
-        load_problems(root / "llava_test.json")
+        read_questions(root / "llava_test.json")
