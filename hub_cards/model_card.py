@@ -34,10 +34,15 @@ LOSS_PLOT_NAME = "loss_curve.png"
 # Training state only (`trainers/checkpoints.py`), never uploaded: a checkpoint's completion marker, a run's identity.
 COMPLETE_NAME = "llava_checkpoint_complete.json"
 FINGERPRINT_NAME = "llava_fingerprint.json"
-# Written by `llava eval`; each holds an `accuracy` / `overall` score (see evaluation/).
+# Written by `llava eval`; each holds an `accuracy` / `score` (see evaluation/).
 SCIENCEQA_RESULTS = "scienceqa_results.json"
 LLAVA_BENCH_RESULTS = "llava_bench_results.json"
 OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with
+# The two LLaVA-Benches a result's `dataset` names: the label in "LLaVA-Bench (label)" and the Hub dataset.
+LLAVA_BENCH_DATASETS = {
+    "coco": ("COCO", "lmms-lab/llava-bench-coco"),
+    "in-the-wild": ("In-the-Wild", "liuhaotian/llava-bench-in-the-wild"),
+}
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
 
 
@@ -209,19 +214,26 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
         )
     bench = _read_json(folder / LLAVA_BENCH_RESULTS)
     if bench is not None:
-        metric = (
-            f"relative score ({bench.get('scoring', 'strict')} scoring, judge {bench.get('judge', '?')}, "
-            f"judge prompts: {bench.get('judge_prompts', OWN_JUDGE_PROMPTS)})"
-        )
-        rows += _benchmark_rows("LLaVA-Bench", metric, "{:.1f}", bench["overall"], bench.get("categories", {}))
+        label, dataset = LLAVA_BENCH_DATASETS[bench["dataset"]]
+        how = f"{bench['scoring']} scoring"
+        if bench["judge"] is not None:  # None: summarized from review files
+            how += f", judge {bench['judge']}, judge prompts: {bench['judge_prompts']}"
+        runs = bench["parts"].get("runs")
+        metric = f"relative score ({how}" + (f"; mean ± std of {len(runs)} runs)" if runs else ")")
+
+        def figure(entry: dict) -> str:
+            return f"{entry['score']:.1f}" + (f" ± {entry['std']:.1f}" if entry.get("std") is not None else "")
+
+        categories = {k: figure(v) for k, v in bench["parts"].items() if k not in ("overall", "runs")}
+        rows += _benchmark_rows(f"LLaVA-Bench {label}", metric, "{}", figure(bench["parts"]["overall"]), categories)
         results.append(
             EvalResult(
                 task_type="image-text-to-text",
-                dataset_type="liuhaotian/llava-bench-in-the-wild",
-                dataset_name="LLaVA-Bench (In-the-Wild)",
+                dataset_type=dataset,
+                dataset_name=f"LLaVA-Bench ({label})",
                 metric_type="relative_score",
                 metric_name="relative score (judge)",
-                metric_value=round(bench["overall"], 1),
+                metric_value=round(bench["score"], 1),
             )
         )
     for result in results:
@@ -330,6 +342,7 @@ def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
 __all__ = [
     "ADAPTER_BASE_NAME",
     "CARD_NAME",
+    "LLAVA_BENCH_DATASETS",
     "LOSS_HISTORY_NAME",
     "LOSS_PLOT_NAME",
     "PROJECTOR_CONFIG_NAME",

@@ -42,6 +42,11 @@ EXPECTED = {"conversation": 75.0, "detail": 100.0, "complex": 50.0}
 EXPECTED_OVERALL = 100 * (17.5 / 3) / (24 / 3)
 
 
+def categories(results: dict) -> dict[str, float]:
+    """The relative score of each category in a results file."""
+    return {name: part["score"] for name, part in results["parts"].items() if name not in ("overall", "runs")}
+
+
 def lines(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -167,9 +172,10 @@ def test_paper_mode_scores_as_the_original_scripts(bench, llava_checkpoint, tmp_
         results = json.loads((tmp_path / RESULTS_NAME).read_text())
         rule_file = str(tmp_path / "rule.json")
         assert (results["scoring"], results["judge_prompts"]) == ("paper", f"rule file {rule_file!r}")
-        assert results["categories"] == PAPER_EXPECTED
-        assert results["overall"] == PAPER_OVERALL
-        assert results["scores"]["complex"] == {"reference": -1.0, "model": -1.0, "count": 1}
+        assert (results["benchmark"], results["dataset"]) == ("llava-bench", "in-the-wild")
+        assert categories(results) == PAPER_EXPECTED
+        assert results["score"] == results["parts"]["overall"]["score"] == PAPER_OVERALL
+        assert results["parts"]["complex"] == {"score": 100.0, "reference": -1.0, "model": -1.0, "count": 1}
         assert [item["question_id"] for item in results["unparseable"]] == ["2"]
 
         # The judge read exactly the original's messages: its system line, the rule's role and prompt.
@@ -214,11 +220,16 @@ def test_strict_relative_scores_match_the_hand_count_and_a_rerun_pays_nothing(be
         llava(["eval", "llava-bench", llava_checkpoint, *flags(bench, tmp_path, *judge)])
         assert len(server.requests) == 1 + 1 + 2 + 3
         results = json.loads((tmp_path / RESULTS_NAME).read_text())
-        assert results["categories"] == pytest.approx(EXPECTED)
-        assert results["overall"] == pytest.approx(EXPECTED_OVERALL)  # a ratio of means, not a mean of ratios
-        assert results["scores"]["conversation"] == {"reference": 8.0, "model": 6.0, "count": 1}
+        assert categories(results) == pytest.approx(EXPECTED)
+        assert results["score"] == pytest.approx(EXPECTED_OVERALL)  # a ratio of means, not a mean of ratios
+        assert results["parts"]["conversation"] == {"score": 75.0, "reference": 8.0, "model": 6.0, "count": 1}
         assert results["unparseable"] == [
-            {"question_id": "3", "category": "conversation", "replies": JUDGE_REPLIES["What colour is his shirt?"]}
+            {
+                "run": 1,
+                "question_id": "3",
+                "category": "conversation",
+                "replies": JUDGE_REPLIES["What colour is his shirt?"],
+            }
         ]
         assert results["model_index"][0]["metric_value"] == round(EXPECTED_OVERALL, 1)
 
