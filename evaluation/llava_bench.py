@@ -533,6 +533,15 @@ def judge_run(
     return judgements, summary
 
 
+def check_runs(runs: int, temperature: float) -> None:
+    """Several inference runs must sample: greedy ones would be one run judged several times, mislabelled."""
+    if runs > 1 and temperature == 0:
+        raise LlavaBenchError(
+            f"--runs {runs} with greedy decoding gives the same answers {runs} times: sample with --temperature (the "
+            "paper-era model_vqa.py sampled at 0.7), or judge one decoding several times with --judge-runs."
+        )
+
+
 def evaluate(
     model_path: str,
     questions: list[Question],
@@ -556,11 +565,7 @@ def evaluate(
 ) -> dict:
     """Answers the questions `runs` times, has the judge score each answer file `judge_runs` times, writes the
     answers, the reviews and `llava_bench_results.json`; returns the results."""
-    if runs > 1 and temperature == 0:
-        raise LlavaBenchError(
-            f"--runs {runs} with greedy decoding gives the same answers {runs} times: sample with --temperature (the "
-            "paper-era model_vqa.py sampled at 0.7), or judge one decoding several times with --judge-runs."
-        )
+    check_runs(runs, temperature)
     benchmark = questions[0].benchmark
     options = {
         "attempts": attempts,
@@ -714,7 +719,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive, default=8)
     parser.add_argument("--max-new-tokens", type=positive, default=1024)
     add_decoding_arguments(parser)
-    add_teacher_arguments(parser, "judge")
+    add_teacher_arguments(parser, "judge", required=False)  # not with --reviews
     parser.set_defaults(run=run)
 
 
@@ -726,12 +731,14 @@ def run(args: argparse.Namespace) -> None:
         print_report(results, None, results_path(args.output_dir, NAME))
         print(refresh_card_after_eval(args.output_dir, args.overwrite_card))
         return
-    missing = [flag for flag in ("model", "questions", "context", "reference") if getattr(args, flag) is None]
+    needed = ("model", "questions", "context", "reference", "judge_model")
+    missing = [flag for flag in needed if getattr(args, flag) is None]
     if missing:
-        named = ", ".join("a checkpoint" if flag == "model" else f"--{flag}" for flag in missing)
+        named = ", ".join("a checkpoint" if flag == "model" else f"--{flag.replace('_', '-')}" for flag in missing)
         raise LlavaBenchError(f"Give {named} (or summarize review files with --reviews).")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise LlavaBenchError("--temperature must be at least 0 and --top-p in (0, 1].")
+    check_runs(args.runs, args.temperature)
     if args.output_dir is None and not Path(args.model).is_dir():
         raise LlavaBenchError(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
     output_dir = Path(args.output_dir or args.model)
