@@ -504,7 +504,7 @@ def answer_runs(
     return answered
 
 
-def judge_run(
+def judge_answers(
     questions: list[Question], lines: list[dict], teacher: Teacher, judge_run: int, options: dict
 ) -> tuple[list[dict], dict[str, dict]]:
     """One judging of one answer file: the judgements in question order and their `summarize`; a run the judge
@@ -576,14 +576,25 @@ def evaluate(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     answered = answer_runs(
-        model_path, questions, output_dir, runs, seed, temperature, top_p, batch_size, max_new_tokens, device,
-        static_cache, dtype, quantization,
-    )  # fmt: skip
+        model_path,
+        questions,
+        output_dir,
+        runs=runs,
+        seed=seed,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        static_cache=static_cache,
+        dtype=dtype,
+        quantization=quantization,
+    )
     review_names = iter(_run_names(runs * judge_runs, REVIEWS_NAME))
     summaries, unparseable, reviews = [], [], []
     for decoding, (_, lines) in enumerate(answered, start=1):
         for judging in range(judge_runs):
-            judgements, summary = judge_run(questions, lines, teacher, judging, options)
+            judgements, summary = judge_answers(questions, lines, teacher, judging, options)
             summaries.append(summary)
             path = output_dir / next(review_names)
             answer_ids = [line["answer_id"] for line in lines]
