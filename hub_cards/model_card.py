@@ -62,6 +62,11 @@ CARD_BENCHMARKS = {
     "mm-vet": ("MM-Vet", "lmms-lab/MMVet", "gpt4_score", "GPT-4 score"),
 }
 OWN_JUDGE_PROMPTS = "llava-plugin's own"  # what a LLaVA-Bench result without a rule file was judged with
+# The two LLaVA-Benches a result's `dataset` names: the label in "LLaVA-Bench (label)" and the Hub dataset.
+LLAVA_BENCH_DATASETS = {
+    "coco": ("COCO", "lmms-lab/llava-bench-coco"),
+    "in-the-wild": ("In-the-Wild", "liuhaotian/llava-bench-in-the-wild"),
+}
 PARTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
 
 
@@ -232,7 +237,7 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
             )
         )
     bench = _read_json(folder / LLAVA_BENCH_RESULTS)
-    if bench is not None and "score" not in bench:
+    if bench is not None and "score" not in bench:  # written before the one results shape
         metric = (
             f"relative score ({bench.get('scoring', 'strict')} scoring, judge {bench.get('judge', '?')}, "
             f"judge prompts: {bench.get('judge_prompts', OWN_JUDGE_PROMPTS)})"
@@ -248,6 +253,29 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
                 metric_value=round(bench["overall"], 1),
             )
         )
+    elif bench is not None:
+        label, dataset = LLAVA_BENCH_DATASETS[bench["dataset"]]
+        how = f"{bench['scoring']} scoring"
+        if bench["judge"] is not None:  # None: summarized from review files
+            how += f", judge {bench['judge']}, judge prompts: {bench['judge_prompts']}"
+        runs = bench["parts"].get("runs")
+        metric = f"relative score ({how}" + (f"; mean ± std of {len(runs)} runs)" if runs else ")")
+
+        def figure(entry: dict) -> str:
+            return f"{entry['score']:.1f}" + (f" ± {entry['std']:.1f}" if entry.get("std") is not None else "")
+
+        categories = {k: figure(v) for k, v in bench["parts"].items() if k not in ("overall", "runs")}
+        rows += _benchmark_rows(f"LLaVA-Bench {label}", metric, "{}", figure(bench["parts"]["overall"]), categories)
+        results.append(
+            EvalResult(
+                task_type="image-text-to-text",
+                dataset_type=dataset,
+                dataset_name=f"LLaVA-Bench ({label})",
+                metric_type="relative_score",
+                metric_name="relative score (judge)",
+                metric_value=round(bench["score"], 1),
+            )
+        )
     for benchmark in _benchmark_results(folder):
         new_rows, result = _benchmark_evaluation(benchmark)
         rows += new_rows
@@ -261,6 +289,8 @@ def _benchmark_results(folder: Path) -> list[dict[str, Any]]:
     """The folder's results files in the one shape, in the order of LLaVA-1.5's table (others after, by name)."""
     found = [json.loads(path.read_text()) for path in sorted(folder.glob(RESULTS_PATTERN))]
     found = [results for results in found if isinstance(results, dict) and {"benchmark", "score"} <= results.keys()]
+    # LLaVA-Bench has rows of its own (which LLaVA-Bench, the judge, the runs' spread): `_evaluation` writes them.
+    found = [results for results in found if _card_key(results) != "llava-bench"]
     order = {name: place for place, name in enumerate(CARD_BENCHMARKS)}
     return sorted(found, key=lambda results: (order.get(_card_key(results), len(order)), str(results["benchmark"])))
 
@@ -400,6 +430,7 @@ def refresh_card_after_eval(folder: str | Path, overwrite: bool = False) -> str:
 __all__ = [
     "ADAPTER_BASE_NAME",
     "CARD_NAME",
+    "LLAVA_BENCH_DATASETS",
     "LOSS_HISTORY_NAME",
     "LOSS_PLOT_NAME",
     "PROJECTOR_CONFIG_NAME",

@@ -82,16 +82,32 @@ def test_local_backbone_paths_stay_out_of_the_metadata(checkpoint, checkpoints):
 def test_evaluation_results_become_model_index(checkpoint):
     scienceqa = {"accuracy": 0.9092, "columns": {"NAT": 0.9036, "IMG": 0.8805}, "split": "test", "scoring": "paper"}
     (checkpoint / "scienceqa_results.json").write_text(json.dumps(scienceqa))
-    bench = {"overall": 85.1, "categories": {"conversation": 83.1, "detail": 75.3, "complex": 96.5}}
-    bench |= {"scoring": "paper", "judge": "gpt-4-0314", "judge_prompts": "rule file 'rule.json'"}
+    # LLaVA-Bench (COCO), the paper's Table 4 figures, in evaluation/results.py's shape.
+    parts = {name: {"score": value} for name, value in {"conversation": 83.1, "detail": 75.3, "complex": 96.5}.items()}
+    bench = {"benchmark": "llava-bench", "score": 85.1, "parts": {**parts, "overall": {"score": 85.1}}}
+    bench |= {"dataset": "coco", "scoring": "paper", "judge": "gpt-4-0314", "judge_prompts": "rule file 'rule.json'"}
     (checkpoint / "llava_bench_results.json").write_text(json.dumps(bench))
     path = write_model_card(checkpoint, repo_id="someone/llava-test")
     reloaded = ModelCard.load(path)  # what the Hub parses: the metadata block of README.md
     results = {result.dataset_name: result.metric_value for result in reloaded.data.eval_results}
-    assert results == {"ScienceQA": 90.92, "LLaVA-Bench (In-the-Wild)": 85.1}
+    assert results == {"ScienceQA": 90.92, "LLaVA-Bench (COCO)": 85.1}
+    assert reloaded.data.eval_results[1].dataset_type == "lmms-lab/llava-bench-coco"
     assert "| ScienceQA (IMG) | accuracy (paper scoring) | 88.05% |" in reloaded.text
     judged = "relative score (paper scoring, judge gpt-4-0314, judge prompts: rule file 'rule.json')"
-    assert f"| LLaVA-Bench (complex) | {judged} | 96.5 |" in reloaded.text
+    assert f"| LLaVA-Bench COCO (complex) | {judged} | 96.5 |" in reloaded.text
+
+    # In-the-Wild over three runs (LLaVA-1.5-13B's official reviews), summarized from review files: mean ± std.
+    overall = {"score": 72.5, "std": 0.4, "runs": [72.8, 72.7, 72.1], "counts": [60, 60, 60]}
+    bench = {"benchmark": "llava-bench", "score": 72.5, "std": 0.4, "dataset": "in-the-wild", "scoring": "paper"}
+    bench |= {"judge": None, "judge_prompts": None, "parts": {"overall": overall, "runs": overall["runs"]}}
+    (checkpoint / "llava_bench_results.json").write_text(json.dumps(bench))
+    reloaded = ModelCard.load(write_model_card(checkpoint, repo_id="someone/llava-test"))
+    assert {result.dataset_name: result.metric_value for result in reloaded.data.eval_results}[
+        "LLaVA-Bench (In-the-Wild)"
+    ] == 72.5
+    assert "| LLaVA-Bench In-the-Wild | relative score (paper scoring; mean ± std of 3 runs) | 72.5 ± 0.4 |" in (
+        reloaded.text
+    )
 
 
 def test_adapter_and_projector_cards(tmp_path, llava_checkpoint, checkpoints):
