@@ -23,7 +23,7 @@ Equals the original's `llava/eval/eval_science_qa.py` at LLaVA-1.5's release (co
 original's `IMG-Accuracy`); `parts`: `Total` and `IMG-Accuracy` as the original prints them and ScienceQA's own columns
 (its `tools/evaluate_acc.py`: subject NAT / SOC / LAN; context TXT (a non-empty hint), IMG (an image), NO (neither);
 grades G1-6 / G7-12; Average), each `{"accuracy": percent, "correct", "count"}`; and for the model card `scoring`,
-`accuracy` (a fraction), `columns` (fractions), `column_counts`, `split`, `model_index`; `unparseable`, `missing` and
+`accuracy` (a fraction), `columns` (fractions), `column_counts`, `split`; `unparseable`, `missing` and
 every `prediction`. `--lenient` adds a separately labelled score read by a tolerant parser.
 
 The paper's own protocol (v1: its prompt formats as written, sampling, the answer prompter, a random choice for an
@@ -282,20 +282,6 @@ def _part(correct: int, count: int) -> dict:
     return {"accuracy": 100 * correct / count if count else None, "correct": correct, "count": count}
 
 
-def model_index(accuracy: float, split: str) -> list[dict]:
-    """`huggingface_hub.EvalResult` keyword arguments for the model card's `model-index`."""
-    return [
-        {
-            "task_type": "visual-question-answering",
-            "dataset_type": "derek-thomas/ScienceQA",
-            "dataset_name": "ScienceQA",
-            "dataset_split": split,
-            "metric_type": "accuracy",
-            "metric_value": round(100 * accuracy, 2),
-        }
-    ]
-
-
 def score_file(
     answers: str | Path,
     data: str | Path,
@@ -310,7 +296,6 @@ def score_file(
     results = score(lines, problems, pids)
     extra = {key: value for key, value in results.items() if key not in ("score", "parts")}
     extra |= {"scoring": "paper", "protocol": LLAVA_1_5.name, "split": split, "answers": str(answers), "model": model}
-    extra["model_index"] = model_index(results["accuracy"], split)
     if lenient:
         extra["lenient"] = {
             k: v for k, v in score(lines, problems, pids, lenient_choice).items() if k != "predictions"

@@ -254,10 +254,10 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
             )
         )
     elif bench is not None:
-        label, dataset = LLAVA_BENCH_DATASETS[bench["dataset"]]
-        how = f"{bench['scoring']} scoring"
-        if bench["judge"] is not None:  # None: summarized from review files
-            how += f", judge {bench['judge']}, judge prompts: {bench['judge_prompts']}"
+        label, dataset = LLAVA_BENCH_DATASETS[bench.get("dataset", "in-the-wild")]
+        how = f"{bench.get('scoring', 'paper')} scoring"
+        if bench.get("judge") is not None:  # None: summarized from review files
+            how += f", judge {bench['judge']}, judge prompts: {bench.get('judge_prompts', OWN_JUDGE_PROMPTS)}"
         runs = bench["parts"].get("runs")
         metric = f"relative score ({how}" + (f"; mean ± std of {len(runs)} runs)" if runs else ")")
 
@@ -265,7 +265,8 @@ def _evaluation(folder: Path, model_name: str) -> tuple[list[dict[str, str]], li
             return f"{entry['score']:.1f}" + (f" ± {entry['std']:.1f}" if entry.get("std") is not None else "")
 
         categories = {k: figure(v) for k, v in bench["parts"].items() if k not in ("overall", "runs")}
-        rows += _benchmark_rows(f"LLaVA-Bench {label}", metric, "{}", figure(bench["parts"]["overall"]), categories)
+        overall = bench["parts"].get("overall", {"score": bench["score"], "std": bench.get("std")})
+        rows += _benchmark_rows(f"LLaVA-Bench {label}", metric, "{}", figure(overall), categories)
         results.append(
             EvalResult(
                 task_type="image-text-to-text",
