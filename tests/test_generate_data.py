@@ -255,7 +255,8 @@ def test_the_original_prompt_folder_gives_the_papers_messages_in_file_order(coco
     context = symbolic_context(images[0], prompt["boxes"], prompt["rounded"])
     # Numbers as in the original's caps files and caps_boxes_coco2014_val_80.jsonl: round(v, 3), printed by Python.
     assert context == (
-        "A man walks a dog.\nA person with a dog in a park.\n\nperson: [0.1, 0.1, 0.5, 0.5]\ndog: [0.95, 0.833, 1.0, 1.0]"
+        "A man walks a dog.\nA person with a dog in a park.\n\n"
+        "person: [0.1, 0.1, 0.5, 0.5]\ndog: [0.95, 0.833, 1.0, 1.0]"
     )
     folder = "complex_reasoning"
     expected = [{"role": "system", "content": original_file(folder, "system_message.txt")}]
