@@ -180,10 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("eval", help="score a checkpoint: scienceqa, llava-bench", add_help=False)
     commands.add_parser("predict", help="answer a question file with a checkpoint, resumably", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
+    commands.add_parser("data", help="prepare the paper's data: filter-cc3m, mix", add_help=False)
     commands.add_parser("plan", help="GPU memory of a training recipe, and the batch that fits", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("train", "plan", "eval", "predict", "generate-data") and rest:
+    if args.command not in ("train", "plan", "eval", "predict", "generate-data", "data") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         info(args.path)
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
         from trainers.generate_data import main as generate_data
 
         generate_data(rest)
+    elif args.command == "data":
+        from command_line.data import main as data
+
+        data(rest)
 
 
 if __name__ == "__main__":
