@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands.add_parser("predict", help="answer a question file with a checkpoint, resumably", add_help=False)
     commands.add_parser("generate-data", help="instruction data from COCO annotations via a teacher", add_help=False)
+    commands.add_parser("data", help="prepare the paper's data: filter-cc3m, mix, scienceqa", add_help=False)
     commands.add_parser("plan", help="GPU memory of a training recipe, and the batch that fits", add_help=False)
-    commands.add_parser("data", help="prepare datasets in LLaVA's formats: scienceqa", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if args.command not in ("train", "plan", "eval", "predict", "generate-data", "data") and rest:

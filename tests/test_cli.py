@@ -142,6 +142,8 @@ BAD_PATHS = {
     "merge-lora": ["merge-lora", "MISSING", "OUT"],
     "push": ["push", "MISSING", "tester/repo"],
     "generate-data": ["generate-data", "stage1", "--captions", "MISSING", "--output", "OUT/data.json"],
+    "data filter-cc3m": ["data", "filter-cc3m", "MISSING", "--output", "OUT/chat.json"],
+    "data mix": ["data", "mix", "--conversation", "MISSING", "--output", "OUT/mix.json"],
     "train": ["train", "stage1", "--data_path", "MISSING", "--output_dir", "OUT", "--bf16", "false"],
     "plan": ["plan", "--config", "llava-1.5-7b-stage2", "--vision_tower", "MISSING", "--language_model", "OUT"],
 }  # fmt: skip

@@ -15,6 +15,7 @@ from trainers.generate_data import (
     KINDS,
     InstructionDataError,
     load_prompt,
+    load_prompt_folder,
     parse_reply,
     read_coco,
     symbolic_context,
@@ -22,6 +23,7 @@ from trainers.generate_data import (
     validate_record,
 )
 
+ORIGINAL_PROMPTS = Path(__file__).parent / "fixtures" / "original_prompts"  # files of the original's folder
 IMAGES = [  # out of id order on purpose: records come out by image id
     {"id": 3, "file_name": "000000000003.jpg", "width": 500, "height": 400},
     {"id": 1, "file_name": "000000000001.jpg", "width": 640, "height": 480},
@@ -239,3 +241,76 @@ def test_stage1_expansion_pairs_a_caption_with_a_brief_instruction(coco, tmp_pat
         assert answer in captions[generated["id"]]
     assert json.loads((tmp_path / "a.json.rejected.json").read_text())[0]["image_id"] == "4"
     assert len(read_records(tmp_path / "a.json", coco / "images")) == 3
+
+
+def original_file(kind_folder: str, name: str) -> str:
+    return (ORIGINAL_PROMPTS / kind_folder / name).read_text()
+
+
+def test_the_original_prompt_folder_gives_the_papers_messages_in_file_order(coco):
+    """As the paper's prompt-construction table: the system message, then per few-shot example a user message (its
+    caps file) and an assistant message (its conv file), in the order of their numbers, then the image's context."""
+    images = read_coco(coco / "captions.json", coco / "instances.json")
+    prompt = load_prompt_folder(ORIGINAL_PROMPTS, "complex")
+    context = symbolic_context(images[0], prompt["boxes"], prompt["rounded"])
+    # Numbers as in the original's caps files and caps_boxes_coco2014_val_80.jsonl: round(v, 3), printed by Python.
+    assert context == (
+        "A man walks a dog.\nA person with a dog in a park.\n\n"
+        "person: [0.1, 0.1, 0.5, 0.5]\ndog: [0.95, 0.833, 1.0, 1.0]"
+    )
+    folder = "complex_reasoning"
+    expected = [{"role": "system", "content": original_file(folder, "system_message.txt")}]
+    for number in ("000", "001", "002"):
+        expected += [
+            {"role": "user", "content": original_file(folder, f"{number}_caps.txt")},
+            {"role": "assistant", "content": original_file(folder, f"{number}_conv.txt")},
+        ]
+    expected.append({"role": "user", "content": context})
+    assert teacher_messages(prompt, context) == expected
+    assert expected[1]["content"].startswith("A man wearing multiple neck ties making a goofy face.")
+
+
+def test_the_original_conversation_prompt_asks_with_the_captions_alone(coco):
+    """Its examples (and its system message, "five sentences") hold no boxes: nor does the query."""
+    images = read_coco(coco / "captions.json", coco / "instances.json")
+    prompt = load_prompt_folder(ORIGINAL_PROMPTS, "conversation")
+    assert symbolic_context(images[0], prompt["boxes"], prompt["rounded"]) == (
+        "A man walks a dog.\nA person with a dog in a park."
+    )
+    assert load_prompt_folder(ORIGINAL_PROMPTS, "detail")["boxes"]
+
+
+def test_replies_in_the_original_format_parse_without_the_separators():
+    prompt = load_prompt_folder(ORIGINAL_PROMPTS, "conversation")
+    pairs = parse_reply("conversation", prompt["examples"][0]["response"], prompt, random.Random(0))
+    assert len(pairs) == 4
+    assert pairs[0] == ("What color is the fire hydrant in the image?", "The fire hydrant in the image is red.")
+    assert pairs[3][1].startswith("The image suggests") and pairs[3][1].endswith("residents and infrastructure.")
+    complex_prompt = load_prompt_folder(ORIGINAL_PROMPTS, "complex")
+    ((question, answer),) = parse_reply("complex", complex_prompt["examples"][0]["response"], prompt, random.Random(0))
+    assert question == "What is unusual about this photo?" and "===" not in answer
+
+
+def test_a_prompt_folder_with_an_unpaired_or_missing_file_is_named(tmp_path):
+    with pytest.raises(InstructionDataError, match=r"conversation/system_message.txt' does not exist"):
+        load_prompt_folder(tmp_path, "conversation")
+    (tmp_path / "complex_reasoning").mkdir()
+    (tmp_path / "complex_reasoning" / "system_message.txt").write_text("S")
+    (tmp_path / "complex_reasoning" / "000_caps.txt").write_text("c")
+    with pytest.raises(InstructionDataError, match=r"000_caps.txt' has no conv file beside it"):
+        load_prompt_folder(tmp_path, "complex")
+
+
+def test_generate_data_sends_the_original_prompts_with_prompts(coco, tmp_path):
+    reply = "Question:\nWhat is the man doing?\n===\nAnswer:\nWalking his dog."
+    with ScriptedServer(lambda body: reply) as server:
+        teacher = ["--teacher-url", server.url, "--teacher-model", "t", "--limit", "1"]
+        output = tmp_path / "complex.json"
+        llava([*command("complex", coco, output, *teacher), "--prompts", str(ORIGINAL_PROMPTS)])
+    (request,) = server.requests
+    assert request["messages"][0]["content"] == original_file("complex_reasoning", "system_message.txt")
+    assert len(request["messages"]) == 1 + 2 * 3 + 1
+    assert json.loads(output.read_text())[0]["conversations"] == [
+        {"from": "human", "value": "<image>\nWhat is the man doing?"},
+        {"from": "gpt", "value": "Walking his dog."},
+    ]

@@ -4,7 +4,8 @@ Each image becomes its symbolic context, all that a text-only teacher knows of i
 captions, one per line, then each annotated object as `name: [x1, y1, x2, y2]`, the box in fractions of the image's
 width and height. The teacher (an OpenAI-compatible endpoint or a local causal LM, see `processing/teacher.py`) gets
 the system message and few-shot examples of the instruction type (`prompts/conversation.yaml`, `detail.yaml`,
-`complex.yaml`) and then the context; its reply is parsed into a LLaVA record and validated (turns alternate from the
+`complex.yaml`), or those of the original's prompt folder (`--prompts`, see `load_prompt_folder`), and then the
+context; its reply is parsed into a LLaVA record and validated (turns alternate from the
 human, none is empty, `<image>` opens the first human turn and appears nowhere else). `stage1` is the paper's simple
 expansion instead: one record per image, a random caption answering a random brief-description instruction
 (`prompts/brief.yaml`), no teacher.
@@ -42,7 +43,12 @@ from processing.teacher import (
 
 KINDS = ("conversation", "detail", "complex")
 PROMPTS = Path(__file__).parent / "prompts"
+# The original's `playground/data/prompts/` names a folder per type.
+ORIGINAL_FOLDERS = {"conversation": "conversation", "detail": "detail_description", "complex": "complex_reasoning"}
 _LABEL = re.compile(r"^(Question|Answer):", re.MULTILINE)
+_SEPARATOR = re.compile(r"^===[ \t]*$", re.MULTILINE)  # between the turns of the original's few-shot replies
+_EXAMPLE_FILE = re.compile(r"^(\d+)_(caps|conv)\.txt$")
+_BOX_LINE = re.compile(r"^[^\n]+: \[[^\]\n]*\]$", re.MULTILINE)
 
 
 class InstructionDataError(ValueError):
@@ -96,15 +102,61 @@ def read_coco(captions: str | Path, instances: str | Path | None = None) -> list
     return [images[image_id] for image_id in sorted(images)]
 
 
-def symbolic_context(image: ImageAnnotations) -> str:
-    """The captions, one per line, then a blank line and one `name: [x1, y1, x2, y2]` line per object."""
-    boxes = [f"{name}: [{', '.join(f'{v:.3f}' for v in box)}]" for name, box in image.objects]
-    return "\n".join(image.captions) + ("\n\n" + "\n".join(boxes) if boxes else "")
+def symbolic_context(image: ImageAnnotations, boxes: bool = True, rounded: bool = False) -> str:
+    """The captions, one per line, then (with `boxes`) a blank line and one `name: [x1, y1, x2, y2]` line per object,
+    each number with three decimals, or `rounded` as Python prints `round(v, 3)` (`0.63`, `1.0`: the original's
+    files)."""
+    number = (lambda v: str(round(v, 3))) if rounded else (lambda v: f"{v:.3f}")
+    lines = [f"{name}: [{', '.join(number(v) for v in box)}]" for name, box in image.objects] if boxes else []
+    return "\n".join(image.captions) + ("\n\n" + "\n".join(lines) if lines else "")
 
 
 def load_prompt(kind: str) -> dict:
     """A prompt file of `prompts/`: `system`, `examples` (`context`, `response`) and, for some, `questions`."""
     return yaml.safe_load((PROMPTS / f"{'brief' if kind == 'stage1' else kind}.yaml").read_text())
+
+
+def load_prompt_folder(prompts: str | Path, kind: str) -> dict:
+    """The original's prompt files for `kind`, from its `playground/data/prompts/` layout: in
+    `prompts/<conversation|detail_description|complex_reasoning>/`, `system_message.txt` and the few-shot pairs
+    `NNN_caps.txt` (an image's context) and `NNN_conv.txt` (the reply written for it), taken in the order of NNN.
+
+    Each file is read as written, less the whitespace around it (the original's end without a newline; an editor's is
+    dropped). The query then takes its examples' shape, as the original's data was written: a box section only if the
+    examples have one (its conversation examples are the captions alone, its system message speaks of "five
+    sentences"), numbers printed as in its files. The folder holds no list of detail questions: a `detail` reply
+    answers one of this project's (`prompts/detail.yaml`).
+    """
+    folder = Path(prompts) / ORIGINAL_FOLDERS[kind]
+    system = folder / "system_message.txt"
+    if not system.is_file():
+        raise InstructionDataError(
+            f"{str(system)!r} does not exist: --prompts is the folder holding {', '.join(ORIGINAL_FOLDERS.values())} "
+            "(the original's playground/data/prompts)."
+        )
+    files = {}
+    for path in folder.iterdir():
+        match = _EXAMPLE_FILE.match(path.name)
+        if match:
+            files[int(match[1]), match[2]] = path
+    examples = []
+    for number in sorted({number for number, _ in files}):
+        missing = [part for part in ("caps", "conv") if (number, part) not in files]
+        if missing:
+            present = files[number, "conv" if missing == ["caps"] else "caps"]
+            raise InstructionDataError(
+                f"{str(present)!r} has no {missing[0]} file beside it: each few-shot example is a NNN_caps.txt and "
+                "a NNN_conv.txt."
+            )
+        context, response = (files[number, part].read_text(encoding="utf-8").strip() for part in ("caps", "conv"))
+        examples.append({"context": context, "response": response})
+    return {
+        "system": system.read_text(encoding="utf-8").strip(),
+        "examples": examples,
+        "questions": load_prompt("detail")["questions"] if kind == "detail" else None,
+        "boxes": any(_BOX_LINE.search(example["context"]) for example in examples),
+        "rounded": True,
+    }
 
 
 def teacher_messages(prompt: dict, context: str) -> list[Message]:
@@ -125,7 +177,7 @@ def parse_reply(kind: str, reply: str, prompt: dict, rng: random.Random) -> list
     parts = _LABEL.split(reply.strip())
     if parts[0].strip():
         raise InstructionDataError(f"the reply does not start with 'Question:' but with {parts[0].strip()[:60]!r}")
-    labels, texts = parts[1::2], [text.strip() for text in parts[2::2]]
+    labels, texts = parts[1::2], [_SEPARATOR.sub("", text).strip() for text in parts[2::2]]
     if not labels or labels != ["Question", "Answer"] * (len(labels) // 2):
         raise InstructionDataError(f"the reply's turns are {labels}, not Question/Answer pairs")
     pairs = list(zip(texts[0::2], texts[1::2], strict=True))
@@ -164,7 +216,8 @@ def _generate_one(image: ImageAnnotations, kind: str, prompt: dict, teacher: Tea
     try:
         if not image.captions:
             raise InstructionDataError("the image has no captions")
-        reply = teacher.chat(teacher_messages(prompt, symbolic_context(image)))
+        context = symbolic_context(image, prompt.get("boxes", True), prompt.get("rounded", False))
+        reply = teacher.chat(teacher_messages(prompt, context))
         pairs = parse_reply(kind, reply, prompt, random.Random(f"{seed}:{kind}:{image.id}"))
         record = to_record(image, f"{image.id}-{kind}", pairs)
         validate_record(record)
@@ -234,13 +287,21 @@ class Summary:
 
 
 def generate(
-    kind: str, images: list[ImageAnnotations], teacher: Teacher, output: str | Path, workers: int = 8, seed: int = 0
+    kind: str,
+    images: list[ImageAnnotations],
+    teacher: Teacher,
+    output: str | Path,
+    workers: int = 8,
+    seed: int = 0,
+    prompts: str | Path | None = None,
 ) -> Summary:
-    """Has the teacher write a `kind` record for every image, resuming from `OUTPUT.progress.jsonl`."""
+    """Has the teacher write a `kind` record for every image, resuming from `OUTPUT.progress.jsonl`; with `prompts`
+    (the original's prompt folder) its system message and few-shot examples instead of this project's."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     progress = Path(f"{output}.progress.jsonl")
-    done, prompt = _read_progress(progress, kind), load_prompt(kind)
+    prompt = load_prompt(kind) if prompts is None else load_prompt_folder(prompts, kind)
+    done = _read_progress(progress, kind)
     reused = sum(image.id in done for image in images)
     todo = [image for image in images if image.id not in done]
     failed = []
@@ -293,6 +354,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="the LLaVA JSON file to write")
     parser.add_argument("--limit", type=int, help="only the first N images by id (a trial run)")
     parser.add_argument("--seed", type=int, default=0, help="draws the instructions and stage-1 captions")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help="the original's prompt folder (playground/data/prompts: system message and few-shot examples per type) "
+        "instead of this project's prompts",
+    )
     add_teacher_arguments(parser, "teacher", required=False)
 
 
@@ -302,7 +369,7 @@ def run(args: argparse.Namespace) -> None:
         summary = expand_stage1(images, args.output, args.seed)
     else:
         teacher = teacher_from_args(args, "teacher")
-        summary = generate(args.kind, images, teacher, args.output, args.teacher_workers, args.seed)
+        summary = generate(args.kind, images, teacher, args.output, args.teacher_workers, args.seed, args.prompts)
         print(f"Teacher calls: {teacher.calls} made, {teacher.cache_hits} from the cache.")
     print(summary.report())
     if summary.failed:
@@ -318,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.kind != "stage1" and (args.teacher_model is None or args.instances is None):
         parser.error(f"{args.kind} needs --teacher-model and --instances")
+    if args.kind == "stage1" and args.prompts is not None:
+        parser.error("--prompts is for the teacher's types; stage1 asks no teacher")
     try:
         run(args)
     except (InstructionDataError, TeacherError) as error:  # unreadable annotations, an unusable teacher or cache
@@ -331,6 +400,7 @@ __all__ = [
     "Summary",
     "expand_stage1",
     "generate",
+    "load_prompt_folder",
     "main",
     "parse_reply",
     "read_coco",
