@@ -114,7 +114,7 @@ def read_questions(
             ) from None
         content = [{"type": "image"}, {"type": "text", "text": prompt + "\n" + SINGLE_PREDICTION[language]}]
         messages = [{"role": "user", "content": content}]
-        read.append(MMBenchQuestion(row["index"], prompt, messages, {"bytes": image, "path": None}, choices))
+        read.append(MMBenchQuestion(row["index"], prompt, messages, {"bytes": image, "path": None}, options=choices))
     return read
 
 

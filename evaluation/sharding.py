@@ -18,6 +18,7 @@ import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from processing.llava_data import DataError
 
@@ -73,9 +74,23 @@ def complete_lines(path: Path) -> list[str]:
     return data[: data.rfind("\n") + 1].splitlines()
 
 
+def answer_key(question_id: Any, prompt: Any) -> str:
+    """What resuming and merging know a question by: its id and its text, as JSON (1 and "1" stay two questions).
+    The text is part of it because the original's question files may ask several questions under one id: MME's
+    `llava_mme.jsonl` asks two of each image, both with the image's path as `question_id`, and its answer lines say
+    which is which by their `prompt` only."""
+    return json.dumps([question_id, prompt])
+
+
+def line_key(line: str) -> str:
+    """The `answer_key` of an answer line (JSON with a `question_id`; a line without `prompt` counts as None's)."""
+    record = json.loads(line)
+    return answer_key(record["question_id"], record.get("prompt"))
+
+
 def merge_parts(output: str | Path, keys: list[str]) -> None:
     """Writes into `output` its own answer lines and those of every part file, one per question, in the order of
-    `keys` (the JSON of each question's id), and removes the part files. A question answered twice (a relaunch with
+    `keys` (each question's `answer_key`), and removes the part files. A question answered twice (a relaunch with
     another number of processes) keeps its first answer: the answer file's, then the parts' in file-name order."""
     output, lines = Path(output), {}
     sources = ([output] if output.exists() else []) + sorted(parts_folder(output).glob("*.jsonl"))
@@ -84,10 +99,10 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
         for number, line in enumerate(complete_lines(source), 1):
             if not line.strip():
                 continue
-            key = json.dumps(json.loads(line)["question_id"])
+            key = line_key(line)
             if key not in known:
                 raise DataError(
-                    f"Answer file {str(source)!r} line {number} answers question {json.loads(key)!r}, which is not "
+                    f"Answer file {str(source)!r} line {number} answers question {json.loads(key)[0]!r}, which is not "
                     "in the question file: it answers another file; remove it or give another output."
                 )
             lines.setdefault(key, line)
@@ -97,4 +112,13 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
     shutil.rmtree(parts_folder(output), ignore_errors=True)
 
 
-__all__ = ["all_done", "chunk", "merge_parts", "part_path", "process_device", "process_share"]
+__all__ = [
+    "all_done",
+    "answer_key",
+    "chunk",
+    "line_key",
+    "merge_parts",
+    "part_path",
+    "process_device",
+    "process_share",
+]
