@@ -159,8 +159,8 @@ def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
             ) from None
         if key is not None and key not in known:
             raise DataError(
-                f"Answer file {str(output)!r} line {number} answers question {json.loads(key)[0]!r}, which is not in the "
-                "question file: it answers another file; give another --output."
+                f"Answer file {str(output)!r} line {number} answers question {json.loads(key)[0]!r}, which is not in "
+                "the question file: it answers another file; give another --output."
             )
         answered.add(key)
     return answered - {None}
