@@ -296,3 +296,101 @@ def test_pope_with_a_checkpoint_answers_then_scores(llava_checkpoint, tmp_path):
         f1[category] = 1.0 if says_yes and label_yes else 0.0  # one pair: F1 is 1 for a true positive, else 0
         assert results["parts"][category]["yes_ratio"] == float(says_yes)
     assert results["score"] == pytest.approx(100 * sum(f1.values()) / 3)
+
+
+# ------------------------------------------------------------------------------------------------------------- suite
+
+
+def questions_from_answers(answers: Path, image: str | None = None, text: str | None = None) -> list[dict]:
+    """A question file in the original's layout rebuilt from an official answer slice: each line's id, its `prompt`
+    as the question (`text` where the slice keeps none), and `image` (default: the id, as MME's)."""
+    return [
+        {"question_id": line["question_id"], "image": image or line["question_id"], "text": line.get("prompt", text)}
+        for line in read_lines(answers)
+    ]
+
+
+def write_questions(folder: Path, name: str, questions: list[dict], images: str) -> None:
+    """`folder/name` holding `questions`, and a small image at each path they name under `folder/images`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(question) + "\n" for question in questions))
+    for seed, question in enumerate(questions):
+        path = folder / images / question["image"]
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            random_image(seed % 5).save(path)
+
+
+def eval_zip(root: Path) -> Path:
+    """`playground/data/eval` as eval.zip unpacks it (its folder and file names, as scripts/v1_5/eval/*.sh read them),
+    holding the fixtures' questions and annotations: every benchmark of the registry but ScienceQA."""
+    vqav2 = read_lines(FIXTURES / "vqav2" / "llava_vqav2_mscoco_test2015.jsonl")
+    write_questions(root / "vqav2", "llava_vqav2_mscoco_test-dev2015.jsonl", vqav2, "test2015")
+    shutil.copy(FIXTURES / "vqav2" / "llava_vqav2_mscoco_test2015.jsonl", root / "vqav2")
+    gqa = json.loads((FIXTURES / "gqa" / "testdev_balanced_questions.json").read_text())
+    gqa_questions = [
+        {"question_id": key, "image": f"{value['imageId']}.jpg", "text": value["question"]}
+        for key, value in gqa.items()
+    ]
+    write_questions(root / "gqa", "llava_gqa_testdev_balanced.jsonl", gqa_questions, "data/images")
+    shutil.copy(FIXTURES / "gqa" / "testdev_balanced_questions.json", root / "gqa" / "data")
+    write_questions(root / "vizwiz", "llava_test.jsonl", read_lines(FIXTURES / "vizwiz" / "llava_test.jsonl"), "test")
+    textvqa = questions_from_answers(FIXTURES / "textvqa" / "llava-v1.5-13b.jsonl", "0.jpg")
+    write_questions(root / "textvqa", "llava_textvqa_val_v051_ocr.jsonl", textvqa, "train_images")
+    shutil.copy(FIXTURES / "textvqa" / "TextVQA_0.5.1_val.json", root / "textvqa")
+    write_questions(
+        root / "pope", "llava_pope_test.jsonl", read_lines(FIXTURES / "pope" / "llava_pope_test.jsonl"), "val2014"
+    )
+    shutil.copytree(FIXTURES / "pope" / "coco", root / "pope" / "coco")
+    mme_eval_folder(root)
+    (root / "mmbench").mkdir()
+    shutil.copy(FIXTURES / "mmbench" / "mmbench_dev_20230712.tsv", root / "mmbench")
+    seed = questions_from_answers(FIXTURES / "seed" / "llava-v1.5-13b.jsonl", "0.jpg", "Which?\nA. a\nB. b")
+    write_questions(root / "seed_bench", "llava-seed-bench.jsonl", seed, ".")
+    shutil.copy(FIXTURES / "seed" / "SEED-Bench.json", root / "seed_bench")
+    write_questions(
+        root / "mm-vet",
+        "llava-mm-vet.jsonl",
+        questions_from_answers(FIXTURES / "mm-vet" / "llava-v1.5-13b.jsonl", "v1_0.png"),
+        "images",
+    )
+    bench = [{"question_id": 0, "image": "001.jpg", "text": "What is it?", "category": "conv"}]
+    write_questions(root / "llava-bench-in-the-wild", "questions.jsonl", bench, "images")
+    return root
+
+
+def test_the_suite_answers_every_benchmark_of_eval_zip_it_finds_and_prints_one_table(
+    terse_checkpoint, tmp_path, capsys
+):
+    eval_dir, out = eval_zip(tmp_path / "eval"), tmp_path / "out"
+    llava(["eval", "suite", terse_checkpoint, "--data", str(eval_dir), "--output-dir", str(out), "--batch-size", "16"])
+    printed = capsys.readouterr().out.splitlines()
+    header = printed.index(next(line for line in printed if line.split()[:2] == ["benchmark", "score"]))
+    rows = {
+        line.split()[0]: line for line in printed[header + 1 :] if line.strip() and not line.startswith("No model")
+    }
+    assert any(line == f"Not in {eval_dir}: scienceqa, mmbench-cn" for line in printed)
+    expected = ["vqav2", "gqa", "vizwiz", "textvqa", "pope", "mme", "mmbench", "seed", "llava-bench", "mm-vet"]
+    assert list(rows) == expected  # LLaVA-1.5's table's order
+    counts = {"vqav2": 10, "gqa": 35, "vizwiz": 38, "textvqa": 30, "pope": 75, "mme": 56, "mmbench": 16, "seed": 24}
+    counts |= {"mm-vet": 13}
+    for name, count in counts.items():
+        assert rows[name].split()[-2] == str(count), rows[name]  # the answers column
+        assert len(read_lines(out / f"{name.replace('-', '_')}_answers.jsonl")) == count
+    # Every answer is empty. Exact match, the VQA accuracy and calculation.py give 0 for each; MMBench, VQAv2, VizWiz
+    # and MM-Vet are scored elsewhere: the row names the upload file.
+    for name in ("gqa", "textvqa", "mme", "seed"):
+        assert rows[name].split()[1] == "0.00", rows[name]
+    for name, upload in (("vqav2", "vqav2/tiny-terse.json"), ("vizwiz", "vizwiz/tiny-terse.json"),
+                         ("mmbench", "mmbench/tiny-terse.xlsx"), ("mm-vet", "mm-vet/tiny-terse.json")):  # fmt: skip
+        assert f"submit {out / 'answers_upload' / upload}" in rows[name]
+    assert "needs a judge: llava eval llava-bench --help" in rows["llava-bench"]
+    # POPE: eval_pope.py reads an empty answer as "yes", so each category's recall is 1 and its precision the share
+    # of "yes" labels: F1 = 2p / (1 + p).
+    f1 = []
+    for category in ("adversarial", "popular", "random"):
+        labels = read_lines(FIXTURES / "pope" / "coco" / f"coco_pope_{category}.json")
+        precision = sum(label["label"] == "yes" for label in labels) / len(labels)
+        f1.append(2 * precision / (1 + precision))
+    assert rows["pope"].split()[1] == f"{100 * sum(f1) / 3:.2f}"
+    assert json.loads((out / "pope_results.json").read_text())["score"] == pytest.approx(100 * sum(f1) / 3)
