@@ -36,7 +36,16 @@ from processing.generation import CheckpointError, add_decoding_arguments, gener
 from processing.llava_data import DataError, convert_record
 
 from .results import VQA_LOADER_ANSWERING
-from .sharding import all_done, answer_key, chunk, line_key, merge_parts, part_path, process_device, process_share
+from .sharding import (
+    all_done,
+    chunk,
+    line_key,
+    merge_parts,
+    part_path,
+    process_device,
+    process_share,
+    question_keys,
+)
 
 # The original's model_vqa_loader.py, whose scripts answer every short-answer benchmark of LLaVA-1.5.
 MAX_NEW_TOKENS = VQA_LOADER_ANSWERING["max_new_tokens"]
@@ -122,19 +131,20 @@ def read_questions(
 
 def check_unique(questions: list[Question], path: str | Path) -> None:
     """Refuses a question file that asks one question twice (the same id and text): resuming, and merging the
-    processes' parts, go by both (`sharding.answer_key`), so MME's two questions of one image under one id pass."""
+    processes' parts, go by the id, and by the text too where an id repeats (`sharding.question_keys`: MME's file asks
+    two questions of each image under one id)."""
     seen = set()
-    for question in questions:
-        if _key(question) in seen:
+    for question, key in zip(questions, _keys(questions), strict=True):
+        if key in seen:
             raise DataError(
                 f"Question file {str(path)!r} holds question {question.question_id!r} twice with the same text; "
                 "each question must be asked once."
             )
-        seen.add(_key(question))
+        seen.add(key)
 
 
-def _key(question: Question) -> str:
-    return answer_key(question.question_id, question.prompt)
+def _keys(questions: list[Question]) -> list[str]:
+    return question_keys([(question.question_id, question.prompt) for question in questions])
 
 
 def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
@@ -148,10 +158,11 @@ def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
     if len(complete) < len(data):
         with output.open("r+b") as file:
             file.truncate(len(complete))
-    known, answered = {_key(question) for question in questions}, set()
+    known, answered = set(_keys(questions)), set()
     for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
         try:
-            key = line_key(line) if line.strip() else None
+            record = json.loads(line) if line.strip() else None
+            key = None if record is None else line_key(record, known)
         except (json.JSONDecodeError, TypeError, KeyError):
             raise DataError(
                 f"Answer file {str(output)!r} line {number} is not an answer line (JSON with a 'question_id'); "
@@ -159,8 +170,8 @@ def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
             ) from None
         if key is not None and key not in known:
             raise DataError(
-                f"Answer file {str(output)!r} line {number} answers question {json.loads(key)[0]!r}, which is not in "
-                "the question file: it answers another file; give another --output."
+                f"Answer file {str(output)!r} line {number} answers question {record['question_id']!r}, which is "
+                "not in the question file: it answers another file; give another --output."
             )
         answered.add(key)
     return answered - {None}
@@ -268,8 +279,8 @@ def answer_file(
         done = answered_ids(output, questions) if rank else done
         target = part_path(output, rank, world)
         done |= answered_ids(target, questions)
-    mine = chunk(questions, rank, world)
-    todo = [question for question in mine if _key(question) not in done]
+    mine = chunk(list(zip(questions, _keys(questions), strict=True)), rank, world)
+    todo = [question for question, key in mine if key not in done]
     if todo:
         model, processor = load()
         answer_questions(
@@ -291,7 +302,7 @@ def answer_file(
         return len(todo)
     answered = all_done(len(todo))
     if rank == 0:
-        merge_parts(output, [_key(question) for question in questions])
+        merge_parts(output, _keys(questions))
     return answered
 
 

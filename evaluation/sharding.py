@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -74,23 +75,29 @@ def complete_lines(path: Path) -> list[str]:
     return data[: data.rfind("\n") + 1].splitlines()
 
 
-def answer_key(question_id: Any, prompt: Any) -> str:
-    """What resuming and merging know a question by: its id and its text, as JSON (1 and "1" stay two questions).
-    The text is part of it because the original's question files may ask several questions under one id: MME's
-    `llava_mme.jsonl` asks two of each image, both with the image's path as `question_id`, and its answer lines say
-    which is which by their `prompt` only."""
-    return json.dumps([question_id, prompt])
+def question_keys(questions: list[tuple[Any, Any]]) -> list[str]:
+    """What resuming and merging know each question by, from its (`question_id`, text) pair: its id as JSON (1 and
+    "1" stay two questions); where the file asks several questions under one id, the id and the text. MME's
+    `llava_mme.jsonl`, as the original's, asks two of each image under the image's path, and its answer lines tell
+    them apart by their `prompt` only."""
+    ids = [json.dumps(question_id) for question_id, _ in questions]
+    repeated = {key for key, count in Counter(ids).items() if count > 1}
+    return [
+        json.dumps([question_id, prompt]) if key in repeated else key
+        for key, (question_id, prompt) in zip(ids, questions, strict=True)
+    ]
 
 
-def line_key(line: str) -> str:
-    """The `answer_key` of an answer line (JSON with a `question_id`; a line without `prompt` counts as None's)."""
-    record = json.loads(line)
-    return answer_key(record["question_id"], record.get("prompt"))
+def line_key(record: dict, known: set[str]) -> str:
+    """The key of an answer line (a JSON object with a `question_id`) among the questions' `known` keys: its id, or
+    its id and `prompt` where the id is asked more than once."""
+    key = json.dumps(record["question_id"])
+    return key if key in known else json.dumps([record["question_id"], record.get("prompt")])
 
 
 def merge_parts(output: str | Path, keys: list[str]) -> None:
     """Writes into `output` its own answer lines and those of every part file, one per question, in the order of
-    `keys` (each question's `answer_key`), and removes the part files. A question answered twice (a relaunch with
+    `keys` (`question_keys`), and removes the part files. A question answered twice (a relaunch with
     another number of processes) keeps its first answer: the answer file's, then the parts' in file-name order."""
     output, lines = Path(output), {}
     sources = ([output] if output.exists() else []) + sorted(parts_folder(output).glob("*.jsonl"))
@@ -99,11 +106,12 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
         for number, line in enumerate(complete_lines(source), 1):
             if not line.strip():
                 continue
-            key = line_key(line)
+            record = json.loads(line)
+            key = line_key(record, known)
             if key not in known:
                 raise DataError(
-                    f"Answer file {str(source)!r} line {number} answers question {json.loads(key)[0]!r}, which is not "
-                    "in the question file: it answers another file; remove it or give another output."
+                    f"Answer file {str(source)!r} line {number} answers question {record['question_id']!r}, which is "
+                    "not in the question file: it answers another file; remove it or give another output."
                 )
             lines.setdefault(key, line)
     staging = output.with_name(f"{output.name}.merging.tmp")
@@ -114,9 +122,9 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
 
 __all__ = [
     "all_done",
-    "answer_key",
     "chunk",
     "line_key",
+    "question_keys",
     "merge_parts",
     "part_path",
     "process_device",
