@@ -36,7 +36,16 @@ from processing.generation import CheckpointError, add_decoding_arguments, gener
 from processing.llava_data import DataError, convert_record
 
 from .results import VQA_LOADER_ANSWERING
-from .sharding import all_done, chunk, merge_parts, part_path, process_device, process_share
+from .sharding import (
+    all_done,
+    chunk,
+    line_key,
+    merge_parts,
+    part_path,
+    process_device,
+    process_share,
+    question_keys,
+)
 
 # The original's model_vqa_loader.py, whose scripts answer every short-answer benchmark of LLaVA-1.5.
 MAX_NEW_TOKENS = VQA_LOADER_ANSWERING["max_new_tokens"]
@@ -121,19 +130,21 @@ def read_questions(
 
 
 def check_unique(questions: list[Question], path: str | Path) -> None:
-    """Refuses a question file whose ids repeat: resuming, and merging the processes' parts, go by id."""
+    """Refuses a question file that asks one question twice (the same id and text): resuming, and merging the
+    processes' parts, go by the id, and by the text too where an id repeats (`sharding.question_keys`: MME's file asks
+    two questions of each image under one id)."""
     seen = set()
-    for question in questions:
-        if _key(question.question_id) in seen:
+    for question, key in zip(questions, _keys(questions), strict=True):
+        if key in seen:
             raise DataError(
-                f"Question file {str(path)!r} holds question {question.question_id!r} twice; ids must be unique."
+                f"Question file {str(path)!r} holds question {question.question_id!r} twice with the same text; "
+                "each question must be asked once."
             )
-        seen.add(_key(question.question_id))
+        seen.add(key)
 
 
-def _key(question_id: Any) -> str:
-    # The id as JSON: 1 and "1" stay two questions, and an id read back from an answer line is found again.
-    return json.dumps(question_id)
+def _keys(questions: list[Question]) -> list[str]:
+    return question_keys([(question.question_id, question.prompt) for question in questions])
 
 
 def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
@@ -147,10 +158,11 @@ def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
     if len(complete) < len(data):
         with output.open("r+b") as file:
             file.truncate(len(complete))
-    known, answered = {_key(question.question_id) for question in questions}, set()
+    known, answered = set(_keys(questions)), set()
     for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
         try:
-            key = _key(json.loads(line)["question_id"]) if line.strip() else None
+            record = json.loads(line) if line.strip() else None
+            key = None if record is None else line_key(record, known)
         except (json.JSONDecodeError, TypeError, KeyError):
             raise DataError(
                 f"Answer file {str(output)!r} line {number} is not an answer line (JSON with a 'question_id'); "
@@ -158,8 +170,8 @@ def answered_ids(output: str | Path, questions: list[Question]) -> set[str]:
             ) from None
         if key is not None and key not in known:
             raise DataError(
-                f"Answer file {str(output)!r} line {number} answers question {json.loads(key)!r}, which is not in the "
-                "question file: it answers another file; give another --output."
+                f"Answer file {str(output)!r} line {number} answers question {record['question_id']!r}, which is "
+                "not in the question file: it answers another file; give another --output."
             )
         answered.add(key)
     return answered - {None}
@@ -170,6 +182,29 @@ def model_name(checkpoint: str | Path) -> str:
     with its parent's before it for a Trainer `checkpoint-N` folder."""
     parts = str(checkpoint).strip("/").split("/")
     return "_".join(parts[-2:]) if parts[-1].startswith("checkpoint-") and len(parts) > 1 else parts[-1]
+
+
+# Where the original's model_vqa*.py put each key of an answer line: model_vqa_mmbench.py writes `question_id`,
+# `round_id`, `prompt`, `text`, `options`, `option_char`, then the three the others end with.
+ANSWER_KEY_ORDER = ("question_id", "round_id", "prompt", "text", "options", "option_char", "answer_id", "model_id")
+
+
+def answer_line(question: Question, text: str, model_id: str) -> dict:
+    """The answer line of `question`, its keys in the original's order; an extra key the original does not write
+    goes after `text`."""
+    line = {
+        "question_id": question.question_id,
+        "prompt": question.prompt,
+        "text": text,
+        **question.extras,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_id,
+        "metadata": {},
+    }
+    after_text = ANSWER_KEY_ORDER.index("text") + 0.5
+    place = {key: ANSWER_KEY_ORDER.index(key) if key in ANSWER_KEY_ORDER else after_text for key in line}
+    place["metadata"] = len(ANSWER_KEY_ORDER)
+    return {key: line[key] for key in sorted(line, key=place.__getitem__)}
 
 
 def answer_questions(
@@ -208,15 +243,7 @@ def answer_questions(
         start = 0
         for texts in batches:
             lines = [
-                {
-                    "question_id": question.question_id,
-                    "prompt": question.prompt,
-                    "text": text,
-                    **question.extras,
-                    "answer_id": uuid.uuid4().hex,
-                    "model_id": model_id,
-                    "metadata": {},
-                }
+                answer_line(question, text, model_id)
                 for question, text in zip(questions[start : start + len(texts)], texts, strict=True)
             ]
             file.write("".join(json.dumps(line) + "\n" for line in lines))
@@ -252,8 +279,8 @@ def answer_file(
         done = answered_ids(output, questions) if rank else done
         target = part_path(output, rank, world)
         done |= answered_ids(target, questions)
-    mine = chunk(questions, rank, world)
-    todo = [question for question in mine if _key(question.question_id) not in done]
+    mine = chunk(list(zip(questions, _keys(questions), strict=True)), rank, world)
+    todo = [question for question, key in mine if key not in done]
     if todo:
         model, processor = load()
         answer_questions(
@@ -275,7 +302,7 @@ def answer_file(
         return len(todo)
     answered = all_done(len(todo))
     if rank == 0:
-        merge_parts(output, [_key(question.question_id) for question in questions])
+        merge_parts(output, _keys(questions))
     return answered
 
 
@@ -388,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
 __all__ = [
     "Question",
     "answer_file",
+    "answer_line",
     "answer_questions",
     "answered_ids",
     "check_unique",

@@ -16,8 +16,10 @@ import json
 import math
 import os
 import shutil
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from processing.llava_data import DataError
 
@@ -73,9 +75,29 @@ def complete_lines(path: Path) -> list[str]:
     return data[: data.rfind("\n") + 1].splitlines()
 
 
+def question_keys(questions: list[tuple[Any, Any]]) -> list[str]:
+    """What resuming and merging know each question by, from its (`question_id`, text) pair: its id as JSON (1 and
+    "1" stay two questions); where the file asks several questions under one id, the id and the text. MME's
+    `llava_mme.jsonl`, as the original's, asks two of each image under the image's path, and its answer lines tell
+    them apart by their `prompt` only."""
+    ids = [json.dumps(question_id) for question_id, _ in questions]
+    repeated = {key for key, count in Counter(ids).items() if count > 1}
+    return [
+        json.dumps([question_id, prompt]) if key in repeated else key
+        for key, (question_id, prompt) in zip(ids, questions, strict=True)
+    ]
+
+
+def line_key(record: dict, known: set[str]) -> str:
+    """The key of an answer line (a JSON object with a `question_id`) among the questions' `known` keys: its id, or
+    its id and `prompt` where the id is asked more than once."""
+    key = json.dumps(record["question_id"])
+    return key if key in known else json.dumps([record["question_id"], record.get("prompt")])
+
+
 def merge_parts(output: str | Path, keys: list[str]) -> None:
     """Writes into `output` its own answer lines and those of every part file, one per question, in the order of
-    `keys` (the JSON of each question's id), and removes the part files. A question answered twice (a relaunch with
+    `keys` (`question_keys`), and removes the part files. A question answered twice (a relaunch with
     another number of processes) keeps its first answer: the answer file's, then the parts' in file-name order."""
     output, lines = Path(output), {}
     sources = ([output] if output.exists() else []) + sorted(parts_folder(output).glob("*.jsonl"))
@@ -84,11 +106,12 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
         for number, line in enumerate(complete_lines(source), 1):
             if not line.strip():
                 continue
-            key = json.dumps(json.loads(line)["question_id"])
+            record = json.loads(line)
+            key = line_key(record, known)
             if key not in known:
                 raise DataError(
-                    f"Answer file {str(source)!r} line {number} answers question {json.loads(key)!r}, which is not "
-                    "in the question file: it answers another file; remove it or give another output."
+                    f"Answer file {str(source)!r} line {number} answers question {record['question_id']!r}, which is "
+                    "not in the question file: it answers another file; remove it or give another output."
                 )
             lines.setdefault(key, line)
     staging = output.with_name(f"{output.name}.merging.tmp")
@@ -97,4 +120,13 @@ def merge_parts(output: str | Path, keys: list[str]) -> None:
     shutil.rmtree(parts_folder(output), ignore_errors=True)
 
 
-__all__ = ["all_done", "chunk", "merge_parts", "part_path", "process_device", "process_share"]
+__all__ = [
+    "all_done",
+    "chunk",
+    "line_key",
+    "question_keys",
+    "merge_parts",
+    "part_path",
+    "process_device",
+    "process_share",
+]

@@ -160,7 +160,15 @@ def test_answers_are_the_original_model_vqa_loaders_in_its_answer_shape(
     truth.write_text(json.dumps({"10": reference[0], "11": "no", "x": reference[2], "13": "no"}))
     answers = answer_with(padding_checkpoint, question_folder, tmp_path / "out", "--annotations", str(truth))
     assert [answer["text"] for answer in answers] == reference
-    keys = ["question_id", "prompt", "text", "round_id", "answer_id", "model_id", "metadata"]
+    keys = [
+        "question_id",
+        "round_id",
+        "prompt",
+        "text",
+        "answer_id",
+        "model_id",
+        "metadata",
+    ]  # model_vqa_mmbench.py's order
     assert [list(answer) for answer in answers] == [keys] * len(QUESTIONS)
     assert [answer["question_id"] for answer in answers] == [question["question_id"] for question in QUESTIONS]
     # The answer line's prompt is the question file's text, without the suffix the script appends (model_vqa_*.py).

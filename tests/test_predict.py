@@ -180,7 +180,10 @@ def mistake(folder: Path, name: str, rows: list | str | None) -> list[str]:
         ([{"id": "a", "text": "Where?"}], "Record 'a' has neither 'conversations' nor 'messages'"),
         ([{"question_id": 1, "image": "../0.png", "text": "Where?"}], "lies outside the image folder"),
         ([{"question_id": 1, "image": "9.png", "text": "Where?"}], "does not exist"),
-        ([{"question_id": 1, "text": "A?"}, {"question_id": 1, "text": "B?"}], "holds question 1 twice"),
+        (
+            [{"question_id": 1, "text": "A?"}, {"question_id": 1, "text": "A?"}],
+            "holds question 1 twice with the same text",
+        ),
         ([{"messages": [{"role": "user", "content": "Which?"}], "images": ["0.png", "1.png"]}], "one image"),
     ],
     ids=[
