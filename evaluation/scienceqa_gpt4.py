@@ -36,21 +36,19 @@ run after `random.seed(seed)`.
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 
 from processing.scienceqa_data import INPUT_LAYOUTS, LETTERS, OUTPUT_LAYOUTS, ScienceQAError, read_release
 from processing.teacher import Teacher, add_teacher_arguments, chat_concurrently, teacher_from_args
 
 from .results import read_answers, read_json, write_json
+from .scienceqa import FAILED, pick, read_letter
 
 SYSTEM = "You are a helpful assistant."
 # run_gpt3.py's settings of the paper's run (models/paper.sh: --shot_number 2 --prompt_format QCM-ALE --seed 3).
 SHOTS, SHOT_SEED, TEACHER_FORMAT = 2, 3, "QCM-ALE"
 # create_one_example_gpt4 knows the paper's formats but LEPA.
 TEACHER_FORMATS = tuple(f"{i}-{o}" for i in INPUT_LAYOUTS for o in OUTPUT_LAYOUTS if OUTPUT_LAYOUTS[o] is not None)
-_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
-FAILED = "FAILED"
 REQUERY_PROMPT = (
     "Here is a multiple-choice science question, and two answers to it that disagree. Assistant 1 saw the question's "
     "image (if it has one); Assistant 2 read only its text.\n\n"
@@ -60,19 +58,6 @@ REQUERY_PROMPT = (
     "Based on the question and these two answers, give your own final answer. End your reply with "
     '"The answer is X." where X is the letter of the option.'
 )
-
-
-def read_letter(text: str) -> str:
-    """The letter the ensemble scripts read from an answer: `The answer is X.` found exactly once, else `FAILED`."""
-    found = _ANSWER_IS.findall(text)
-    return found[0] if len(found) == 1 else FAILED
-
-
-def pick(letter: str, num_choices: int, rng: random.Random) -> int:
-    """`get_pred_idx`: the letter's option index, or a random option for FAILED or a letter past the choices."""
-    if letter in LETTERS[:num_choices]:
-        return LETTERS.index(letter)
-    return rng.choice(range(num_choices))
 
 
 def teacher_input(problem: dict, prompt_format: str) -> tuple[str, dict]:
