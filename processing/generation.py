@@ -214,7 +214,8 @@ def generate_answers(
     the same seed and batches give the same answers). `prefills[i]`, where given, is text written after the
     generation prompt, which the answer continues (the original's ScienceQA answer prompter). Images (paths or PIL
     images) are decoded as training decodes them (`processing.images.open_image`); one that cannot be read raises a
-    `DataError` naming `ids[i]` (default: `#i`) and the file. `static_cache` decodes with a static KV cache (see `decoding_kwargs`; default: on a GPU).
+    `DataError` naming `ids[i]` (default: `#i`) and the file. `static_cache` decodes with a static KV cache (see
+    `decoding_kwargs`; default: on a GPU).
     """
     if len(conversations) != len(images):
         raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
