@@ -484,13 +484,17 @@ def evaluate(
     template = template or protocol.template
     output_dir = Path(output_dir)
 
+    loaded = []  # the prompter's pass answers with the model of the first
+
     def load():
-        model, processor = load_llava(model_path, process_device(device), dtype=dtype, quantization=quantization)
-        if template is not None:  # the script's --conv-mode; the in-place variant keeps April's image after the text
-            use_template(processor, template, image_in_place=protocol.image_last)
+        if not loaded:
+            model, processor = load_llava(model_path, process_device(device), dtype=dtype, quantization=quantization)
+            if template is not None:  # the script's --conv-mode; the in-place variant keeps April's image after text
+                use_template(processor, template, image_in_place=protocol.image_last)
+            loaded.append((model, processor))
         if protocol is not LLAVA_1_5:
-            set_seed(seed)
-        return model, processor
+            set_seed(seed)  # each pass from the seed: a pass answered again after a stop samples what it sampled
+        return loaded[0]
 
     if protocol is LLAVA_1_5:
         answers = output_dir / ANSWERS_NAME

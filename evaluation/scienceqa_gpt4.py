@@ -8,17 +8,16 @@ unchanged to ce1aa08):
   (`scripts/convert_sqa_to_llava_base_prompt.py`) builds the chat: the system message `You are a helpful assistant.`,
   then per shot a user turn `Can you explain <input>?` and the assistant's worked answer, then the test question and
   an assistant turn `Answer:` (the prompt ends with it, as there). Line breaks of lectures and solutions are written
-  as a backslash and `n`, the
-  context is the hint or `N/A` (no caption: text only). The shots are drawn as ScienceQA's `models/run_gpt3.py` draws
-  them (`random.seed(seed)`, `random.sample(train pids, shots)`; its paper run: 2 shots, seed 3, `QCM-ALE`). GPT4.json
-  is `run_gpt3.py`'s result file (`acc`, `correct`, `count`, `shot_qids`, `args`, `results`, `outputs`), which the
-  original's ensemble scripts read (`outputs`).
+  as a backslash and `n`, the context is the hint or `N/A` (no caption: text only). The shots are drawn as
+  ScienceQA's `models/run_gpt3.py` draws them (`random.seed(seed)`, `random.sample(train pids, shots)`; its paper
+  run: 2 shots, seed 3, `QCM-ALE`). GPT4.json is `run_gpt3.py`'s result file (`acc`, `correct`, `count`,
+  `shot_qids`, `args`, `results`, `outputs`), which the original's ensemble scripts read (`outputs`).
 - `llava eval scienceqa-requery DIR --ours OURS.jsonl --gpt4 GPT4.json --judge-url URL --judge-model NAME --output
   REQUERY.jsonl`: asks the judge only where the model's and the teacher's answers (as read below) differ, and writes
   its replies as answer lines (`question_id`, `prompt`, `text`), the file `eval_science_qa_gpt4_requery.py` reads as
-  `--requery-result`. The original released no re-query prompt: `REQUERY_PROMPT` is written after the paper's account
-  (§5.2, Table 10: "we prompt GPT-4 again, asking it to provide its own final answer based on the question and two
-  outcomes"); `--prompt FILE` replaces it (fields `{question}`, `{ours}`, `{gpt4}`).
+  `--requery-result`. The original released no re-query prompt: `REQUERY_PROMPT` is written after the paper's
+  description (§5.2: where the two answers differ, GPT-4 is asked again for its own final answer given the question
+  and both outcomes); `--prompt FILE` replaces it (fields `{question}`, `{ours}`, `{gpt4}`).
 - `llava eval scienceqa-ensemble DIR --ours OURS.jsonl --gpt4 GPT4.json [--requery REQUERY.jsonl] --output
   RESULT.json`: the figures in percent. Without `--requery` as `llava/eval/eval_science_qa_gpt4.py` counts them (a
   problem missing from either file is skipped; `complement`: the teacher's answer, the model's where the teacher's is
