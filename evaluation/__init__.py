@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     from processing.llava_data import DataError
     from processing.teacher import TeacherError
 
-    from . import benchmarks, llava_bench, scienceqa, suite
+    from . import benchmarks, llava_bench, scienceqa, scienceqa_gpt4, suite
     from .results import BenchmarkError
 
     parser = argparse.ArgumentParser(prog="llava eval", description="Score a LLaVA checkpoint on a benchmark.")
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
             benchmarks.benchmark_module(benchmark).add_arguments(subparser)
         else:
             benchmarks.add_arguments(subparser, benchmark)
+    scienceqa_gpt4.add_commands(commands)
     suite.add_arguments(commands.add_parser("suite", help="every benchmark found in eval.zip's layout, one table"))
     args = parser.parse_args(argv)
     errors = (CheckpointError, DataError, TeacherError, BenchmarkError, llava_bench.LlavaBenchError)

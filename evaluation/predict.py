@@ -54,13 +54,15 @@ MAX_NEW_TOKENS = VQA_LOADER_ANSWERING["max_new_tokens"]
 @dataclass
 class Question:
     """One question: its conversation up to the question turn (Hugging Face chat format) and its image path;
-    `extras`, keys its answer line carries besides the original's six (MMBench's `round_id`, `options`, ...)."""
+    `extras`, keys its answer line carries besides the original's six (MMBench's `round_id`, `options`, ...);
+    `prefill`, text after the generation prompt that the answer continues."""
 
     question_id: Any
     prompt: str
     messages: list[dict]
     image: str | None
     extras: dict = field(default_factory=dict)
+    prefill: str = ""
 
 
 def _parse(path: Path) -> list:
@@ -237,6 +239,7 @@ def answer_questions(
         ids=[str(question.question_id) for question in questions],
         temperature=temperature,
         top_p=top_p,
+        prefills=[question.prefill for question in questions],
     )
     bar = tqdm(total=answered + len(questions), initial=answered, desc=desc, unit="question", disable=not progress)
     with output.open("a", encoding="utf-8") as file, bar:

@@ -26,25 +26,52 @@ grades G1-6 / G7-12; Average), each `{"accuracy": percent, "correct", "count"}`;
 `accuracy` (a fraction), `columns` (fractions), `column_counts`, `split`; `unparseable`, `missing` and
 every `prediction`. `--lenient` adds a separately labelled score read by a tolerant parser.
 
-The paper's own protocol (v1: its prompt formats as written, sampling, the answer prompter, a random choice for an
-unreadable answer) is another `Protocol` beside `LLAVA_1_5`, not built yet.
+`--protocol v1` is the paper's (90.92%): `scripts/sqa_eval_batch.sh` (537be72, April 2023) and the
+`model_vqa_science.py` / `eval_science_qa.py` of 8959d5c..9fffc4f. The question file is asked as written (its first
+human turn, `<image>` taken out and stripped; from a release folder, `QCM-LEPA` records as `llava data scienceqa`
+writes them), no instruction appended, the image after the text (`text\\n<image>`, the answer line's `prompt`
+likewise), in the `v0` conversation (`--template` to choose another), sampled at temperature 0.7 from `--seed`, up to
+1024 new tokens, stopped at `###`; then the answer prompter, which the original runs on every answer when
+`--answer-prompter` is given (the paper's script gives it, and a `QCM-LEPA` model stops at the `###` before its
+answer): the prompt, the reasoning, ` ###\\nANSWER:`, up to 64 more tokens, and the text `reasoning` +
+`\\n The answer is ` + that. Scored as that era's `eval_science_qa.py`: only the problems with an answer count, an
+answer is read only by `The answer is X.` found once, and an unread one (or a letter past the choices) is a random
+option, drawn from `random.Random(--seed)` as the script draws from `random` (two draws per problem; the first
+decides), counted apart as `random_choices`; `score` is the accuracy over the answered problems, and the results go to
+`OUTPUT/scienceqa_v1_results.json`, the answers to `OUTPUT/scienceqa_v1_answers.jsonl` (the reasoning and the
+prompter's continuations in `scienceqa_v1_reasoning.jsonl` / `scienceqa_v1_prompter.jsonl`, each resumable).
+`--protocol v1-rerun` is the August 2023 rerun (273f4d4): `QCM-LEA`, `llava_v1`, temperature 0.2, the image first, no
+prompter. April's script answered in `conv_templates["simple"]` (a LLaVA system prompt and a "Hi!" exchange, the
+prompt ending at the human turn's `###`); the plugin's `v0` is the conversation the paper's checkpoints were trained
+in (`conv_vicuna_v0`), with `Assistant:` as its generation prompt.
 """
 
 import argparse
 import json
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import set_seed
+
 from hub_cards.model_card import refresh_card_after_eval
+from modeling_llava import use_template
 from processing.conversation import user_message
 from processing.generation import add_decoding_arguments, load_llava
 from processing.llava_data import outside_folder
-from processing.scienceqa_data import LETTERS, ScienceQAError, llava15_question, llava_record, read_release
+from processing.scienceqa_data import (
+    LETTERS,
+    PROMPT_FORMATS,
+    ScienceQAError,
+    llava15_question,
+    llava_record,
+    read_release,
+)
 
 from .predict import Question, answer_file, model_name
-from .results import read_answers, results_path, write_results
-from .sharding import process_device, process_share
+from .results import read_answers, results_path, write_results, write_whole
+from .sharding import all_done, process_device, process_share
 
 NAME = "scienceqa"
 RESULTS_NAME = results_path(".", NAME).name
@@ -57,6 +84,7 @@ SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science
 OPTIONS = tuple(LETTERS)
 # Verbatim from eval_science_qa.py: the "." is any one character, and it must be there.
 _PAPER_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+FAILED = "FAILED"
 
 # The letter stays upper case, so that "a" in prose never counts. Leading: "A", "(A)", "A.", "A. text", "(A) text",
 # "A\ntext", "Answer: A"; else one letter in "The answer is A." (a reply that names two has no answer).
@@ -72,11 +100,26 @@ class Protocol:
     layout: str  # the question layout asked from a release folder
     instruction: str | None  # appended on its own line to every question (`--single-pred-prompt`)
     max_new_tokens: int
+    template: str | None = None  # the script's --conv-mode; None: the checkpoint's own
+    temperature: float = 0.0
+    answer_prompter: bool = False  # the second pass after ` ###\nANSWER:` (`--answer-prompter`)
+    image_last: bool = False  # the image after the question text, as model_vqa_science.py of April 2023 placed it
+    benchmark: str = NAME  # the results file's name
 
 
 # scripts/v1_5/eval/sqa.sh: llava_test_CQM-A.json, --single-pred-prompt, --temperature 0, --conv-mode vicuna_v1;
 # model_vqa_science.py: max_new_tokens=1024.
 LLAVA_1_5 = Protocol("1.5", "llava-1.5", INSTRUCTION, 1024)
+# The paper's run: scripts/sqa_eval_batch.sh (537be72) asks llava_test_QCM-LEPA.json with --answer-prompter and
+# model_vqa_science.py (8959d5c..9fffc4f): sampled at temperature 0.7, up to 1024 new tokens (64 after the prompter),
+# the image after the question, the paper's `###` conversation.
+V1 = Protocol("v1", "QCM-LEPA", None, 1024, "v0", 0.7, True, True, "scienceqa-v1")
+# The August 2023 rerun: sqa_eval_batch.sh (273f4d4) asks llava_test_QCM-LEA.json with --conv-mode llava_v1 and no
+# prompter; model_vqa_science.py (181a2f8..ce1aa08) samples at 0.2 with the image first.
+V1_RERUN = Protocol("v1-rerun", "QCM-LEA", None, 1024, "llava_v1", 0.2, False, False, "scienceqa-v1")
+PROTOCOLS = {protocol.name: protocol for protocol in (LLAVA_1_5, V1, V1_RERUN)}
+# model_vqa_science.py's answer prompter: the reasoning, then this, then up to 64 new tokens.
+PROMPTER_CUE, PROMPTER_TOKENS, PROMPTER_JOIN = " ###\nANSWER:", 64, "\n The answer is "
 
 
 def question_text(pid: str, problem: dict, layout: str) -> str:
@@ -84,10 +127,12 @@ def question_text(pid: str, problem: dict, layout: str) -> str:
     question file (`value.replace('<image>', '').strip()`)."""
     if layout == "llava-1.5":
         text = llava15_question(problem)
-    elif layout == "base":
-        text = llava_record(pid, problem, "CQM-A")["conversations"][0]["value"]
+    elif layout == "base" or layout in PROMPT_FORMATS:
+        text = llava_record(pid, problem, "CQM-A" if layout == "base" else layout)["conversations"][0]["value"]
     else:
-        raise ScienceQAError(f"Unknown prompt layout {layout!r}; the layouts are {', '.join(LAYOUTS)}.")
+        raise ScienceQAError(
+            f"Unknown prompt layout {layout!r}; the layouts are {', '.join(LAYOUTS)} and the paper's prompt formats."
+        )
     return text.replace("<image>", "").strip()
 
 
@@ -111,6 +156,36 @@ def paper_choice(text: str, num_choices: int) -> int | None:
         found = _PAPER_ANSWER_IS.findall(text)
         letter = found[0] if len(found) == 1 else None  # two matches fail even when they agree
     return OPTIONS.index(letter) if letter in OPTIONS[:num_choices] else None
+
+
+def read_letter(text: str) -> str:
+    """The letter the paper-era scripts (`eval_science_qa.py` before ce1aa08, the ensemble scripts) read from an
+    answer: `The answer is X` and any one character, found exactly once; else `FAILED`."""
+    found = _PAPER_ANSWER_IS.findall(text)
+    return found[0] if len(found) == 1 else FAILED
+
+
+def pick(letter: str, num_choices: int, rng: random.Random) -> int:
+    """Their `get_pred_idx`: the letter's option index, or a random option for FAILED or a letter past the choices."""
+    if letter in OPTIONS[:num_choices]:
+        return OPTIONS.index(letter)
+    return rng.choice(range(num_choices))
+
+
+class PaperEraChoice:
+    """`read_choice` of the v1 protocol, as the paper-era `eval_science_qa.py` (8959d5c..22477ae) reads an answer:
+    `read_letter`, and a random option (from `random.Random(seed)`, the scorer's `random` after `random.seed(seed)`)
+    where it reads none. The scorer calls `get_pred_idx` twice per problem (the second draw fills its `results`, the
+    first decides), so two options are drawn: the figures equal the script's for the same seed."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def __call__(self, text: str, num_choices: int) -> int:
+        letter = read_letter(text)
+        choice = pick(letter, num_choices, self.rng)
+        pick(letter, num_choices, self.rng)
+        return choice
 
 
 def lenient_choice(text: str, num_choices: int) -> int | None:
@@ -165,13 +240,16 @@ def _image_path(root: Path, split: str, relative: str, pid: str, allow_outside: 
 
 def _question(pid: str, text: str, image: Path | None, protocol: Protocol) -> Question:
     """A question as `model_vqa_science.py` asks it: the image first, the instruction on the last line; its `prompt`
-    is the answer line's (`<image>\\n` + text + instruction)."""
+    is the answer line's (`<image>\\n` + text + instruction). With `protocol.image_last` (April 2023) the image comes
+    after the text and a line break, and the `prompt` is text + `\\n<image>`."""
     if protocol.instruction:
         text = f"{text}\n{protocol.instruction}"
-    prompt = text if image is None else f"<image>\n{text}"
-    return Question(
-        pid, prompt, [user_message(text, images=int(image is not None))], None if image is None else str(image)
-    )
+    if image is None:
+        return Question(pid, text, [user_message(text)], None)
+    if protocol.image_last:
+        content = [{"type": "text", "text": f"{text}\n"}, {"type": "image"}]
+        return Question(pid, f"{text}\n<image>", [{"role": "user", "content": content}], str(image))
+    return Question(pid, f"<image>\n{text}", [user_message(text, images=1)], str(image))
 
 
 def read_questions(
@@ -282,6 +360,23 @@ def _part(correct: int, count: int) -> dict:
     return {"accuracy": 100 * correct / count if count else None, "correct": correct, "count": count}
 
 
+def score_v1(answers: list[dict], problems: dict[str, dict], pids: list[str], seed: int = 0) -> dict:
+    """Scores answer lines as the paper-era `eval_science_qa.py` (8959d5c..22477ae) does: only the problems that have
+    an answer count, an answer is read by `read_letter` alone, and an unread one is a random option (`PaperEraChoice`);
+    `random_choices` lists the problems so decided. `score` is the accuracy over all answered problems (the paper's
+    90.92), with ScienceQA's columns beside."""
+    answered = {str(answer["question_id"]) for answer in answers}
+    counted = [pid for pid in pids if pid in answered]
+    results = score(answers, problems, counted, PaperEraChoice(seed))
+    randomized = [
+        {"pid": p["pid"], "output": p["output"]}
+        for p in results["predictions"]
+        if read_letter(p["output"]) not in OPTIONS[: len(problems[p["pid"]]["choices"])]
+    ]
+    missing = [pid for pid in pids if pid not in answered]
+    return results | {"score": results["parts"]["Total"]["accuracy"], "missing": missing, "random_choices": randomized}
+
+
 def score_file(
     answers: str | Path,
     data: str | Path,
@@ -289,19 +384,77 @@ def score_file(
     split: str = "test",
     lenient: bool = False,
     model: str | None = None,
+    protocol: Protocol = LLAVA_1_5,
+    seed: int = 0,
 ) -> dict:
-    """Scores an answer file in `model_vqa_science.py`'s shape against the release and writes the results file."""
+    """Scores an answer file in `model_vqa_science.py`'s shape against the release as `protocol`'s scorer does and
+    writes the results file."""
     lines = read_answers(answers, ("question_id", "prompt", "text"))
     _, problems, pids = _release(Path(data), split)
-    results = score(lines, problems, pids)
+    results = score(lines, problems, pids) if protocol is LLAVA_1_5 else score_v1(lines, problems, pids, seed)
     extra = {key: value for key, value in results.items() if key not in ("score", "parts")}
-    extra |= {"scoring": "paper", "protocol": LLAVA_1_5.name, "split": split, "answers": str(answers), "model": model}
+    extra |= {"scoring": "paper", "protocol": protocol.name, "split": split, "answers": str(answers), "model": model}
+    if protocol is not LLAVA_1_5:
+        extra["seed"] = seed
     if lenient:
         extra["lenient"] = {
             k: v for k, v in score(lines, problems, pids, lenient_choice).items() if k != "predictions"
         }
-    write_results(output_dir, NAME, results["score"], results["parts"], **extra)
+    write_results(output_dir, protocol.benchmark, results["score"], results["parts"], **extra)
     return {"score": results["score"], "parts": results["parts"], **extra}
+
+
+def _prompted(reasoning: dict, question: Question) -> Question:
+    """The answer prompter's question: the reasoning written after the generation prompt, then ` ###\\nANSWER:`.
+    April 2023's prompt ended with the human turn's `###` and the model wrote `Assistant: ` itself; the `v0` template
+    writes `Assistant:`, so a space joins it to the reasoning and the text the model continues is the same."""
+    return Question(
+        question.question_id,
+        question.prompt,
+        question.messages,
+        question.image,
+        {},
+        f" {reasoning['text']}{PROMPTER_CUE}",
+    )
+
+
+def answer_v1(
+    questions: list[Question],
+    output_dir: Path,
+    load,
+    model_id: str,
+    protocol: Protocol,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    answer_prompter: bool,
+    static_cache: bool | None,
+) -> Path:
+    """Answers as the v1 protocol's `model_vqa_science.py` does, resumably, and returns the answer file: sampled at
+    `temperature`; with `answer_prompter`, each reasoning (in `scienceqa_v1_reasoning.jsonl`) is continued after
+    ` ###\\nANSWER:` for up to 64 tokens (`scienceqa_v1_prompter.jsonl`) and the answer line's text is the reasoning,
+    `\\n The answer is ` and that continuation, as the original joins them."""
+    answers = output_dir / f"{protocol.benchmark.replace('-', '_')}_answers.jsonl"
+    first = output_dir / "scienceqa_v1_reasoning.jsonl" if answer_prompter else answers
+    answer_file(questions, first, load, model_id, batch_size, max_new_tokens, temperature, static_cache=static_cache)
+    if not answer_prompter:
+        return answers
+    rank, world = process_share()
+    if world > 1:
+        all_done(0)  # process 0 has merged the reasoning of every process
+    reasoning = {str(line["question_id"]): line for line in read_answers(first)}
+    prompted = [_prompted(reasoning[str(question.question_id)], question) for question in questions]
+    second = output_dir / "scienceqa_v1_prompter.jsonl"
+    answer_file(prompted, second, load, model_id, batch_size, PROMPTER_TOKENS, temperature, static_cache=static_cache)
+    if rank != 0:
+        return answers
+    continued = {str(line["question_id"]): line["text"] for line in read_answers(second)}
+    lines = [
+        reasoning[key] | {"text": reasoning[key]["text"] + PROMPTER_JOIN + continued[key]}
+        for key in (str(question.question_id) for question in questions)
+    ]
+    write_whole(answers, lambda staging: staging.write_text("".join(json.dumps(line) + "\n" for line in lines)))
+    return answers
 
 
 def evaluate(
@@ -319,22 +472,53 @@ def evaluate(
     dtype: str = "auto",
     quantization: str | None = None,
     template: str | None = None,
+    protocol: Protocol = LLAVA_1_5,
+    temperature: float | None = None,
+    answer_prompter: bool | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Answers the questions of `split` that `OUTPUT/scienceqa_answers.jsonl` does not answer yet, then scores it."""
-    questions = read_questions(data, split, layout, LLAVA_1_5, allow_images_outside_folder)
-    answers = Path(output_dir) / ANSWERS_NAME
+    """Answers the questions of `split` that the answer file does not answer yet, then scores it. The v1 protocols
+    answer in their template (`template` overrides it), sampled at their temperature (or `temperature`) from
+    `seed`, with their answer prompter (or `answer_prompter`)."""
+    questions = read_questions(data, split, layout, protocol, allow_images_outside_folder)
+    template = template or protocol.template
+    output_dir = Path(output_dir)
+
+    loaded = []  # the prompter's pass answers with the model of the first
 
     def load():
-        return load_llava(
-            model_path, process_device(device), dtype=dtype, quantization=quantization, template=template
-        )
+        if not loaded:
+            model, processor = load_llava(model_path, process_device(device), dtype=dtype, quantization=quantization)
+            if template is not None:  # the script's --conv-mode; the in-place variant keeps April's image after text
+                use_template(processor, template, image_in_place=protocol.image_last)
+            loaded.append((model, processor))
+        if protocol is not LLAVA_1_5:
+            set_seed(seed)  # each pass from the seed: a pass answered again after a stop samples what it sampled
+        return loaded[0]
 
-    answer_file(
-        questions, answers, load, model_name(model_path), batch_size, max_new_tokens, static_cache=static_cache
-    )
+    if protocol is LLAVA_1_5:
+        answers = output_dir / ANSWERS_NAME
+        answer_file(
+            questions, answers, load, model_name(model_path), batch_size, max_new_tokens, static_cache=static_cache
+        )
+    else:
+        temperature = protocol.temperature if temperature is None else temperature
+        prompter = protocol.answer_prompter if answer_prompter is None else answer_prompter
+        answers = answer_v1(
+            questions,
+            output_dir,
+            load,
+            model_name(model_path),
+            protocol,
+            batch_size,
+            max_new_tokens,
+            temperature,
+            prompter,
+            static_cache,
+        )
     if process_share()[0] != 0:  # process 0 scores the merged answers
         return {}
-    return score_file(answers, data, output_dir, split, lenient, str(model_path))
+    return score_file(answers, data, output_dir, split, lenient, str(model_path), protocol, seed)
 
 
 def print_report(results: dict, path: Path) -> None:
@@ -348,9 +532,13 @@ def print_report(results: dict, path: Path) -> None:
     print("  ".join(f"{column} {100 * value:.2f}" for column, value in results["columns"].items()))
     unread = [item["pid"] for item in results["unparseable"]]
     if results["missing"]:
-        print(
-            f"{len(results['missing'])} problems have no answer (counted wrong): {', '.join(results['missing'][:20])}"
-        )
+        how = "not counted, as the paper-era scorer" if "random_choices" in results else "counted wrong"
+        print(f"{len(results['missing'])} problems have no answer ({how}): {', '.join(results['missing'][:20])}")
+    if "random_choices" in results:
+        randomized = [item["pid"] for item in results["random_choices"]]
+        listed = ", ".join(randomized[:20]) + (" ..." if len(randomized) > 20 else "")
+        print(f"{len(randomized)} answers unread, decided by a random option (seed {results['seed']}): {listed}")
+        unread = []
     if unread:
         listed = ", ".join(unread[:20]) + (" ..." if len(unread) > 20 else "")
         print(f"{len(unread)} answers the original's scorer cannot read (counted wrong; all in the results): {listed}")
@@ -365,11 +553,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ScienceQA release folder, or LLaVA's question file in one")
     parser.add_argument("--split", default="test", help="split of pid_splits.json (and the image folder's name)")
     parser.add_argument(
-        "--prompt-layout",
-        choices=LAYOUTS,
-        help="questions from a release folder: llava-1.5 (default; eval.zip's llava_test_CQM-A.json) or base (the "
-        "paper's base-prompt CQM-A)",
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default=LLAVA_1_5.name,
+        help="1.5 (default: greedy, CQM-A with the letter instruction, IMG accuracy); v1 (the paper: QCM-LEPA, v0, "
+        "sampled at 0.7, the answer prompter, a random option for an unread answer); v1-rerun (August 2023: QCM-LEA, "
+        "llava_v1, sampled at 0.2)",
     )
+    parser.add_argument(
+        "--prompt-layout",
+        choices=(*LAYOUTS, *PROMPT_FORMATS),
+        metavar="LAYOUT",
+        help="questions from a release folder: llava-1.5 (the 1.5 default; eval.zip's llava_test_CQM-A.json), base "
+        "(the paper's base-prompt CQM-A) or one of the paper's prompt formats (QCM-LEPA, the v1 default, ...)",
+    )
+    parser.add_argument("--temperature", type=float, help="v1 protocols: sampling temperature (default: protocol's)")
+    parser.add_argument(
+        "--answer-prompter",
+        action=argparse.BooleanOptionalAction,
+        help="v1 protocols: the second pass after ' ###\\nANSWER:' (default: on for v1, off for v1-rerun)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="v1 protocols: seeds sampling and the random option")
     parser.add_argument(
         "--output-dir", help=f"where {RESULTS_NAME} and {ANSWERS_NAME} go (default: the model folder, for its card)"
     )
@@ -387,11 +591,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if (args.model is None) == (args.answers is None):
         raise ScienceQAError("Give a checkpoint to answer with, or --answers FILE to score, not both.")
+    protocol = PROTOCOLS[args.protocol]
+    if protocol is LLAVA_1_5 and (args.temperature is not None or args.answer_prompter is not None):
+        raise ScienceQAError("--temperature and --answer-prompter belong to --protocol v1 / v1-rerun (1.5 is greedy).")
     if args.answers is not None:
         if args.output_dir is None:
             raise ScienceQAError("Say where the results go with --output-dir.")
-        results = score_file(args.answers, args.data, args.output_dir, args.split, args.lenient)
-        print_report(results, results_path(args.output_dir, NAME))
+        results = score_file(
+            args.answers, args.data, args.output_dir, args.split, args.lenient, protocol=protocol, seed=args.seed
+        )
+        print_report(results, results_path(args.output_dir, protocol.benchmark))
         return
     if args.output_dir is None and not Path(args.model).is_dir():
         raise ScienceQAError(f"{args.model!r} is not a local folder: say where the results go with --output-dir.")
@@ -411,22 +620,33 @@ def run(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         quantization=args.quantization,
         template=args.template,
+        protocol=protocol,
+        temperature=args.temperature,
+        answer_prompter=args.answer_prompter,
+        seed=args.seed,
     )
     if not results:  # another process than the first: process 0 reports
         return
-    print_report(results, results_path(output_dir, NAME))
+    print_report(results, results_path(output_dir, protocol.benchmark))
     print(refresh_card_after_eval(output_dir, args.overwrite_card))
 
 
 __all__ = [
     "LLAVA_1_5",
+    "PROTOCOLS",
+    "V1",
+    "V1_RERUN",
+    "PaperEraChoice",
     "Protocol",
     "ScienceQAError",
     "evaluate",
     "lenient_choice",
     "paper_choice",
+    "pick",
     "question_text",
+    "read_letter",
     "read_questions",
     "score",
     "score_file",
+    "score_v1",
 ]

@@ -197,13 +197,14 @@ def chat_template(name: str, image_in_place: bool = False) -> str:
 CHAT_TEMPLATES = {name: chat_template(name) for name in _BODIES}
 
 
-def use_template(processor, name: str) -> None:
+def use_template(processor, name: str, image_in_place: bool = False) -> None:
     """Makes `CHAT_TEMPLATES[name]` the processor's default chat template, keeping its other named ones: what a
-    checkpoint trained with `name` answers in, or what `--template` asks of a checkpoint at inference."""
+    checkpoint trained with `name` answers in, or what `--template` asks of a checkpoint at inference. With
+    `image_in_place`, its variant that renders an image where the message puts it (`chat_template`)."""
     if name not in CHAT_TEMPLATES:
         raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(CHAT_TEMPLATES)}.")
     named = processor.chat_template if isinstance(processor.chat_template, dict) else {}
-    processor.chat_template = {**named, "default": CHAT_TEMPLATES[name]}
+    processor.chat_template = {**named, "default": chat_template(name, image_in_place)}
 
 
 def stop_string(processor) -> str | None:
@@ -211,7 +212,10 @@ def stop_string(processor) -> str | None:
     or None."""
     template = processor.chat_template
     template = template.get("default") if isinstance(template, dict) else template
-    return next((STOP_STRINGS[name] for name in STOP_STRINGS if CHAT_TEMPLATES[name] == template), None)
+    return next(
+        (STOP_STRINGS[name] for name in STOP_STRINGS if template in (chat_template(name), chat_template(name, True))),
+        None,
+    )
 
 
 VICUNA_V1, LLAVA_V1, V0, PLAIN = (CHAT_TEMPLATES[name] for name in ("vicuna_v1", "llava_v1", "v0", "plain"))

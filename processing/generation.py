@@ -203,6 +203,7 @@ def generate_answers(
     ids: list[str] | None = None,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    prefills: list[str] | None = None,
 ) -> Iterator[list[str]]:
     """Yields, batch after batch, the answer to each `conversations[i]` about `images[i]` (None: no image), stripped
     of whitespace: a caller can write each batch's answers before the next is generated (`llava predict`).
@@ -210,9 +211,11 @@ def generate_answers(
     Greedy where `temperature` is 0; sampled at `temperature` with nucleus `top_p` otherwise, as the original's
     `do_sample=True if temperature > 0` (other filters, such as transformers' default `top_k` of 50, are the
     checkpoint's generation config, as there), from torch's global generator (seed it with `transformers.set_seed`:
-    the same seed and batches give the same answers). Images (paths or PIL images) are decoded as training decodes them
-    (`processing.images.open_image`); one that cannot be read raises a `DataError` naming `ids[i]` (default: `#i`) and
-    the file. `static_cache` decodes with a static KV cache (see `decoding_kwargs`; default: on a GPU).
+    the same seed and batches give the same answers). `prefills[i]`, where given, is text written after the
+    generation prompt, which the answer continues (the original's ScienceQA answer prompter). Images (paths or PIL
+    images) are decoded as training decodes them (`processing.images.open_image`); one that cannot be read raises a
+    `DataError` naming `ids[i]` (default: `#i`) and the file. `static_cache` decodes with a static KV cache (see
+    `decoding_kwargs`; default: on a GPU).
     """
     if len(conversations) != len(images):
         raise ValueError(f"Got {len(conversations)} conversations but {len(images)} image entries; give one each.")
@@ -221,8 +224,11 @@ def generate_answers(
     sampling = sampling_arguments(temperature, top_p)
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start : start + batch_size]
-        prompts = [processor.apply_chat_template(turns, add_generation_prompt=True) for turns in batch]
         positions = range(start, start + len(batch))
+        prompts = [
+            processor.apply_chat_template(turns, add_generation_prompt=True) + (prefills[i] if prefills else "")
+            for i, turns in zip(positions, batch, strict=True)
+        ]
         batch_images = [[] if images[i] is None else [open_image(ids[i], images[i], background)] for i in positions]
         inputs = processor(
             images=batch_images if any(batch_images) else None,
