@@ -176,7 +176,7 @@ def apply_delta(delta: dict[str, torch.Tensor], base: Path, where: str) -> dict[
     errors. A base that is not the delta's LLaMA (a weight missing on either side, another shape) is an error.
     """
     target, missing = dict(delta), set(delta)
-    with tqdm(desc="applying delta", total=len(delta), unit="tensor", leave=False) as progress:
+    with tqdm(desc="applying delta", unit="tensor", leave=False) as progress:
         for name, base_tensor in iter_weights(base, desc="reading the base"):
             if name.endswith(SAVED_BUFFERS):
                 continue
