@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from modeling_llava.convert_checkpoint import apply_delta, convert, read_weights
 from processing.lengths import sample_length, tokenization_key
 from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs
 from tests.original_llava import HUMAN_SYSTEM, PAPER_TOKENS, V0_EXAMPLE, paper_prompt_ids, save_paper_original
+from tests.test_loading import remote_code_pythons
 
 QUESTION_TEXT = "What is the colour of the square?"
 
@@ -118,9 +118,11 @@ def test_a_paper_checkpoint_answers_with_the_originals_ids_and_logits(
     assert generated[0, inputs["input_ids"].shape[1] :].tolist() == greedy
 
 
-def test_the_framing_survives_saving_and_remote_code(tmp_path, paper_checkpoint):
+@pytest.mark.parametrize("python", remote_code_pythons())
+def test_the_framing_survives_saving_and_remote_code(tmp_path, paper_checkpoint, python):
     """`image_start_token_id` / `image_end_token_id` and the processor's framing tokens are saved and reloaded, also
-    by the shipped code in a process that cannot import this package (same logits and greedy tokens)."""
+    by the shipped code in a process that cannot import this package, with this interpreter's transformers and with
+    the oldest one supported for remote code (same logits and greedy tokens)."""
     convert(paper_checkpoint, tmp_path / "plugin", template="v0")
     saved = json.loads((tmp_path / "plugin" / "config.json").read_text())
     tokenizer = AutoProcessor.from_pretrained(tmp_path / "plugin").tokenizer
@@ -139,7 +141,7 @@ def test_the_framing_survives_saving_and_remote_code(tmp_path, paper_checkpoint)
     script.write_text(textwrap.dedent(REMOTE_SCRIPT))
     out = tmp_path / "remote.safetensors"
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "plugin"), str(image_path), json.dumps(QUESTION)]
+        [python, str(script), str(tmp_path / "plugin"), str(image_path), json.dumps(QUESTION)]
         + [json.dumps(GREEDY), str(out)],
         cwd=tmp_path,
         env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
