@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     convert_parser.add_argument("--to", choices=["plugin", "llava-hf"], default="plugin")
     convert_parser.add_argument("--vision-tower", help="local copy of the tower an original checkpoint names")
     convert_parser.add_argument(
+        "--delta-base",
+        metavar="LLAMA_DIR",
+        help="SRC is an original delta release (the paper's LLaVA-13b-delta-v0, ...): the LLaMA it is added to",
+    )
+    convert_parser.add_argument(
         "--template",
         choices=TEMPLATES,
         default="vicuna_v1",
@@ -235,7 +240,14 @@ def main(argv: list[str] | None = None) -> None:
         from modeling_llava.convert_checkpoint import convert
 
         try:
-            convert(args.source, args.destination, to=args.to, vision_tower=args.vision_tower, template=args.template)
+            convert(
+                args.source,
+                args.destination,
+                to=args.to,
+                vision_tower=args.vision_tower,
+                template=args.template,
+                delta_base=args.delta_base,
+            )
         except (OSError, ValueError) as error:  # a bad source or destination: the message says which and why
             fail("convert", error)
         print(f"Converted checkpoint written to {args.destination}")

@@ -11,7 +11,8 @@ stage 1's format: the image, then the caption and a newline, the user's words dr
 `llava/train/train.py` and `llava/conversation.py`; the text and masking unchanged for `--version v0` up to 053c284,
 August 2023) renders it, which differs between training and answering. An image is one `<image>` token run, its
 neighbours tokenized as `tokenizer_image_token` does (053c284's v0 path): 8959d5c wrote `<im_start>`, the patch
-tokens and `<im_end>` into the text instead, which this plugin's single image token has no counterpart for.
+tokens and `<im_end>` into the text instead, which the processor of a converted paper checkpoint writes around each
+image's run (`image_start_token`, `image_end_token`).
 
 - training (no generation prompt) renders as `preprocess` with `_add_speaker_and_signal`: the system prompt of
   `default_conversation` (`conv_vicuna_v0`'s, "a curious human"), a blank line, every turn as

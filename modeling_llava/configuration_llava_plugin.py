@@ -71,6 +71,12 @@ class LlavaPluginConfig(LlavaConfig):
             vision width must then equal the text width).
         image_seq_length (`int`, *optional*):
             Image tokens per image. Derived from the vision config when not given; a given value must agree.
+        image_start_token_id (`int`, *optional*):
+            The token before each image's tokens (`<im_start>`), in the checkpoints of the paper (April-June 2023,
+            `mm_use_im_start_end`), which frame every image; the model checks the framing. None (LLaVA-1.5 and
+            later) frames nothing.
+        image_end_token_id (`int`, *optional*):
+            The token after each image's tokens (`<im_end>`), with `image_start_token_id`.
 
     Example:
 
@@ -87,9 +93,16 @@ class LlavaPluginConfig(LlavaConfig):
 
     projector_type: str = "mlp2x_gelu"
     image_seq_length: int | None = None
+    image_start_token_id: int | None = None
+    image_end_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if (self.image_start_token_id is None) != (self.image_end_token_id is None):
+            raise ValueError(
+                f"image_start_token_id={self.image_start_token_id} and image_end_token_id={self.image_end_token_id}: "
+                "the two frame each image together, give both or neither."
+            )
         self._check_vision_tower()
         self._check_projector()
         derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)

@@ -23,6 +23,12 @@ others, which no image position ever reads). Original settings become config and
 `mm_vision_select_layer` -> `vision_feature_layer`, `mm_vision_select_feature` (`patch`/`cls_patch`) ->
 `vision_feature_select_strategy` (`default`/`full`), `image_aspect_ratio=pad` -> the processor's pad-to-square.
 
+The paper's checkpoints (April-June 2023: `LLaVA-13b-delta-v0`, `LLaVA-7b-delta-v0`, `LLaVA-13b-delta-v0-science_qa`,
+`LLaVA-Lightning-7B-delta-v1-1`) are original ones too (`"model_type": "llava"`, `mm_vision_tower`), released as
+deltas to LLaMA (`apply_delta`, `--delta-base`), with a `[PAD]` token and `<im_patch>`, `<im_start>`, `<im_end>`
+appended to LLaMA's vocabulary; `mm_use_im_start_end` becomes the processor's image framing and the config's
+`image_start_token_id` / `image_end_token_id`.
+
 Weights keep their dtypes and the source's shard size; DST is written beside its final place and renamed into it, so
 a conversion that fails half-way leaves nothing at DST.
 """
@@ -67,6 +73,7 @@ ORIGINAL_ONLY = {
     "freeze_mm_mlp_adapter",
     "unfreeze_mm_vision_tower",
     "use_mm_proj",
+    "sep_image_conv_front",
     "tokenizer_model_max_length",
     "tokenizer_padding_side",
 }
@@ -79,6 +86,15 @@ SHARED_CONFIG_FIELDS = (
     "tie_word_embeddings",
 )
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
+# The paper's checkpoints (`mm_use_im_start_end`) frame each image's patch tokens with these two tokens of their own
+# tokenizer (`llava/model/llava.py`, April-June 2023: `<im_start>` + 256 `<im_patch>` + `<im_end>`).
+IMAGE_FRAME = ("<im_start>", "<im_end>")
+# Weights of an original LLaVA that its LLM has no counterpart of: a delta holds them as they are (`apply_delta.py`).
+DELTA_OWN_PREFIXES = ("model.mm_projector.", "model.vision_tower.")
+# Rows that the original's training appended ([PAD], <im_patch>, <im_start>, <im_end>): the delta is wider there.
+DELTA_GROWN = ("model.embed_tokens.weight", "lm_head.weight")
+# Buffers that the transformers of the original's day saved with the weights; today's models rebuild them.
+SAVED_BUFFERS = (".position_ids", ".rotary_emb.inv_freq")
 # In-memory prefix of transformers' LlavaForConditionalGeneration -> the prefix released llava-hf checkpoints
 # (llava-hf/llava-1.5-7b-hf) use. vLLM's LlavaForConditionalGeneration loads these names as they are.
 LLAVA_HF_RELEASE_PREFIXES = {
@@ -87,9 +103,8 @@ LLAVA_HF_RELEASE_PREFIXES = {
     "model.multi_modal_projector.": "multi_modal_projector.",
     "model.vision_tower.": "vision_tower.",
 }
-# Original fields that describe LLaVA-NeXT / v1-preview features this format has no place for.
+# Original fields that describe LLaVA-NeXT features this format has no place for.
 UNSUPPORTED = {
-    "mm_use_im_start_end": (True, "image start/end tokens around each image (LLaVA v1 preview checkpoints)"),
     "image_aspect_ratio": ("anyres", "LLaVA-NeXT's any-resolution tiling"),
     "mm_patch_merge_type": ("spatial_unpad", "LLaVA-NeXT's unpadded patch merging"),
 }
@@ -129,26 +144,71 @@ def detect_format(source: str | Path) -> Format:
     return checkpoint_format(json.loads(config_path.read_text()), str(config_path))
 
 
-def read_weights(source: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint folder, in its stored dtype.
+def iter_weights(source: Path, desc: str = "reading weights") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a checkpoint folder, shard by shard, in its stored dtype.
 
     Safetensors are memory-mapped. The original repository's releases are `pytorch_model-*.bin` only; those are read
-    with `torch.load(weights_only=True)`, which accepts tensors and nothing executable.
+    with `torch.load(weights_only=True, mmap=True)`, which accepts tensors and nothing executable.
     """
-    files = sorted(source.glob("*.safetensors"))
-    if files:
-        weights = {}
-        for file in tqdm(files, desc="reading weights", leave=False, disable=len(files) < 2):
-            with safe_open(file, framework="pt") as handle:
-                weights.update({name: handle.get_tensor(name) for name in handle.keys()})
-        return weights
-    files = sorted(source.glob("pytorch_model*.bin"))
+    files = sorted(source.glob("*.safetensors")) or sorted(source.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"{str(source)!r} holds no weights (*.safetensors or pytorch_model*.bin).")
-    weights = {}
-    for file in tqdm(files, desc="reading weights", leave=False, disable=len(files) < 2):
-        weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-    return weights
+    for file in tqdm(files, desc=desc, leave=False, disable=len(files) < 2):
+        if file.suffix == ".safetensors":
+            with safe_open(file, framework="pt") as handle:
+                yield from ((name, handle.get_tensor(name)) for name in handle.keys())
+        else:
+            yield from torch.load(file, map_location="cpu", weights_only=True, mmap=True).items()
+
+
+def read_weights(source: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, in its stored dtype (see `iter_weights`)."""
+    return dict(iter_weights(source))
+
+
+def apply_delta(delta: dict[str, torch.Tensor], base: Path, where: str) -> dict[str, torch.Tensor]:
+    """The paper's released weights from their delta: the original's `llava/model/apply_delta.py` rule.
+
+    Every LLM weight of the delta gets the base LLaMA's weight added, in the delta's dtype (the original adds in
+    float16, the dtype of both its loads); `model.embed_tokens` and `lm_head`, wider in the delta by the tokens the
+    original's training appended, get it added to their first rows only. The projector (and a saved vision tower)
+    has no counterpart in the base and is kept as it is. The base is read shard by shard; `where` names the delta in
+    errors. A base that is not the delta's LLaMA (a weight missing on either side, another shape) is an error.
+    """
+    target, missing = dict(delta), set(delta)
+    with tqdm(desc="applying delta", unit="tensor", leave=False) as progress:
+        for name, base_tensor in iter_weights(base, desc="reading the base"):
+            if name.endswith(SAVED_BUFFERS):
+                continue
+            if name not in delta:
+                raise ValueError(
+                    f"The base {str(base)!r} has {name!r}, which the delta {where!r} lacks: pass the LLaMA the "
+                    "delta was made from as --delta-base."
+                )
+            tensor = delta[name]
+            rows = tuple(slice(0, size) for size in base_tensor.shape)
+            fits = base_tensor.shape == tensor.shape or (
+                name in DELTA_GROWN and all(b <= d for b, d in zip(base_tensor.shape, tensor.shape, strict=True))
+            )
+            if base_tensor.dim() != tensor.dim() or not fits:
+                raise ValueError(
+                    f"{name!r} is {tuple(tensor.shape)} in the delta {where!r} but {tuple(base_tensor.shape)} in the "
+                    f"base {str(base)!r}: pass the LLaMA the delta was made from as --delta-base."
+                )
+            summed = tensor.clone()
+            summed[rows] += base_tensor.to(tensor.dtype)
+            target[name] = summed
+            missing.discard(name)
+            progress.update()
+    unmatched = sorted(
+        name for name in missing if not name.startswith(DELTA_OWN_PREFIXES) and not name.endswith(SAVED_BUFFERS)
+    )
+    if unmatched:
+        raise ValueError(
+            f"The delta {where!r} holds {unmatched[:3]} (and {max(len(unmatched) - 3, 0)} more), which the base "
+            f"{str(base)!r} lacks: pass the LLaMA the delta was made from as --delta-base."
+        )
+    return target
 
 
 def shard_size(source: Path) -> int | None:
@@ -167,9 +227,14 @@ def _grow_embeddings(weights: dict[str, torch.Tensor], new_rows: int, names: lis
 
 
 def load_original(
-    source: Path, vision_tower: str | None, template: str
+    source: Path, vision_tower: str | None, template: str, delta_base: str | Path | None = None
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """An original-repository checkpoint (`llava`, `llava_llama`, ...) as a plugin model and processor."""
+    """An original-repository checkpoint (`llava`, `llava_llama`, ...) as a plugin model and processor.
+
+    With `delta_base`, `source` is a delta (the paper's releases, `LLaVA-13b-delta-v0`) and `delta_base` the LLaMA
+    it is added to (`apply_delta`). A checkpoint with `mm_use_im_start_end` (the paper's) frames each image with
+    its tokenizer's `<im_start>` and `<im_end>`, in the processor and the config.
+    """
     raw = json.loads((source / "config.json").read_text())
     if raw.get("model_type") not in ORIGINAL_MODEL_TYPES:
         raise ValueError(
@@ -185,7 +250,10 @@ def load_original(
     if raw.get("mm_vision_select_feature", "patch") not in SELECT_FEATURE:
         raise ValueError(f"Unknown mm_vision_select_feature {raw['mm_vision_select_feature']!r} in {str(source)!r}.")
 
+    frame = IMAGE_FRAME if raw.get("mm_use_im_start_end") else (None, None)
     weights = read_weights(source)
+    if delta_base is not None:
+        weights = apply_delta(weights, Path(delta_base), str(source))
     dtype = weights["model.embed_tokens.weight"].dtype
     text_fields = {key: value for key, value in raw.items() if key not in ORIGINAL_ONLY and not key.startswith("mm_")}
     text_config = AutoConfig.for_model(ORIGINAL_MODEL_TYPES[raw["model_type"]], **text_fields)
@@ -201,6 +269,8 @@ def load_original(
         str(source),
         vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
         pad_to_square=raw.get("image_aspect_ratio") == "pad",
+        image_start_token=frame[0],
+        image_end_token=frame[1],
     )
     processor.chat_template = {"default": CHAT_TEMPLATES[template], **CHAT_TEMPLATES}
 
@@ -213,8 +283,8 @@ def load_original(
     }
     tower_keys = set(tower.state_dict())
     for name, tensor in {**weights, **tower_weights}.items():
-        if name.endswith((".position_ids", ".rotary_emb.inv_freq")):
-            continue  # buffers that the transformers of the original's day saved; today's models rebuild them
+        if name.endswith(SAVED_BUFFERS):
+            continue
         if name.startswith("model.vision_tower.vision_tower."):
             key = name.removeprefix("model.vision_tower.vision_tower.")
             if key not in tower_keys and key.removeprefix("vision_model.") in tower_keys:
@@ -242,6 +312,8 @@ def load_original(
         vision_feature_layer=raw.get("mm_vision_select_layer", -2),
         vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
         image_token_id=tokenizer.convert_tokens_to_ids(processor.image_token),
+        image_start_token_id=tokenizer.convert_tokens_to_ids(frame[0]) if frame[0] else None,
+        image_end_token_id=tokenizer.convert_tokens_to_ids(frame[1]) if frame[1] else None,
         multimodal_projector_bias="model.multi_modal_projector.linear_1.bias" in converted,
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
@@ -299,13 +371,23 @@ def load_llava_hf(source: Path) -> tuple[LlavaPluginForConditionalGeneration, Ll
 
 
 def load_any(
-    source: str | Path, vision_tower: str | None = None, template: str = "vicuna_v1"
+    source: str | Path,
+    vision_tower: str | None = None,
+    template: str = "vicuna_v1",
+    delta_base: str | Path | None = None,
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
-    """Any of the three formats as a plugin model and processor (what `llava chat` and `llava convert` load)."""
+    """Any of the three formats as a plugin model and processor (what `llava chat` and `llava convert` load).
+
+    `delta_base` (the LLaMA an original delta is added to) applies to original checkpoints only."""
     source = Path(source)
     kind = detect_format(source)
+    if delta_base is not None and kind != "original":
+        raise ValueError(
+            f"{str(source)!r} is {FORMAT_NAMES[kind]} checkpoint, not an original LLaVA delta: --delta-base applies "
+            "to the original's delta releases (LLaVA-13b-delta-v0, ...) only."
+        )
     if kind == "original":
-        return load_original(source, vision_tower, template)
+        return load_original(source, vision_tower, template, delta_base)
     if kind == "llava-hf":
         return load_llava_hf(source)
     model = LlavaPluginForConditionalGeneration.from_pretrained(source, dtype="auto")
@@ -317,6 +399,11 @@ def to_llava_hf(
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The plugin model as transformers' built-in Llava, which vLLM, SGLang and TGI serve."""
     config = model.config
+    if config.image_start_token_id is not None:
+        raise ValueError(
+            "This checkpoint frames each image with start and end tokens (the paper's <im_start> / <im_end>), which "
+            "transformers' built-in LlavaProcessor cannot write; keep it in this plugin's format."
+        )
     if config.projector_type != "mlp2x_gelu":
         raise ValueError(
             f"projector_type {config.projector_type!r} cannot be expressed by transformers' built-in "
@@ -424,10 +511,13 @@ def convert(
     to: Literal["plugin", "llava-hf"] = "plugin",
     vision_tower: str | None = None,
     template: str = "vicuna_v1",
+    delta_base: str | Path | None = None,
 ) -> Path:
-    """Converts the checkpoint at `source` (any of the three formats) into `destination` in the `to` format."""
+    """Converts the checkpoint at `source` (any of the three formats) into `destination` in the `to` format.
+
+    `delta_base`: `source` is an original delta release, and this the LLaMA it is added to (`apply_delta`)."""
     source, destination = Path(source), Path(destination)
-    model, processor = load_any(source, vision_tower, template)
+    model, processor = load_any(source, vision_tower, template, delta_base)
     if to == "llava-hf":
         model, processor = to_llava_hf(model, processor)
     elif to != "plugin":
@@ -445,6 +535,7 @@ def convert(
 
 __all__ = [
     "FORMAT_NAMES",
+    "apply_delta",
     "checkpoint_format",
     "convert",
     "detect_format",

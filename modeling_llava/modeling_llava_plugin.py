@@ -102,8 +102,26 @@ class LlavaPluginModel(LlavaPluginPreTrainedModel, LlavaModel):
                 image_tokens = (inputs_embeds == image_embedding).all(-1)
             else:
                 image_tokens = input_ids == self.config.image_token_id
+                if self.config.image_start_token_id is not None:
+                    self._check_image_framing(input_ids, image_tokens)
             self._check_image_token_counts(image_tokens.sum(-1).tolist(), image_features.shape[0])
         return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+
+    def _check_image_framing(self, input_ids: torch.LongTensor, image_tokens: torch.BoolTensor) -> None:
+        """Every run of image tokens sits between `image_start_token_id` and `image_end_token_id`, as the paper's
+        model checked ("The image end token should follow the image start token"): its features were trained so."""
+        runs = nn.functional.pad(image_tokens.int(), (1, 1))  # 0 beyond both ends
+        before = nn.functional.pad(input_ids, (1, -1), value=-1)  # the token before each position
+        after = nn.functional.pad(input_ids, (-1, 1), value=-1)
+        opens = (runs[:, 1:-1] > runs[:, :-2]) & (before != self.config.image_start_token_id)
+        closes = (runs[:, 1:-1] > runs[:, 2:]) & (after != self.config.image_end_token_id)
+        unframed = (opens | closes).any(-1)
+        if unframed.any():
+            raise ValueError(
+                f"Sample {int(unframed.int().argmax())} has image tokens not framed by the start token "
+                f"{self.config.image_start_token_id} and the end token {self.config.image_end_token_id}, which this "
+                "model's images were trained with; build the prompt with this checkpoint's processor."
+            )
 
     def _check_image_token_counts(self, tokens_per_sample: list[int], num_features: int) -> None:
         per_image = self.config.image_seq_length

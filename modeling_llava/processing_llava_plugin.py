@@ -5,7 +5,7 @@ Images go through transformers' `LlavaImageProcessor`: CLIP's resize and center 
 "pad" mode (pad to a square with the mean colour, then resize) with `do_pad=True`. Text is tokenized as the original
 LLaVA's `tokenizer_image_token` does: BOS once, then each piece between `<image>` markers as a fresh text, with
 `image_seq_length` image tokens (the number of features the vision tower gives, computed by the same function the
-config uses) in place of each marker.
+config uses) in place of each marker, framed by `<im_start>` and `<im_end>` for the paper's checkpoints.
 """
 
 import transformers
@@ -112,6 +112,11 @@ class LlavaPluginProcessor(ProcessorMixin):
             Image tokens per image; must equal the model config's `image_seq_length`.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             The placeholder written in prompts, one per image.
+        image_start_token (`str`, *optional*):
+            A token written before each image's run, `<im_start>` for the paper's checkpoints
+            (`mm_use_im_start_end`); the tokenizer must hold it. None (LLaVA-1.5 and later) writes none.
+        image_end_token (`str`, *optional*):
+            The token written after each image's run (`<im_end>`), with `image_start_token`.
         chat_template (`str` or `dict[str, str]`, *optional*):
             Jinja template(s); `from_backbones` installs `vicuna_v1` as default and `plain` by name.
     """
@@ -122,6 +127,8 @@ class LlavaPluginProcessor(ProcessorMixin):
         tokenizer=None,
         image_seq_length: int = 576,
         image_token: str = IMAGE_TOKEN,
+        image_start_token: str | None = None,
+        image_end_token: str | None = None,
         chat_template: str | dict[str, str] | None = None,
         **kwargs,
     ):
@@ -132,6 +139,12 @@ class LlavaPluginProcessor(ProcessorMixin):
                 f"The tokenizer has no {self.image_token!r} token; load it with `tokenizer_with_image_token` or add "
                 f"it with `extra_special_tokens={{'image_token': {self.image_token!r}}}`."
             )
+        if (image_start_token is None) != (image_end_token is None):
+            raise ValueError("image_start_token and image_end_token frame an image together: give both or neither.")
+        for frame in (image_start_token, image_end_token):
+            if frame is not None and frame not in tokenizer.get_vocab():
+                raise ValueError(f"The tokenizer has no {frame!r} token to frame each image with.")
+        self.image_start_token, self.image_end_token = image_start_token, image_end_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if getattr(tokenizer, "legacy", None) is not None:
             # Llama's `legacy` decides the text after a special token (see `load_tokenizer`); transformers does not
@@ -191,17 +204,21 @@ class LlavaPluginProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=text_kwargs.get("return_tensors"))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        return self.image_token * self.image_seq_length
+        return (self.image_start_token or "") + self.image_token * self.image_seq_length + (self.image_end_token or "")
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of one prompt as the original's `tokenizer_image_token` builds them, with offsets into `text` (see
-        `prompt_tokenization.encode_prompt`)."""
+        `prompt_tokenization.encode_prompt`). Each `<image>` becomes `image_seq_length` image tokens, between the
+        paper's `<im_start>` and `<im_end>` where the processor frames images."""
+        image_ids = [self.image_token_id] * self.image_seq_length
+        if self.image_start_token is not None:
+            start, end = self.tokenizer.convert_tokens_to_ids([self.image_start_token, self.image_end_token])
+            image_ids = [start, *image_ids, end]
         return encode_prompt(
             self.tokenizer,
             text,
             self.image_token,
-            self.image_token_id,
-            self.image_seq_length,
+            image_ids,
             add_special_tokens=add_special_tokens,
             folds_space=self._folds_leading_space,
         )
@@ -231,11 +248,15 @@ class LlavaPluginProcessor(ProcessorMixin):
         text: str,
         vision_feature_select_strategy: str | None = None,
         pad_to_square: bool = False,
+        image_start_token: str | None = None,
+        image_end_token: str | None = None,
     ) -> "LlavaPluginProcessor":
         """Builds the processor matching `LlavaPluginForConditionalGeneration.from_backbones(vision, text)`.
 
         The image processor takes its size, crop and normalisation from the vision checkpoint's preprocessor config;
-        `pad_to_square=True` selects LLaVA-1.5's pad mode. The chat templates are `vicuna_v1` (default) and `plain`.
+        `pad_to_square=True` selects LLaVA-1.5's pad mode; `image_start_token` and `image_end_token` frame each
+        image as the paper's checkpoints do (tokens the tokenizer of `text` must hold). The chat templates are
+        `vicuna_v1` (default) and `plain`.
         """
         vision_config = AutoConfig.from_pretrained(vision)
         vision_config = getattr(vision_config, "vision_config", vision_config)
@@ -253,6 +274,8 @@ class LlavaPluginProcessor(ProcessorMixin):
             image_processor=image_processor,
             tokenizer=tokenizer_with_image_token(text),
             image_seq_length=image_seq_length_for(vision_config, vision_feature_select_strategy),
+            image_start_token=image_start_token,
+            image_end_token=image_end_token,
             chat_template={"default": CHAT_TEMPLATES["vicuna_v1"], "plain": CHAT_TEMPLATES["plain"]},
         )
 

@@ -48,8 +48,7 @@ def encode_prompt(
     tokenizer,
     text: str,
     image_token: str,
-    image_token_id: int,
-    image_seq_length: int,
+    image_ids: list[int],
     add_special_tokens: bool = True,
     folds_space: bool | None = None,
 ) -> tuple[list[int], Offsets]:
@@ -57,7 +56,8 @@ def encode_prompt(
 
     The BOS comes first, once: the one the chat template wrote at the start of `text`, else the one the tokenizer
     opens a text with when `add_special_tokens`. Then each piece between `image_token` markers is a fresh text, and
-    each marker becomes `image_seq_length` times `image_token_id`. The BOS and image tokens have empty offsets.
+    each marker becomes `image_ids` (the image's feature positions, with the paper's `<im_start>` and `<im_end>`
+    around them where the checkpoint frames its images). The BOS and image ids have empty offsets.
     """
     folds_space = folds_leading_space(tokenizer) if folds_space is None else folds_space
     bos, start = tokenizer.bos_token, 0
@@ -70,8 +70,8 @@ def encode_prompt(
         offsets = [(0, 0)] * len(ids)
     for index, piece in enumerate(text[start:].split(image_token)):
         if index:
-            ids += [image_token_id] * image_seq_length
-            offsets += [(0, 0)] * image_seq_length
+            ids += image_ids
+            offsets += [(0, 0)] * len(image_ids)
         piece_ids, piece_offsets = encode_fresh_text(tokenizer, piece, folds_space)
         ids += piece_ids
         offsets += [(begin + start, end + start) for begin, end in piece_offsets]

@@ -61,6 +61,8 @@ def tokenization_key(processor, chat_template: str | None) -> str:
             tokenizer.bos_token,
             processor.image_token,
             processor.image_seq_length,
+            processor.image_start_token,
+            processor.image_end_token,
         ]
     )
 

@@ -271,4 +271,81 @@ def save_original(
     return folder
 
 
-__all__ = ["IGNORE", "OriginalLlava", "save_original"]
+# The tokens the paper's training appended to LLaMA's vocabulary, in its order: `[PAD]` (`train.py`'s
+# `smart_tokenizer_and_embedding_resize` for `--version v0`), then `initialize_vision_tokenizer`'s `<im_patch>`, and
+# `<im_start>`, `<im_end>` with `mm_use_im_start_end`.
+PAPER_TOKENS = ("[PAD]", "<im_patch>", "<im_start>", "<im_end>")
+PAPER_SPLIT = re.compile("(" + "|".join(map(re.escape, ("</s>", "<s>", *PAPER_TOKENS))) + ")")
+
+
+def paper_prompt_ids(spm: sentencepiece.SentencePieceProcessor, prompt: str, image_seq_length: int) -> list[int]:
+    """The ids the paper's `model_vqa.py` / `run_llava.py` (April-June 2023) give `prompt`, whose `<image>` stands
+    for the question's image: it writes `<im_start>` + `image_seq_length` x `<im_patch>` + `<im_end>` in its place and
+    runs `tokenizer([prompt])`: BOS, the added tokens (ids after LLaMA's, in `PAPER_TOKENS`' order) split out, every
+    text between them a fresh SentencePiece text, as its LLaMA tokenizer (tokenizer config without `legacy`) reads
+    text after a special token."""
+    added = {token: spm.vocab_size() + index for index, token in enumerate(PAPER_TOKENS)}
+    special = {"<s>": spm.bos_id(), "</s>": spm.eos_id(), **added}
+    expanded = prompt.replace("<image>", "<im_start>" + "<im_patch>" * image_seq_length + "<im_end>")
+    ids = [spm.bos_id()]
+    for part in PAPER_SPLIT.split(expanded):
+        ids += [special[part]] if part in special else spm.encode(part) if part else []
+    return ids
+
+
+def save_paper_original(folder: Path, clip: str, text: str, seed: int = 1, dtype=torch.float32) -> Path:
+    """A tiny checkpoint of the paper's (`LLaVA-13b-v0` once its delta is applied), as its `train.py` saved it.
+
+    The Llama at `text` (SentencePiece `tokenizer.model` only) with four rows appended to `embed_tokens` and `lm_head`
+    for `PAPER_TOKENS` (random: trained), a linear `model.mm_projector` (`use_mm_proj`), no vision tower weights (the
+    paper's model held its CLIP in a list, outside the state dict) but the rotary `inv_freq` buffers the
+    transformers of its day saved; the config as `LlavaLlamaForCausalLM` wrote it (`"model_type": "llava"`, the
+    `mm_*` fields, `mm_use_im_start_end`, `tune_mm_mlp_adapter`, `sep_image_conv_front`), and the tokenizer files of
+    its day: `tokenizer.model`, a `tokenizer_config.json` without `legacy`, `special_tokens_map.json` with the
+    `[PAD]` pad token, `added_tokens.json`.
+    """
+    llm = LlamaForCausalLM.from_pretrained(text, dtype=torch.float32)
+    vocab, width = llm.config.vocab_size, llm.config.hidden_size
+    torch.manual_seed(seed)
+    weights = dict(llm.state_dict())
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = torch.cat([weights[name], torch.randn(len(PAPER_TOKENS), width) / 4])
+    weights |= {"model.mm_projector.weight": torch.randn(width, 32) / 4, "model.mm_projector.bias": torch.randn(width)}
+    for layer in range(llm.config.num_hidden_layers):
+        weights[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    folder.mkdir(parents=True)
+    weights = {name: tensor.to(dtype) for name, tensor in weights.items()}
+    save_torch_state_dict(weights, folder, max_shard_size="20KB", safe_serialization=False)
+    config = llm.config.to_dict() | {
+        "model_type": "llava",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "vocab_size": vocab + len(PAPER_TOKENS),
+        "mm_vision_tower": clip,
+        "mm_hidden_size": 32,
+        "mm_vision_select_layer": -2,
+        "mm_use_im_start_end": True,
+        "use_mm_proj": True,
+        "tune_mm_mlp_adapter": False,
+        "freeze_mm_mlp_adapter": False,
+        "sep_image_conv_front": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    shutil.copy(Path(text) / "tokenizer.model", folder / "tokenizer.model")
+    tokenizer_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
+    tokenizer_config |= {"unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    special_tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "[PAD]"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_tokens))
+    added = {token: vocab + index for index, token in enumerate(PAPER_TOKENS)}
+    (folder / "added_tokens.json").write_text(json.dumps(added))
+    return folder
+
+
+__all__ = [
+    "IGNORE",
+    "PAPER_TOKENS",
+    "OriginalLlava",
+    "paper_prompt_ids",
+    "save_original",
+    "save_paper_original",
+]
