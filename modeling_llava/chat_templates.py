@@ -255,6 +255,8 @@ _BACKBONE_TURNS = (
     "{%- endif -%}"
     "{{- whole[llava.done | length:] -}}"
 )
+_BACKBONE_OPEN = "{%- macro backbone(messages, add_generation_prompt) -%}"
+_BACKBONE_CLOSE = "{%- endmacro -%}" + _BACKBONE_TURNS
 
 _BODIES = {
     "vicuna_v1": _vicuna_style("vicuna_v1", VICUNA_V1_SYSTEM),
@@ -291,9 +293,10 @@ def _backbone_template(tokenizer, render: str) -> str:
             f"Template {BACKBONE!r} is the language model's own chat template, and its tokenizer "
             f"{getattr(tokenizer, 'name_or_path', '')!r} has none: pick one of {', '.join(_BODIES)}."
         )
+    if own.endswith(_BACKBONE_CLOSE):  # already wrapped: a checkpoint's tokenizer reads its processor's template
+        own = own[own.index(_BACKBONE_OPEN) + len(_BACKBONE_OPEN) : -len(_BACKBONE_CLOSE)]
     own = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", own)
-    template = render + "{%- macro backbone(messages, add_generation_prompt) -%}" + own + "{%- endmacro -%}"
-    template += _BACKBONE_TURNS
+    template = render + _BACKBONE_OPEN + own + _BACKBONE_CLOSE
     from jinja2 import TemplateError  # transformers' chat templates need it; only this renders one here
     from transformers.utils.chat_template_utils import render_jinja_template
 

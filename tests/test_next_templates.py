@@ -377,5 +377,14 @@ def test_a_run_trained_with_template_backbone_answers_in_the_language_models_for
     saved = LlavaPluginProcessor.from_pretrained(tmp_path)
     assert saved.chat_template["default"] == chat_template("backbone", tokenizer=processor.tokenizer)
     assert trainer.data_collator.chat_template == saved.chat_template["default"]
+    _, answering = load_llava(tmp_path, "cpu", template="backbone")  # `--template backbone` on the trained run
+    messages = [user_message("What is the colour of the square?", images=1)]
+    expected = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nWhat is the colour of the square?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert answering.apply_chat_template(messages, add_generation_prompt=True) == expected
+    assert answering.chat_template["default"] == saved.chat_template["default"]  # the LLM's own, wrapped once
     with pytest.raises(SetupError, match="has none"):
         train("stage2", run_args(checkpoints, train_data, tmp_path / "refused", "--template", "backbone"))
