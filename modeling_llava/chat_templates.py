@@ -75,7 +75,7 @@ V0_EXAMPLE_ANSWER = (
 )
 
 
-BACKBONE_REFUSAL = (
+_BACKBONE_REFUSAL = (
     "template backbone: the language model's chat template renders earlier turns differently once later ones "
     "follow, so its answers cannot be cut out for the loss; pick one of the named templates"
 )
@@ -243,7 +243,7 @@ _BACKBONE_TURNS = (
     "{%- set before = backbone(llava.messages[:loop.index0], true) -%}"
     "{%- set after = backbone(llava.messages[:loop.index], false) -%}"
     "{%- if not before.startswith(llava.done) or not after.startswith(before) -%}"
-    "{{- raise_exception(" + _string(BACKBONE_REFUSAL) + ") -}}"
+    "{{- raise_exception(" + _string(_BACKBONE_REFUSAL) + ") -}}"
     "{%- endif -%}"
     "{{- before[llava.done | length:] -}}{%- generation -%}{{- after[before | length:] -}}{%- endgeneration -%}"
     "{%- set llava.done = after -%}"
@@ -251,7 +251,7 @@ _BACKBONE_TURNS = (
     "{%- endfor -%}"
     "{%- set whole = backbone(llava.messages, add_generation_prompt) -%}"
     "{%- if not whole.startswith(llava.done) -%}"
-    "{{- raise_exception(" + _string(BACKBONE_REFUSAL) + ") -}}"
+    "{{- raise_exception(" + _string(_BACKBONE_REFUSAL) + ") -}}"
     "{%- endif -%}"
     "{{- whole[llava.done | length:] -}}"
 )
