@@ -56,8 +56,10 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-# `CHAT_TEMPLATES`' names, written out so that building the parser imports no torch; a test keeps the two alike.
-TEMPLATES = ("vicuna_v1", "llava_v1", "v0", "plain")
+# `CHAT_TEMPLATES`' names and `TEMPLATE_NAMES`, written out so that building the parser imports no torch; a test
+# keeps them alike.
+NAMED_TEMPLATES = ("vicuna_v1", "llava_v1", "v0", "plain", "mistral_instruct", "chatml_direct")
+TEMPLATES = (*NAMED_TEMPLATES, "backbone")
 
 
 def add_template_argument(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     convert_parser.add_argument(
         "--template",
-        choices=TEMPLATES,
+        choices=NAMED_TEMPLATES,
         default="vicuna_v1",
         help="chat template of an original checkpoint (default: %(default)s; v0 and llava_v1 for LLaVA v1's)",
     )

@@ -15,7 +15,7 @@ from transformers import (
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from .attention_varlen import VARLEN_ATTENTION, varlen_attention_forward, varlen_mask
-from .chat_templates import CHAT_TEMPLATES, chat_template, stop_string, use_template
+from .chat_templates import CHAT_TEMPLATES, TEMPLATE_NAMES, chat_template, stop_string, use_template
 from .configuration_llava_plugin import LlavaPluginConfig
 from .modeling_llava_plugin import (
     LlavaPluginForConditionalGeneration,
@@ -40,6 +40,7 @@ LlavaPluginProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "TEMPLATE_NAMES",
     "VARLEN_ATTENTION",
     "LlavaPluginConfig",
     "LlavaPluginForConditionalGeneration",

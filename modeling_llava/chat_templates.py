@@ -24,6 +24,11 @@ image's run (`image_start_token`, `image_end_token`).
   the system prompt, `###`, the template's one-shot example exchange (renewable energy), then `Human: ...###` /
   `Assistant: ...###` turns and `Assistant:`. The model ends its answer with `###` (`STOP_STRINGS`).
 
+LLaVA-1.6's `MISTRAL_INSTRUCT` and `CHATML_DIRECT` (the 34B's) render what the original's `conv_mistral_instruct`
+and `conv_chatml_direct` render at the 1.6 release, with the loss of LLaVA-NeXT's `preprocess_llama_2` and
+`preprocess_mpt` (each answer with its end token). `template: backbone` is the language model's own chat template
+(Llama-3's, Qwen2's...), wrapped so that each answer and its end of turn carry the loss (see `_BACKBONE_TURNS`).
+
 All wrap the supervised text in `{% generation %}` so that `return_assistant_tokens_mask` (TRL's
 `assistant_only_loss`) gives the original's labels.
 
@@ -35,6 +40,8 @@ kept `<image>` where the data wrote it (its instruction data put it before or af
 `chat_template(name, image_in_place=True)` renders list content in its order instead, for rows read with the image
 kept in place (`processing.llava_data`, `image_in_place`).
 """
+
+import re
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -66,6 +73,12 @@ V0_EXAMPLE_ANSWER = (
     "situations and needs, while non-renewable sources are more rigid and inflexible.\n"
     "6. Sustainability: Renewable energy sources are more sustainable over the long term, while "
     "non-renewable sources are not, and their depletion can lead to economic and social instability.\n"
+)
+
+
+_BACKBONE_REFUSAL = (
+    "template backbone: the language model's chat template renders earlier turns differently once later ones "
+    "follow, so its answers cannot be cut out for the loss; pick one of the named templates"
 )
 
 
@@ -174,38 +187,155 @@ _PLAIN = (
     "{%- endfor -%}"
 )
 
+# `conv_mistral_instruct` (`SeparatorStyle.LLAMA_2`, system "", sep "", sep2 "</s>"): `[INST] question [/INST]` and
+# ` answer </s>`, the first user turn opened by the system prompt in `<<SYS>>` when there is one; an empty turn writes
+# nothing and the generation prompt is empty. The loss is `preprocess_llama_2`'s: each answer, its spaces and `</s>`.
+_MISTRAL_INSTRUCT = (
+    "{%- set system = '' -%}" + _SYSTEM_MESSAGE + "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- set content = render(message.content) -%}"
+    "{%- if loop.first and (message.role != 'user' or not content) -%}"
+    "{{- raise_exception('mistral_instruct: the conversation must open with a non-empty user turn') -}}"
+    "{%- endif -%}"
+    "{%- if message.role == 'user' -%}"
+    "{%- if loop.first and system -%}"
+    "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content -%}"
+    "{%- endif -%}"
+    "{%- if content -%}{{- '[INST] ' + content + ' [/INST]' -}}{%- endif -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- if content -%}{%- generation -%}{{- ' ' + content + ' ' + eos_token -}}{%- endgeneration -%}{%- endif -%}"
+    "{%- else -%}{{- raise_exception('mistral_instruct knows the roles system, user and assistant, not ' + "
+    "message.role) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+# `conv_chatml_direct` (`SeparatorStyle.MPT`, sep `<|im_end|>`): ChatML without newlines between turns, an empty turn
+# as its bare header. No BOS: LLaVA-NeXT's `preprocess_mpt` masks as for a tokenizer that adds none (Yi's, of the 34B).
+# The loss is its: each answer with its `<|im_end|>`.
+_CHATML_DIRECT = (
+    "{%- set system = 'Answer the questions.' -%}" + _SYSTEM_MESSAGE + "{{- '<|im_start|>system\\n' + system + "
+    "'<|im_end|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- set content = render(message.content) -%}"
+    "{%- if message.role == 'user' -%}"
+    "{{- '<|im_start|>user\\n' -}}{%- if content -%}{{- content + '<|im_end|>' -}}{%- endif -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if content -%}{%- generation -%}{{- content + '<|im_end|>' -}}{%- endgeneration -%}{%- endif -%}"
+    "{%- else -%}{{- raise_exception('chatml_direct knows the roles system, user and assistant, not ' + "
+    "message.role) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+# `template: backbone` wraps the language model's own chat template, which becomes the macro `backbone` (its
+# `{% generation %}` markers, if any, dropped: rendering it more than once would record spans of text never written).
+# Content renders to text first (`render`: images as `<image>`), then each assistant turn's text is what rendering the
+# turns up to it adds to the rendering up to its question with the generation prompt: the answer and the turn's end
+# (`<|im_end|>\n`, `<|eot_id|>`), the part the model must write. A template whose earlier renderings are not prefixes
+# of the later ones (one that rewrites past turns) cannot be cut so and is refused where it renders.
+_BACKBONE_TURNS = (
+    "{%- set llava = namespace(messages=[], done='') -%}"
+    "{%- for message in messages -%}"
+    "{%- set llava.messages = llava.messages + [{'role': message.role, 'content': render(message.content)}] -%}"
+    "{%- endfor -%}"
+    "{%- for message in llava.messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "{%- set before = backbone(llava.messages[:loop.index0], true) -%}"
+    "{%- set after = backbone(llava.messages[:loop.index], false) -%}"
+    "{%- if not before.startswith(llava.done) or not after.startswith(before) -%}"
+    "{{- raise_exception(" + _string(_BACKBONE_REFUSAL) + ") -}}"
+    "{%- endif -%}"
+    "{{- before[llava.done | length:] -}}{%- generation -%}{{- after[before | length:] -}}{%- endgeneration -%}"
+    "{%- set llava.done = after -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set whole = backbone(llava.messages, add_generation_prompt) -%}"
+    "{%- if not whole.startswith(llava.done) -%}"
+    "{{- raise_exception(" + _string(_BACKBONE_REFUSAL) + ") -}}"
+    "{%- endif -%}"
+    "{{- whole[llava.done | length:] -}}"
+)
+_BACKBONE_OPEN = "{%- macro backbone(messages, add_generation_prompt) -%}"
+_BACKBONE_CLOSE = "{%- endmacro -%}" + _BACKBONE_TURNS
+
 _BODIES = {
     "vicuna_v1": _vicuna_style("vicuna_v1", VICUNA_V1_SYSTEM),
     "llava_v1": _vicuna_style("llava_v1", HUMAN_SYSTEM),
     "v0": _V0,
     "plain": _PLAIN,
+    "mistral_instruct": _MISTRAL_INSTRUCT,
+    "chatml_direct": _CHATML_DIRECT,
 }
 # What a model of each template writes after its answer when `eos_token` does not end it: `v0` answers end with
-# `###` (the original stops on it with its `KeywordsStoppingCriteria` and strips it).
-STOP_STRINGS = {"v0": "###"}
+# `###` (the original stops on it with its `KeywordsStoppingCriteria` and strips it), `chatml_direct` ones with
+# `<|im_end|>`, which is not the EOS of every ChatML tokenizer.
+STOP_STRINGS = {"v0": "###", "chatml_direct": "<|im_end|>"}
+# Two exchanges, what `chat_template` renders a backbone's template on to see that it can be cut into turns.
+_PROBE = [
+    {"role": "user", "content": "Question one?"},
+    {"role": "assistant", "content": "Answer one."},
+    {"role": "user", "content": "Question two?"},
+    {"role": "assistant", "content": "Answer two."},
+]
+# The template that is the language model's own (its tokenizer's `chat_template`), not one of `CHAT_TEMPLATES`.
+BACKBONE = "backbone"
+TEMPLATE_NAMES = (*_BODIES, BACKBONE)
 
 
-def chat_template(name: str, image_in_place: bool = False) -> str:
-    """The Jinja template `name` (one of `CHAT_TEMPLATES`); with `image_in_place`, list content renders in its order
-    (an image where the data wrote it) instead of with the turn's images first."""
-    if name not in _BODIES:
-        raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(_BODIES)}.")
+def _backbone_template(tokenizer, render: str) -> str:
+    """`tokenizer`'s own chat template as the macro `backbone` inside `_BACKBONE_TURNS`, tried on `_PROBE`: a
+    tokenizer without one, or a template that cannot be cut into turns, is refused here in one line rather than at
+    the first sample."""
+    own = getattr(tokenizer, "chat_template", None)
+    own = own.get("default") if isinstance(own, dict) else own
+    if not own:
+        raise ValueError(
+            f"Template {BACKBONE!r} is the language model's own chat template, and its tokenizer "
+            f"{getattr(tokenizer, 'name_or_path', '')!r} has none: pick one of {', '.join(_BODIES)}."
+        )
+    if own.endswith(_BACKBONE_CLOSE):  # already wrapped: a checkpoint's tokenizer reads its processor's template
+        own = own[own.index(_BACKBONE_OPEN) + len(_BACKBONE_OPEN) : -len(_BACKBONE_CLOSE)]
+    own = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", own)
+    template = render + _BACKBONE_OPEN + own + _BACKBONE_CLOSE
+    from jinja2 import TemplateError  # transformers' chat templates need it; only this renders one here
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    special = getattr(tokenizer, "special_tokens_map", {})  # what `apply_chat_template` gives a template too
+    try:
+        render_jinja_template([_PROBE], chat_template=template, return_assistant_tokens_mask=True, **special)
+    except TemplateError as error:
+        raise ValueError(f"{error} (the chat template of {tokenizer.name_or_path!r}).") from error
+    return template
+
+
+def chat_template(name: str, image_in_place: bool = False, tokenizer=None) -> str:
+    """The Jinja template `name` (one of `TEMPLATE_NAMES`); with `image_in_place`, list content renders in its order
+    (an image where the data wrote it) instead of with the turn's images first. `backbone` wraps `tokenizer`'s own
+    chat template (see `_BACKBONE_TURNS`)."""
+    if name not in TEMPLATE_NAMES:
+        raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(TEMPLATE_NAMES)}.")
     if name == "plain":  # renders a turn's images and no user text: placement does not arise
         return _PLAIN
-    return (_RENDER_IN_PLACE if image_in_place else _RENDER_CONTENT) + _BODIES[name]
+    render = _RENDER_IN_PLACE if image_in_place else _RENDER_CONTENT
+    if name == BACKBONE:
+        return _backbone_template(tokenizer, render)
+    return render + _BODIES[name]
 
 
 CHAT_TEMPLATES = {name: chat_template(name) for name in _BODIES}
 
 
 def use_template(processor, name: str, image_in_place: bool = False) -> None:
-    """Makes `CHAT_TEMPLATES[name]` the processor's default chat template, keeping its other named ones: what a
-    checkpoint trained with `name` answers in, or what `--template` asks of a checkpoint at inference. With
-    `image_in_place`, its variant that renders an image where the message puts it (`chat_template`)."""
-    if name not in CHAT_TEMPLATES:
-        raise ValueError(f"Unknown chat template {name!r}: expected one of {', '.join(CHAT_TEMPLATES)}.")
+    """Makes template `name` (`CHAT_TEMPLATES[name]`, or for `backbone` the tokenizer's own, wrapped) the processor's
+    default chat template, keeping its other named ones: what a checkpoint trained with `name` answers in, or what
+    `--template` asks of a checkpoint at inference. With `image_in_place`, its variant that renders an image where the
+    message puts it (`chat_template`)."""
     named = processor.chat_template if isinstance(processor.chat_template, dict) else {}
-    processor.chat_template = {**named, "default": chat_template(name, image_in_place)}
+    processor.chat_template = {
+        **named,
+        "default": chat_template(name, image_in_place, tokenizer=processor.tokenizer),
+    }
 
 
 def stop_string(processor) -> str | None:
@@ -220,13 +350,18 @@ def stop_string(processor) -> str | None:
 
 
 VICUNA_V1, LLAVA_V1, V0, PLAIN = (CHAT_TEMPLATES[name] for name in ("vicuna_v1", "llava_v1", "v0", "plain"))
+MISTRAL_INSTRUCT, CHATML_DIRECT = CHAT_TEMPLATES["mistral_instruct"], CHAT_TEMPLATES["chatml_direct"]
 
 __all__ = [
+    "BACKBONE",
+    "CHATML_DIRECT",
     "CHAT_TEMPLATES",
     "HUMAN_SYSTEM",
     "LLAVA_V1",
+    "MISTRAL_INSTRUCT",
     "PLAIN",
     "STOP_STRINGS",
+    "TEMPLATE_NAMES",
     "V0",
     "VICUNA_V1",
     "VICUNA_V1_SYSTEM",

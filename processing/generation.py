@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_llava import CHAT_TEMPLATES, use_template  # the import registers the Auto classes
+from modeling_llava import TEMPLATE_NAMES, use_template  # the import registers the Auto classes
 
 from .conversation import answer_text, stop_arguments
 from .images import image_background, open_image
@@ -91,7 +91,7 @@ def load_llava(
 
     On `device` (default: CUDA when present) in `dtype` (one of `DTYPES`), or with the language model quantized by
     bitsandbytes (`quantization`: `4bit`, `8bit`; CUDA only, this plugin's checkpoints and adapters). `vision_tower`
-    stands in for an original checkpoint's `mm_vision_tower`. `template` (one of `CHAT_TEMPLATES`) replaces the
+    stands in for an original checkpoint's `mm_vision_tower`. `template` (one of `TEMPLATE_NAMES`) replaces the
     checkpoint's own chat template for answering (`--template`): the one place where inference chooses it.
 
     Raises `CheckpointError` when `path` is neither a checkpoint folder nor a model the Hub serves, or cannot be
@@ -165,7 +165,7 @@ def add_template_argument(parser: argparse.ArgumentParser) -> None:
     flag without importing torch (`command_line`)."""
     parser.add_argument(
         "--template",
-        choices=tuple(CHAT_TEMPLATES),
+        choices=TEMPLATE_NAMES,
         help="answer in this chat template instead of the checkpoint's own (v0: the paper's LLaVA v1 checkpoints)",
     )
 

@@ -30,7 +30,6 @@ from transformers import CLIPVisionModel, LlamaForCausalLM
 from modeling_llava.chat_templates import VICUNA_V1_SYSTEM
 
 IGNORE = -100
-SPECIAL = re.compile(r"(</s>|<s>)")
 # The original's `conv_llava_v1` and `conv_vicuna_v0` (`conv_v1_2` in the paper's code) system prompt.
 HUMAN_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -62,7 +61,17 @@ V0_EXAMPLE = (
 class OriginalLlava:
     """The original's rendering, `tokenizer_image_token` and label masks, on SentencePiece (see module docstring)."""
 
-    def __init__(self, proto: bytes, legacy: bool, image_token_id: int, image_seq_length: int):
+    def __init__(
+        self,
+        proto: bytes,
+        legacy: bool,
+        image_token_id: int,
+        image_seq_length: int,
+        specials: dict[str, int] | None = None,
+        bos: bool = True,
+    ):
+        """`specials`: the tokenizer's special tokens besides `<s>` and `</s>` (ChatML's), by id; `bos`: whether the
+        tokenizer opens a text with its BOS (Yi's does not)."""
         self.fresh = sentencepiece.SentencePieceProcessor(model_proto=proto)
         model = sentencepiece_model_pb2.ModelProto()
         model.ParseFromString(proto)
@@ -70,7 +79,9 @@ class OriginalLlava:
         self.continued = sentencepiece.SentencePieceProcessor(model_proto=model.SerializeToString())
         self.legacy = legacy
         self.image = [image_token_id] * image_seq_length
-        self.special = {"<s>": self.fresh.bos_id(), "</s>": self.fresh.eos_id()}
+        self.special = {"<s>": self.fresh.bos_id(), "</s>": self.fresh.eos_id(), **(specials or {})}
+        self.special_pattern = re.compile("(" + "|".join(map(re.escape, self.special)) + ")")
+        self.bos = [self.fresh.bos_id()] if bos else []
 
     @staticmethod
     def multimodal(value: str) -> str:
@@ -173,7 +184,7 @@ class OriginalLlava:
     def encode(self, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
         """Ids and labels. Each `<image>`-separated piece is a fresh text; inside it, the text after a special token
         is fresh (legacy) or continues (non-legacy), any other segment boundary continues the text."""
-        ids, labels = [self.fresh.bos_id()], [IGNORE]
+        ids, labels = list(self.bos), [IGNORE] * len(self.bos)
         fresh = True
         for text, supervised in segments:
             for index, piece in enumerate(text.split("<image>")):
@@ -181,7 +192,7 @@ class OriginalLlava:
                     ids += self.image
                     labels += [IGNORE] * len(self.image)
                     fresh = True
-                for part in SPECIAL.split(piece):
+                for part in self.special_pattern.split(piece):
                     if part in self.special:
                         new, fresh = [self.special[part]], self.legacy
                     elif part:
@@ -194,11 +205,11 @@ class OriginalLlava:
 
     def tokenizer_image_token(self, prompt: str) -> list[int]:
         """The original's function itself: BOS, then every piece tokenized alone, one image run between pieces."""
-        ids = [self.fresh.bos_id()]
+        ids = list(self.bos)
         for index, piece in enumerate(prompt.split("<image>")):
             if index:
                 ids += self.image
-            ids += self.encode([(piece, False)])[0][1:]
+            ids += self.encode([(piece, False)])[0][len(self.bos) :]
         return ids
 
 

@@ -91,7 +91,8 @@ def test_chat_and_serve_take_the_precision_flags_of_eval_and_predict():
 def test_chat_and_serve_take_the_template_flag_of_eval_and_predict():
     """The same for `--template`: its choices are every chat template `modeling_llava` defines."""
     assert flags(command_line.main.add_template_argument) == flags(processing.generation.add_template_argument)
-    assert command_line.main.TEMPLATES == tuple(modeling_llava.CHAT_TEMPLATES)
+    assert command_line.main.NAMED_TEMPLATES == tuple(modeling_llava.CHAT_TEMPLATES)
+    assert command_line.main.TEMPLATES == modeling_llava.TEMPLATE_NAMES
 
 
 def test_the_two_quantizations_exclude_each_other(llava_checkpoint, capsys):

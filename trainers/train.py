@@ -29,7 +29,7 @@ from trl import ModelConfig, SFTConfig, TrlParser, get_quantization_config
 
 from hub_cards.model_card import ADAPTER_BASE_NAME
 from modeling_llava import (
-    CHAT_TEMPLATES,
+    TEMPLATE_NAMES,
     LlavaPluginForConditionalGeneration,
     LlavaPluginProcessor,
     chat_template,
@@ -87,8 +87,9 @@ class LlavaScriptArguments:
         default=None,
         metadata={
             "help": "Chat template the data is rendered with, and the checkpoint answers in (the original's "
-            "--version): default plain for stage1, vicuna_v1 otherwise; v0 is the paper's.",
-            "choices": [*CHAT_TEMPLATES],
+            "--version): default plain for stage1, vicuna_v1 otherwise; v0 is the paper's; backbone is the language "
+            "model's own.",
+            "choices": [*TEMPLATE_NAMES],
         },
     )
     image_in_place: bool = field(
@@ -153,7 +154,8 @@ NOT_HONOURED = {
     "chooses which tokens carry the loss.",
     "truncation_mode": "samples are never truncated (a cut could split an image's tokens); longer ones are dropped "
     "or refused (`on_overflow`).",
-    "chat_template_path": "`template` names the chat template (plain, vicuna_v1, llava_v1, v0).",
+    "chat_template_path": "`template` names the chat template (plain, vicuna_v1, llava_v1, v0, mistral_instruct, "
+    "chatml_direct, backbone).",
     "dataset_text_field": "records are conversations (`messages`), not a text column.",
     "dataset_kwargs": "the data is read by `data_path`/`dataset_name`, not prepared by TRL.",
     "shuffle_dataset": "the trainer's sampler already shuffles every epoch (`seed`, `data_seed`).",
@@ -192,8 +194,8 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
         raise SetupError(f"No stage: give it as `llava train STAGE` or `stage:` in the recipe ({', '.join(STAGES)}).")
     stage = get_stage(script_args.stage)
     if script_args.template is not None:
-        if script_args.template not in CHAT_TEMPLATES:
-            names = ", ".join(CHAT_TEMPLATES)
+        if script_args.template not in TEMPLATE_NAMES:
+            names = ", ".join(TEMPLATE_NAMES)
             raise SetupError(f"Unknown template {script_args.template!r}: expected one of {names}.")
         stage = replace(stage, template=script_args.template)
     refused = [(name, NOT_HONOURED[name]) for name in _changed(training_args, NOT_HONOURED)]
@@ -336,9 +338,8 @@ def load_training_rows(
                 f"{problems.summary(problems_file)}\nFix them, or train without them: --on_bad_record skip"
             )
         logger.warning(f"Skipped (--on_bad_record skip): {problems.summary(problems_file)}")
-    dataset = measure_lengths(
-        dataset, processor, chat_template(template, script_args.image_in_place), num_proc, progress
-    )
+    jinja = chat_template(template, script_args.image_in_place, processor.tokenizer)
+    dataset = measure_lengths(dataset, processor, jinja, num_proc, progress)
     dataset, report = drop_overflowing(dataset, max_length, script_args.on_overflow)
     too_long = report.dropped if report is not None else []
     if too_long:
@@ -435,7 +436,10 @@ def _assemble_trainer(
     Image.MAX_IMAGE_PIXELS = script_args.max_image_pixels  # read by every image opened, in dataloader workers too
     model, processor = model_and_processor or build_model_and_processor(script_args, model_args, stage.quantized)
     apply_freeze(model, stage)
-    template = chat_template(stage.template, script_args.image_in_place)
+    try:
+        template = chat_template(stage.template, script_args.image_in_place, processor.tokenizer)
+    except ValueError as error:  # `backbone` on a language model without a chat template, or one it cannot cut
+        raise SetupError(str(error)) from error
     if script_args.template not in (None, "plain"):  # the checkpoint answers in the format it is trained on
         use_template(processor, script_args.template)
     dropped = []
