@@ -49,7 +49,7 @@ def encode_prompt(
     text: str,
     image_token: str,
     image_token_id: int,
-    image_seq_length: int,
+    image_seq_length: int | list[int],
     add_special_tokens: bool = True,
     folds_space: bool | None = None,
 ) -> tuple[list[int], Offsets]:
@@ -57,7 +57,8 @@ def encode_prompt(
 
     The BOS comes first, once: the one the chat template wrote at the start of `text`, else the one the tokenizer
     opens a text with when `add_special_tokens`. Then each piece between `image_token` markers is a fresh text, and
-    each marker becomes `image_seq_length` times `image_token_id`. The BOS and image tokens have empty offsets.
+    each marker becomes `image_seq_length` times `image_token_id` (a list: the count of each marker in turn, for
+    images of different sizes). The BOS and image tokens have empty offsets.
     """
     folds_space = folds_leading_space(tokenizer) if folds_space is None else folds_space
     bos, start = tokenizer.bos_token, 0
@@ -70,8 +71,9 @@ def encode_prompt(
         offsets = [(0, 0)] * len(ids)
     for index, piece in enumerate(text[start:].split(image_token)):
         if index:
-            ids += [image_token_id] * image_seq_length
-            offsets += [(0, 0)] * image_seq_length
+            count = image_seq_length if isinstance(image_seq_length, int) else image_seq_length[index - 1]
+            ids += [image_token_id] * count
+            offsets += [(0, 0)] * count
         piece_ids, piece_offsets = encode_fresh_text(tokenizer, piece, folds_space)
         ids += piece_ids
         offsets += [(begin + start, end + start) for begin, end in piece_offsets]
