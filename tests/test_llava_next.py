@@ -6,7 +6,6 @@ the Auto classes with remote code."""
 import itertools
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from modeling_llava.convert_checkpoint import convert
 from tests import original_llava_next as original
 from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs
 from tests.original_llava import save_original
+from tests.test_loading import remote_code_pythons
 from tests.tiny_backbones import save_tiny_vision
 
 # LLaVA-1.6's real sizes: CLIP ViT-L/14 at 336 px, 24 x 24 features per tile.
@@ -207,7 +207,7 @@ def test_export_to_llava_hf_loads_in_the_built_in_llava_next_with_equal_logits(t
     plugin = convert(source, tmp_path / "plugin")
     exported = convert(source, tmp_path / "hf", to="llava-hf")
     config = json.loads((exported / "config.json").read_text())
-    assert config["model_type"] == "llava_next" and "auto_map" not in config
+    assert config["model_type"] == "llava_next" and "auto_map" not in config and not list(exported.glob("*.py"))
     hf_model = LlavaNextForConditionalGeneration.from_pretrained(exported).eval()
     hf_processor = AutoProcessor.from_pretrained(exported)
     assert type(hf_processor) is LlavaNextProcessor
@@ -264,20 +264,23 @@ def tiny_next_checkpoint(folder: Path, checkpoints) -> str:
     return str(folder)
 
 
-def test_auto_classes_and_remote_code_load_the_next_model(tmp_path, checkpoints):
+@pytest.mark.parametrize("python", remote_code_pythons())
+def test_auto_classes_and_remote_code_load_the_next_model(tmp_path, checkpoints, python):
     folder = tiny_next_checkpoint(tmp_path / "next", checkpoints)
     assert type(AutoModelForImageTextToText.from_pretrained(folder)) is LlavaNextPluginForConditionalGeneration
     assert type(AutoProcessor.from_pretrained(folder)) is LlavaNextPluginProcessor
     files = {path.name for path in Path(folder).iterdir()}
     assert {"configuration_llava_next_plugin.py", "modeling_llava_next_plugin.py", "anyres.py"} <= files
     image_path = tmp_path / "image.png"
-    random_image(3, (47, 13)).save(image_path)
+    # Both sides above the tile, so every resize only shrinks: Pillow 13 (the oldest transformers' environment)
+    # resizes otherwise than 12.3 where one side grows and the other shrinks.
+    random_image(3, (40, 52)).save(image_path)
     script = tmp_path / "remote.py"
     script.write_text(textwrap.dedent(REMOTE_SCRIPT))
     out = tmp_path / "remote.safetensors"
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, str(script), folder, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
+        [python, str(script), folder, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -322,3 +325,22 @@ def test_model_packs_tile_features_as_the_original_merges_them(checkpoints, case
         expected = original.merged_features(features, (width, height), pinpoints, tile, newline)
         assert torch.equal(packed[0], expected), (width, height)
         assert lengths.tolist() == [original.token_count((width, height), pinpoints, tile, side)]
+
+
+def test_length_measurement_counts_each_image_as_the_processor_expands_it(checkpoints):
+    from processing.lengths import sample_length, tokenization_key
+
+    processor = LlavaNextPluginProcessor.from_backbones(checkpoints["clip"], checkpoints["llama"])
+    user = [{"type": "image"}, {"type": "text", "text": "What is it?"}, {"type": "image"}]
+    row = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "A square."}]}
+    images = [random_image(0, (13, 47)), random_image(1, (64, 20))]
+    text = processor.apply_chat_template(row["messages"], tokenize=False)
+    ids = processor(images=images, text=text, add_special_tokens=False)["input_ids"][0]
+    assert sample_length(row, processor, image_sizes=[(13, 47), (64, 20)]) == len(ids)
+    assert sample_length(row, processor, image_sizes=[(64, 20), (13, 47)]) == len(ids)  # counts add up either way
+    assert sample_length(row, processor, image_sizes=[(13, 47), (13, 47)]) != len(ids)  # a (1 x 3) and a (2 x 2) grid
+
+    other = LlavaNextPluginProcessor.from_backbones(
+        checkpoints["clip"], checkpoints["llama"], image_grid_pinpoints=[[30, 30], [60, 60]]
+    )
+    assert tokenization_key(other, None) != tokenization_key(processor, None)  # tiling is in the cache key
