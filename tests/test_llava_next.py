@@ -344,3 +344,20 @@ def test_length_measurement_counts_each_image_as_the_processor_expands_it(checkp
         checkpoints["clip"], checkpoints["llama"], image_grid_pinpoints=[[30, 30], [60, 60]]
     )
     assert tokenization_key(other, None) != tokenization_key(processor, None)  # tiling is in the cache key
+
+
+def test_pipeline_generates_what_generate_does(tmp_path, checkpoints):
+    from transformers import pipeline
+
+    folder = tiny_next_checkpoint(tmp_path / "next", checkpoints)
+    image = random_image(4, (13, 47))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, QUESTION[0]["content"][1]]}]
+    reply = pipeline("image-text-to-text", model=folder)(text=messages, generate_kwargs=GREEDY)[0]
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert (inputs["input_ids"] == processor.image_token_id).sum() == processor.num_image_tokens((13, 47))
+    new_tokens = model.generate(**inputs, **GREEDY)[0, inputs["input_ids"].shape[1] :]
+    assert reply["generated_text"][-1]["content"] == processor.decode(new_tokens, skip_special_tokens=True)
