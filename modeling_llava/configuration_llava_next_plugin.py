@@ -51,12 +51,7 @@ class LlavaNextPluginConfig(LlavaPluginConfigChecks, LlavaNextConfig):
                 f"per tile, but AnyRes lays tiles out as {side} x {side} patches: use 'default' with a tower that has "
                 "a CLS token (CLIP), 'full' with one that has none (SigLIP)."
             )
-        if self.image_seq_length is not None and self.image_seq_length != per_tile:
-            raise ValueError(
-                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {per_tile} "
-                "features per tile."
-            )
-        self.image_seq_length = per_tile
+        self._settle_image_seq_length("tile")
         bad = [
             pair for pair in self.image_grid_pinpoints if any(side % self.vision_config.image_size for side in pair)
         ]

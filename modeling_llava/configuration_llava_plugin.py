@@ -87,6 +87,18 @@ class LlavaPluginConfigChecks:
                 f"{num_layers} layers (valid: {-(num_layers + 1)} .. {num_layers})."
             )
 
+    def _settle_image_seq_length(self, unit: str) -> None:
+        """Sets `image_seq_length` to the features of one `unit` (an image, or a LLaVA-NeXT tile) the tower gives;
+        a value given that disagrees is an error."""
+        derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)
+        if self.image_seq_length is not None and self.image_seq_length != derived:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
+                f"image features per {unit} with vision_feature_select_strategy="
+                f"{self.vision_feature_select_strategy!r}."
+            )
+        self.image_seq_length = derived
+
     def _check_projector(self) -> None:
         if projector_depth(self.projector_type) == 0:
             vision_width = self.vision_config.hidden_size * self.num_vision_feature_layers
@@ -134,14 +146,7 @@ class LlavaPluginConfig(LlavaPluginConfigChecks, LlavaConfig):
         super().__post_init__(**kwargs)
         self._check_vision_tower()
         self._check_projector()
-        derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)
-        if self.image_seq_length is not None and self.image_seq_length != derived:
-            raise ValueError(
-                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
-                "image features per image with vision_feature_select_strategy="
-                f"{self.vision_feature_select_strategy!r}."
-            )
-        self.image_seq_length = derived
+        self._settle_image_seq_length("image")
 
 
 __all__ = ["LlavaPluginConfig", "LlavaPluginConfigChecks", "image_seq_length_for", "projector_depth"]

@@ -5,8 +5,6 @@ the Auto classes with remote code."""
 
 import itertools
 import json
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -35,9 +33,9 @@ from modeling_llava import (
 from modeling_llava.anyres import anyres_layout, pinpoints_from_original
 from modeling_llava.convert_checkpoint import convert
 from tests import original_llava_next as original
-from tests.conftest import GREEDY, QUESTION, REMOTE_SCRIPT, random_image, reference_outputs
+from tests.conftest import GREEDY, QUESTION, random_image
 from tests.original_llava import save_original
-from tests.test_loading import remote_code_pythons
+from tests.test_loading import assert_remote_code_loads_identically, remote_code_pythons
 from tests.tiny_backbones import save_tiny_vision
 
 # LLaVA-1.6's real sizes: CLIP ViT-L/14 at 336 px, 24 x 24 features per tile.
@@ -275,23 +273,7 @@ def test_auto_classes_and_remote_code_load_the_next_model(tmp_path, checkpoints,
     # Both sides above the tile, so every resize only shrinks: Pillow 13 (the oldest transformers' environment)
     # resizes otherwise than 12.3 where one side grows and the other shrinks.
     random_image(3, (40, 52)).save(image_path)
-    script = tmp_path / "remote.py"
-    script.write_text(textwrap.dedent(REMOTE_SCRIPT))
-    out = tmp_path / "remote.safetensors"
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [python, str(script), folder, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = load_file(out)
-    logits, tokens = reference_outputs(folder, image_path)
-    torch.testing.assert_close(remote["logits"], logits, atol=1e-5, rtol=0)
-    assert torch.equal(remote["tokens"], tokens)
+    assert_remote_code_loads_identically(python, folder, image_path, tmp_path)
 
 
 PACKING_CASES = {
@@ -361,3 +343,17 @@ def test_pipeline_generates_what_generate_does(tmp_path, checkpoints):
     assert (inputs["input_ids"] == processor.image_token_id).sum() == processor.num_image_tokens((13, 47))
     new_tokens = model.generate(**inputs, **GREEDY)[0, inputs["input_ids"].shape[1] :]
     assert reply["generated_text"][-1]["content"] == processor.decode(new_tokens, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"image_seq_length": 577}, "image_seq_length=577 disagrees"),
+        ({"vision_feature_select_strategy": "full"}, "gives 577 features per tile"),  # CLIP's CLS kept
+        ({"image_grid_pinpoints": [[300, 672]]}, r"image_grid_pinpoints \[\[300, 672\]\]"),
+        ({"projector_type": "mlp2x_relu"}, "Unknown projector_type 'mlp2x_relu'"),
+    ],
+)
+def test_config_refuses_what_would_fail_inside_the_forward(fields, named):
+    with pytest.raises(ValueError, match=named):
+        LlavaNextPluginConfig(**fields)
