@@ -112,11 +112,11 @@ def test_processor_tiles_pixels_sizes_and_ids_as_the_original(checkpoints):
         processor.encode_prompt(PROMPT)
 
 
-def save_original_next(folder: Path, checkpoints, tmp_path: Path, **fields) -> Path:
+def save_original_next(folder: Path, checkpoints, tmp_path: Path, model_type: str = "llava_llama", **fields) -> Path:
     """A tiny LLaVA-1.6 checkpoint as the original's trainer writes it: its own (fine-tuned) tower inside,
-    `image_newline`, and the anyres fields."""
+    `image_newline`, and the anyres fields. `model_type`: `llava_llama` (Vicuna, Yi) or `llava_mistral`."""
     tower = CLIPVisionModel.from_pretrained(save_tiny_vision(tmp_path / "tuned-tower", "clip", seed=7))
-    save_original(folder, checkpoints, "mlp2x_gelu", tower=tower, pad=False, model_type="llava_llama")
+    save_original(folder, checkpoints, "mlp2x_gelu", tower=tower, pad=False, model_type=model_type)
     torch.manual_seed(3)
     save_file({"model.image_newline": torch.randn(32)}, folder / "newline.safetensors")
     config = json.loads((folder / "config.json").read_text())
@@ -172,12 +172,15 @@ def original_next_logits(folder: Path, clip: str, images: list[Image.Image], ids
 IMAGES = [(13, 47), (64, 20), (58, 61)]  # random_image sizes, (height, width): wide, tall, near-square
 
 
-def test_converted_original_checkpoint_gives_the_originals_logits(tmp_path, checkpoints):
-    source = save_original_next(tmp_path / "original", checkpoints, tmp_path)
+# A Mistral without sliding window computes as a Llama of the same weights, so one reference serves both.
+@pytest.mark.parametrize("model_type", ["llava_llama", "llava_mistral"])
+def test_converted_original_checkpoint_gives_the_originals_logits(tmp_path, checkpoints, model_type):
+    source = save_original_next(tmp_path / "original", checkpoints, tmp_path, model_type=model_type)
     converted = convert(source, tmp_path / "converted")
     model = AutoModelForImageTextToText.from_pretrained(converted).eval()
     processor = AutoProcessor.from_pretrained(converted)
     assert type(model) is LlavaNextPluginForConditionalGeneration and type(processor) is LlavaNextPluginProcessor
+    assert model.config.text_config.model_type == model_type.removeprefix("llava_")
     assert model.config.image_grid_pinpoints == [[h, w] for w, h in TINY_PINPOINTS]  # (height, width)
     images = [random_image(seed, size) for seed, size in enumerate(IMAGES)]
     for image in images:  # one per grid shape: (1 x 3), (2 x 1) columns x rows, (2 x 2)
