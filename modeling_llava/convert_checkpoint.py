@@ -110,9 +110,9 @@ LLAVA_HF_RELEASE_PREFIXES = {
 UNSUPPORTED = {
     "mm_use_im_start_end": (True, "image start/end tokens around each image (LLaVA v1 preview checkpoints)"),
 }
-# `image_aspect_ratio` values converted: LLaVA v1's resize and crop, LLaVA-1.5's pad, LLaVA-1.6's anyres tiling.
-# (LLaVA-NeXT's later `anyres_max_N`, `highres`, `crop_split` are refused by name.)
-IMAGE_ASPECT_RATIOS = (None, "square", "pad", "anyres")
+# `image_aspect_ratio` values of LLaVA-NeXT's later repository (LLaVA-VL/LLaVA-NeXT) that lay images out otherwise
+# than 1.6's `anyres`; any other value than `pad` and `anyres` is the CLIP resize and crop, as in the original.
+REFUSED_ASPECT_RATIOS = re.compile(r"^(anyres.+|highres|crop_split)$")
 # LLaVA-1.6 merges tile features with `spatial_unpad` only; `flat` and `spatial` lay them out otherwise.
 ANYRES_MERGE = "spatial_unpad"
 
@@ -223,9 +223,7 @@ def load_original(
     if anyres:
         pinpoints = raw["image_grid_pinpoints"]
         pinpoints = pinpoints_from_original(ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints)
-        processor = LlavaNextPluginProcessor.from_backbones(
-            vision, str(source), image_grid_pinpoints=pinpoints, vision_feature_select_strategy=select_strategy
-        )
+        processor = LlavaNextPluginProcessor.from_backbones(vision, str(source), image_grid_pinpoints=pinpoints)
     else:
         processor = LlavaPluginProcessor.from_backbones(
             vision,
@@ -293,10 +291,10 @@ def _check_image_layout(raw: dict, source: Path) -> bool:
     """Whether an original config tiles images (LLaVA-1.6's `anyres`); a layout this plugin does not implement is
     refused naming its field and value."""
     aspect_ratio = raw.get("image_aspect_ratio")
-    if aspect_ratio not in IMAGE_ASPECT_RATIOS:
+    if isinstance(aspect_ratio, str) and REFUSED_ASPECT_RATIOS.match(aspect_ratio):
         raise ValueError(
             f"{str(source)!r} uses image_aspect_ratio={aspect_ratio!r}, which this plugin does not implement; it "
-            f"converts {', '.join(repr(value) for value in IMAGE_ASPECT_RATIOS if value)} (LLaVA-1.6's is 'anyres')."
+            "converts 'pad' (LLaVA-1.5), 'anyres' (LLaVA-1.6) and the plain resize and crop."
         )
     for field in ("s2", "s2_scales"):
         if raw.get(field):

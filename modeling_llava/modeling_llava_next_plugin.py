@@ -90,7 +90,8 @@ class LlavaNextPluginModel(LlavaNextPluginPreTrainedModel, LlavaNextModel):
                 newline = image_newline.to(feature_map.device, feature_map.dtype).expand(height, 1, hidden)
                 feature_map = torch.cat([feature_map, newline], dim=1)
             packed.append(torch.cat([features[0], feature_map.reshape(-1, hidden)]))
-        lengths = torch.tensor([len(sequence) for sequence in packed], dtype=torch.long, device=image_sizes.device)
+        lengths = [len(sequence) for sequence in packed]
+        lengths = torch.tensor(lengths, dtype=torch.long, device=image_features[0].device)
         return packed, lengths
 
 

@@ -13,7 +13,6 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 
 from .anyres import anyres_layout
 from .chat_templates import CHAT_TEMPLATES
-from .configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS
 from .processing_llava_plugin import LlavaPluginProcessor, tokenizer_with_image_token
 
 # LLaVA-1.6's pinpoints for a 336-pixel tower, (height, width) (the original lists the same set as (width, height)).
@@ -62,7 +61,6 @@ class LlavaNextPluginProcessor(LlavaPluginProcessor):
         vision: str,
         text: str,
         image_grid_pinpoints: list | None = None,
-        vision_feature_select_strategy: str | None = None,
     ) -> "LlavaNextPluginProcessor":
         """The processor of a LLaVA-NeXT built on the vision checkpoint `vision` and the LLM `text`.
 
@@ -84,12 +82,10 @@ class LlavaNextPluginProcessor(LlavaPluginProcessor):
         except OSError:  # a bare vision checkpoint without preprocessor config: size it from the model
             settings |= {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
             image_processor = LlavaNextImageProcessorPil(**settings)
-        if vision_feature_select_strategy is None:
-            no_cls = vision_config.model_type in VISION_TOWERS_WITHOUT_CLS
-            vision_feature_select_strategy = "full" if no_cls else "default"
         return cls(
             image_processor=image_processor,
             tokenizer=tokenizer_with_image_token(text),
+            # Every tile gives side x side features (the config refuses a strategy that keeps a CLS token).
             image_seq_length=(size // vision_config.patch_size) ** 2,
             chat_template={"default": CHAT_TEMPLATES["vicuna_v1"], "plain": CHAT_TEMPLATES["plain"]},
         )

@@ -235,6 +235,7 @@ def test_export_to_llava_hf_loads_in_the_built_in_llava_next_with_equal_logits(t
     [
         ({"image_aspect_ratio": "anyres_max_9"}, "image_aspect_ratio='anyres_max_9'"),
         ({"image_aspect_ratio": "highres"}, "image_aspect_ratio='highres'"),
+        ({"image_aspect_ratio": "crop_split"}, "image_aspect_ratio='crop_split'"),
         ({"mm_patch_merge_type": "flat"}, "mm_patch_merge_type='flat'"),
         ({"mm_patch_merge_type": "spatial"}, "mm_patch_merge_type='spatial'"),
         ({"s2": True, "s2_scales": "336,672,1008"}, "s2=True"),
