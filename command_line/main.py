@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         "convert",
         help="convert an original LLaVA, llava-hf or plugin checkpoint",
         description="Convert SRC (format read from its config.json: the original repository's, known by its mm_* "
-        "fields whether its model_type says llava, llava_llama or llava_mistral; llava-hf; or llava_plugin) into DST. "
+        "fields whether its model_type says llava, llava_llama or llava_mistral, LLaVA-1.6's anyres ones included; "
+        "llava-hf's llava or llava_next; or this plugin's) into DST. "
         "DST is written beside its place and renamed into it, so a failed conversion leaves nothing there.",
     )
     convert_parser.add_argument("source", metavar="SRC")

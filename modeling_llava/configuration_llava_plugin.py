@@ -56,8 +56,62 @@ def image_seq_length_for(vision_config: PreTrainedConfig, vision_feature_select_
     return (image_size // patch_size) ** 2 + int(has_cls) - int(vision_feature_select_strategy == "default")
 
 
+class LlavaPluginConfigChecks:
+    """What LLaVA and LLaVA-NeXT configs share: the projector's input width and the checks of tower and projector."""
+
+    @property
+    def num_vision_feature_layers(self) -> int:
+        return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
+
+    def _check_vision_tower(self) -> None:
+        vision_model_class = MODEL_MAPPING.get(type(self.vision_config), None)
+        if vision_model_class is None:
+            raise ValueError(
+                f"No AutoModel class is registered for vision config {type(self.vision_config).__name__}."
+            )
+        recordable = getattr(vision_model_class, "_can_record_outputs", None) or {}
+        takes_flag = "output_hidden_states" in inspect.signature(vision_model_class.forward).parameters
+        if "hidden_states" not in recordable and not takes_flag:
+            raise ValueError(
+                f"{vision_model_class.__name__} cannot return hidden states, so no vision_feature_layer can be "
+                "selected from it; LLaVA needs a vision tower that does (CLIP, SigLIP, ...)."
+            )
+        num_layers = self.vision_config.num_hidden_layers
+        layers = (
+            [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
+        )
+        # hidden_states has num_layers + 1 entries (the embeddings first).
+        if not layers or any(not -(num_layers + 1) <= layer <= num_layers for layer in layers):
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer!r} is out of range for a vision tower with "
+                f"{num_layers} layers (valid: {-(num_layers + 1)} .. {num_layers})."
+            )
+
+    def _settle_image_seq_length(self, unit: str) -> None:
+        """Sets `image_seq_length` to the features of one `unit` (an image, or a LLaVA-NeXT tile) the tower gives;
+        a value given that disagrees is an error."""
+        derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)
+        if self.image_seq_length is not None and self.image_seq_length != derived:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
+                f"image features per {unit} with vision_feature_select_strategy="
+                f"{self.vision_feature_select_strategy!r}."
+            )
+        self.image_seq_length = derived
+
+    def _check_projector(self) -> None:
+        if projector_depth(self.projector_type) == 0:
+            vision_width = self.vision_config.hidden_size * self.num_vision_feature_layers
+            if vision_width != self.text_config.hidden_size:
+                raise ValueError(
+                    f"projector_type='identity' needs the vision features ({vision_width} = hidden_size "
+                    f"{self.vision_config.hidden_size} x {self.num_vision_feature_layers} layer(s)) to be as wide as "
+                    f"the language model ({self.text_config.hidden_size}); use 'linear' or 'mlp2x_gelu'."
+                )
+
+
 @strict
-class LlavaPluginConfig(LlavaConfig):
+class LlavaPluginConfig(LlavaPluginConfigChecks, LlavaConfig):
     r"""
     Configuration of [`LlavaPluginForConditionalGeneration`]: transformers' [`LlavaConfig`] plus the projector type.
 
@@ -105,52 +159,7 @@ class LlavaPluginConfig(LlavaConfig):
             )
         self._check_vision_tower()
         self._check_projector()
-        derived = image_seq_length_for(self.vision_config, self.vision_feature_select_strategy)
-        if self.image_seq_length is not None and self.image_seq_length != derived:
-            raise ValueError(
-                f"image_seq_length={self.image_seq_length} disagrees with the vision tower, which gives {derived} "
-                "image features per image with vision_feature_select_strategy="
-                f"{self.vision_feature_select_strategy!r}."
-            )
-        self.image_seq_length = derived
-
-    @property
-    def num_vision_feature_layers(self) -> int:
-        return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
-
-    def _check_vision_tower(self) -> None:
-        vision_model_class = MODEL_MAPPING.get(type(self.vision_config), None)
-        if vision_model_class is None:
-            raise ValueError(
-                f"No AutoModel class is registered for vision config {type(self.vision_config).__name__}."
-            )
-        recordable = getattr(vision_model_class, "_can_record_outputs", None) or {}
-        takes_flag = "output_hidden_states" in inspect.signature(vision_model_class.forward).parameters
-        if "hidden_states" not in recordable and not takes_flag:
-            raise ValueError(
-                f"{vision_model_class.__name__} cannot return hidden states, so no vision_feature_layer can be "
-                "selected from it; LLaVA needs a vision tower that does (CLIP, SigLIP, ...)."
-            )
-        num_layers = self.vision_config.num_hidden_layers
-        layers = (
-            [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else self.vision_feature_layer
-        )
-        # hidden_states has num_layers + 1 entries (the embeddings first).
-        if not layers or any(not -(num_layers + 1) <= layer <= num_layers for layer in layers):
-            raise ValueError(
-                f"vision_feature_layer={self.vision_feature_layer!r} is out of range for a vision tower with "
-                f"{num_layers} layers (valid: {-(num_layers + 1)} .. {num_layers})."
-            )
-
-    def _check_projector(self) -> None:
-        if projector_depth(self.projector_type) == 0:
-            vision_width = self.vision_config.hidden_size * self.num_vision_feature_layers
-            if vision_width != self.text_config.hidden_size:
-                raise ValueError(
-                    f"projector_type='identity' needs the vision features ({vision_width} = hidden_size "
-                    f"{self.vision_config.hidden_size} x {self.num_vision_feature_layers} layer(s)) to be as wide as "
-                    f"the language model ({self.text_config.hidden_size}); use 'linear' or 'mlp2x_gelu'."
-                )
+        self._settle_image_seq_length("image")
 
 
-__all__ = ["LlavaPluginConfig", "image_seq_length_for", "projector_depth"]
+__all__ = ["LlavaPluginConfig", "LlavaPluginConfigChecks", "image_seq_length_for", "projector_depth"]

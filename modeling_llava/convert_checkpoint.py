@@ -33,6 +33,7 @@ Weights keep their dtypes and the source's shard size; DST is written beside its
 a conversion that fails half-way leaves nothing at DST.
 """
 
+import ast
 import copy
 import json
 import os
@@ -47,12 +48,26 @@ from typing import Literal
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.utils import logging
 
+from .anyres import pinpoints_from_original
 from .chat_templates import CHAT_TEMPLATES
+from .configuration_llava_next_plugin import LlavaNextPluginConfig
 from .configuration_llava_plugin import LlavaPluginConfig, image_seq_length_for
+from .modeling_llava_next_plugin import LlavaNextPluginForConditionalGeneration
 from .modeling_llava_plugin import LlavaPluginForConditionalGeneration, load_vision_tower
+from .processing_llava_next_plugin import LlavaNextPluginProcessor
 from .processing_llava_plugin import IMAGE_PROCESSOR_CLASS, LlavaPluginProcessor, load_tokenizer
 
 logger = logging.get_logger(__name__)
@@ -76,6 +91,9 @@ ORIGINAL_ONLY = {
     "sep_image_conv_front",
     "tokenizer_model_max_length",
     "tokenizer_padding_side",
+    "image_grid_pinpoints",
+    "image_crop_resolution",
+    "image_split_resolution",
 }
 # Fields that mean the same in transformers' LlavaConfig and LlavaPluginConfig.
 SHARED_CONFIG_FIELDS = (
@@ -102,12 +120,13 @@ LLAVA_HF_RELEASE_PREFIXES = {
     "lm_head.": "language_model.lm_head.",
     "model.multi_modal_projector.": "multi_modal_projector.",
     "model.vision_tower.": "vision_tower.",
+    "model.image_newline": "image_newline",
 }
-# Original fields that describe LLaVA-NeXT features this format has no place for.
-UNSUPPORTED = {
-    "image_aspect_ratio": ("anyres", "LLaVA-NeXT's any-resolution tiling"),
-    "mm_patch_merge_type": ("spatial_unpad", "LLaVA-NeXT's unpadded patch merging"),
-}
+# `image_aspect_ratio` values of LLaVA-NeXT's later repository (LLaVA-VL/LLaVA-NeXT) that lay images out otherwise
+# than 1.6's `anyres`; any other value than `pad` and `anyres` is the CLIP resize and crop, as in the original.
+REFUSED_ASPECT_RATIOS = re.compile(r"^(anyres.+|highres|crop_split)$")
+# LLaVA-1.6 merges tile features with `spatial_unpad` only; `flat` and `spatial` lay them out otherwise.
+ANYRES_MERGE = "spatial_unpad"
 
 
 def checkpoint_format(config: dict, where: str = "config.json") -> Format:
@@ -118,11 +137,11 @@ def checkpoint_format(config: dict, where: str = "config.json") -> Format:
     `where` names the config in the error.
     """
     model_type = config.get("model_type")
-    if model_type == "llava_plugin":
+    if model_type in ("llava_plugin", "llava_next_plugin"):
         return "plugin"
     if any(field in config for field in ORIGINAL_FIELDS):
         return "original"
-    if model_type == "llava" and "vision_config" in config and "text_config" in config:
+    if model_type in ("llava", "llava_next") and "vision_config" in config and "text_config" in config:
         return "llava-hf"
     raise ValueError(
         f"{where!r} has model_type {model_type!r} and neither the original LLaVA's {' / '.join(ORIGINAL_FIELDS)} "
@@ -241,9 +260,7 @@ def load_original(
             f"{str(source)!r} is an original LLaVA checkpoint with model_type {raw.get('model_type')!r}, whose "
             f"language model this plugin does not map; it converts {', '.join(map(repr, ORIGINAL_MODEL_TYPES))}."
         )
-    for field, (value, what) in UNSUPPORTED.items():
-        if raw.get(field) == value:
-            raise ValueError(f"{str(source)!r} uses {field}={value!r} ({what}), which this plugin does not implement.")
+    anyres = _check_image_layout(raw, source)
     vision = vision_tower or raw.get("mm_vision_tower") or raw.get("vision_tower")
     if not vision:
         raise ValueError(f"{str(source)!r} names no vision tower (mm_vision_tower); pass --vision-tower PATH.")
@@ -264,14 +281,25 @@ def load_original(
             f"The vision tower {vision!r} named by {str(source)!r} cannot be loaded ({error}); pass --vision-tower "
             "with a local copy of it."
         ) from error
-    processor = LlavaPluginProcessor.from_backbones(
-        vision,
-        str(source),
-        vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
-        pad_to_square=raw.get("image_aspect_ratio") == "pad",
-        image_start_token=frame[0],
-        image_end_token=frame[1],
-    )
+    select_strategy = SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")]
+    if anyres:
+        if frame[0]:
+            raise ValueError(
+                f"{str(source)!r} frames its images with start/end tokens and tiles them (anyres): no LLaVA release "
+                "did both, and this plugin does not convert the pair."
+            )
+        pinpoints = raw["image_grid_pinpoints"]
+        pinpoints = pinpoints_from_original(ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints)
+        processor = LlavaNextPluginProcessor.from_backbones(vision, str(source), image_grid_pinpoints=pinpoints)
+    else:
+        processor = LlavaPluginProcessor.from_backbones(
+            vision,
+            str(source),
+            vision_feature_select_strategy=select_strategy,
+            pad_to_square=raw.get("image_aspect_ratio") == "pad",
+            image_start_token=frame[0],
+            image_end_token=frame[1],
+        )
     processor.chat_template = {"default": CHAT_TEMPLATES[template], **CHAT_TEMPLATES}
 
     converted: dict[str, torch.Tensor] = {}
@@ -295,6 +323,8 @@ def load_original(
             match = re.match(r"model\.mm_projector\.(?:(\d+)\.)?(weight|bias)$", name)
             index = 1 if match.group(1) is None else int(match.group(1)) // 2 + 1
             converted[f"model.multi_modal_projector.linear_{index}.{match.group(2)}"] = tensor
+        elif name == "model.image_newline":
+            converted[name] = tensor
         elif name.startswith("model."):
             converted["model.language_model." + name.removeprefix("model.")] = tensor
         else:  # lm_head
@@ -305,20 +335,108 @@ def load_original(
     if new_rows > 0:
         _grow_embeddings(converted, new_rows, ["model.language_model.embed_tokens.weight", "lm_head.weight"])
         text_config.vocab_size = len(tokenizer)
-    config = LlavaPluginConfig(
+    config_class, model_class = (
+        (LlavaNextPluginConfig, LlavaNextPluginForConditionalGeneration)
+        if anyres
+        else (LlavaPluginConfig, LlavaPluginForConditionalGeneration)
+    )
+    config = config_class(
         vision_config=tower.config,
         text_config=text_config,
         projector_type=raw.get("mm_projector_type", "linear"),
         vision_feature_layer=raw.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=SELECT_FEATURE[raw.get("mm_vision_select_feature", "patch")],
+        vision_feature_select_strategy=select_strategy,
         image_token_id=tokenizer.convert_tokens_to_ids(processor.image_token),
         image_start_token_id=tokenizer.convert_tokens_to_ids(frame[0]) if frame[0] else None,
         image_end_token_id=tokenizer.convert_tokens_to_ids(frame[1]) if frame[1] else None,
         multimodal_projector_bias="model.multi_modal_projector.linear_1.bias" in converted,
         tie_word_embeddings=text_config.tie_word_embeddings,
+        **({"image_grid_pinpoints": processor.image_processor.image_grid_pinpoints} if anyres else {}),
     )
-    model = _assemble(LlavaPluginForConditionalGeneration, config, converted, dtype)
+    model = _assemble(model_class, config, converted, dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def _check_image_layout(raw: dict, source: Path) -> bool:
+    """Whether an original config tiles images (LLaVA-1.6's `anyres`); a layout this plugin does not implement is
+    refused naming its field and value."""
+    aspect_ratio = raw.get("image_aspect_ratio")
+    if isinstance(aspect_ratio, str) and REFUSED_ASPECT_RATIOS.match(aspect_ratio):
+        raise ValueError(
+            f"{str(source)!r} uses image_aspect_ratio={aspect_ratio!r}, which this plugin does not implement; it "
+            "converts 'pad' (LLaVA-1.5), 'anyres' (LLaVA-1.6) and the plain resize and crop."
+        )
+    for field in ("s2", "s2_scales"):
+        if raw.get(field):
+            raise ValueError(
+                f"{str(source)!r} uses {field}={raw[field]!r} (S2 multi-scale vision features), which this plugin "
+                "does not implement."
+            )
+    merge = raw.get("mm_patch_merge_type", "flat")
+    if aspect_ratio == "anyres":
+        if merge != ANYRES_MERGE:
+            raise ValueError(
+                f"{str(source)!r} uses mm_patch_merge_type={merge!r} with image_aspect_ratio='anyres'; this plugin "
+                f"implements LLaVA-1.6's {ANYRES_MERGE!r} merge only."
+            )
+        if not raw.get("image_grid_pinpoints"):
+            raise ValueError(f"{str(source)!r} uses image_aspect_ratio='anyres' but has no image_grid_pinpoints.")
+        return True
+    if merge != "flat":
+        raise ValueError(
+            f"{str(source)!r} uses mm_patch_merge_type={merge!r} without image_aspect_ratio='anyres'; this plugin "
+            "merges tile features only for anyres checkpoints (LLaVA-1.6)."
+        )
+    return False
+
+
+def load_llava_next_hf(source: Path) -> tuple[LlavaNextPluginForConditionalGeneration, LlavaNextPluginProcessor]:
+    """A llava-hf LLaVA-NeXT checkpoint (transformers' built-in `llava_next`) as a plugin model and processor.
+
+    Its `image_grid_pinpoints` keep transformers' (height, width) reading, so the plugin tiles as the built-in does.
+    llava-hf's 1.6 releases copied the original's (width, height) list unchanged: where two pinpoints tie (images
+    with both sides at most 336), their grid differs from the original's; converting the original checkpoint gives
+    the original's grids.
+    """
+    hf_config = LlavaNextConfig.from_pretrained(source)
+    if hf_config.projector_hidden_act != "gelu":
+        raise ValueError(
+            f"{str(source)!r} has a {hf_config.projector_hidden_act!r} projector activation; this plugin's "
+            "mlpNx_gelu projectors use gelu."
+        )
+    hf_model = LlavaNextForConditionalGeneration.from_pretrained(source, dtype="auto")
+    hf_processor = AutoProcessor.from_pretrained(source)
+    config = LlavaNextPluginConfig(
+        vision_config=hf_config.vision_config,
+        text_config=hf_config.text_config,
+        projector_type="mlp2x_gelu",
+        image_grid_pinpoints=hf_config.image_grid_pinpoints,
+        **{field: getattr(hf_config, field) for field in SHARED_CONFIG_FIELDS},
+    )
+    model = _assemble(LlavaNextPluginForConditionalGeneration, config, hf_model.state_dict(), hf_model.dtype)
+    model.generation_config = hf_model.generation_config
+    tokenizer = load_tokenizer(str(source))
+    tokenizer.image_token = hf_processor.image_token
+    source_images = hf_processor.image_processor
+    image_processor = LlavaNextImageProcessorPil(
+        size=source_images.size,
+        crop_size=source_images.crop_size,
+        image_mean=source_images.image_mean,
+        image_std=source_images.image_std,
+        resample=source_images.resample,
+        image_grid_pinpoints=hf_config.image_grid_pinpoints,
+    )
+    default = (
+        hf_processor.chat_template if isinstance(hf_processor.chat_template, str) else CHAT_TEMPLATES["vicuna_v1"]
+    )
+    processor = LlavaNextPluginProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=config.image_seq_length,
+        image_token=hf_processor.image_token,
+        chat_template={"default": default, **CHAT_TEMPLATES},
+    )
     return model, processor
 
 
@@ -388,16 +506,23 @@ def load_any(
         )
     if kind == "original":
         return load_original(source, vision_tower, template, delta_base)
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
     if kind == "llava-hf":
-        return load_llava_hf(source)
-    model = LlavaPluginForConditionalGeneration.from_pretrained(source, dtype="auto")
+        return load_llava_next_hf(source) if model_type == "llava_next" else load_llava_hf(source)
+    model_class = LlavaNextPluginForConditionalGeneration if model_type == "llava_next_plugin" else None
+    model = (model_class or LlavaPluginForConditionalGeneration).from_pretrained(source, dtype="auto")
     return model, AutoProcessor.from_pretrained(source)
 
 
 def to_llava_hf(
     model: LlavaPluginForConditionalGeneration, processor: LlavaPluginProcessor
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """The plugin model as transformers' built-in Llava, which vLLM, SGLang and TGI serve."""
+    """The plugin model as transformers' built-in Llava (LlavaNext for LLaVA-NeXT), which vLLM, SGLang and TGI serve.
+
+    A LLaVA-NeXT export keeps the plugin's (height, width) pinpoints, so the built-in tiles as the plugin does; the
+    built-in rounds the unpadded feature size where the plugin (as the original) truncates it, which gives another
+    token count for a few image sizes (`anyres` module docstring).
+    """
     config = model.config
     if config.image_start_token_id is not None:
         raise ValueError(
@@ -409,14 +534,21 @@ def to_llava_hf(
             f"projector_type {config.projector_type!r} cannot be expressed by transformers' built-in "
             "LlavaForConditionalGeneration, whose projector is always two linear layers with GELU (mlp2x_gelu)."
         )
-    hf_config = LlavaConfig(
+    next_model = isinstance(config, LlavaNextPluginConfig)
+    config_class, model_class = (
+        (LlavaNextConfig, LlavaNextForConditionalGeneration)
+        if next_model
+        else (LlavaConfig, LlavaForConditionalGeneration)
+    )
+    hf_config = config_class(
         vision_config=config.vision_config.to_dict(),
         text_config=config.text_config.to_dict(),
         projector_hidden_act="gelu",
         image_seq_length=config.image_seq_length,
+        **({"image_grid_pinpoints": config.image_grid_pinpoints} if next_model else {}),
         **{field: getattr(config, field) for field in SHARED_CONFIG_FIELDS},
     )
-    hf_model = _assemble(LlavaForConditionalGeneration, hf_config, model.state_dict(), model.dtype)
+    hf_model = _assemble(model_class, hf_config, model.state_dict(), model.dtype)
     hf_model.generation_config = model.generation_config
     vision = config.vision_config
     has_cls = image_seq_length_for(vision, "full") > (vision.image_size // vision.patch_size) ** 2
@@ -426,7 +558,7 @@ def to_llava_hf(
     # which vLLM's chat rendering cannot take ("TypeError: unhashable type: 'dict'"), and serving needs none other.
     tokenizer = copy.deepcopy(processor.tokenizer)
     tokenizer.chat_template = chat_template
-    hf_processor = LlavaProcessor(
+    hf_processor = (LlavaNextProcessor if next_model else LlavaProcessor)(
         image_processor=processor.image_processor,
         tokenizer=tokenizer,
         patch_size=vision.patch_size,

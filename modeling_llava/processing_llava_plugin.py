@@ -178,7 +178,17 @@ class LlavaPluginProcessor(ProcessorMixin):
         data = dict(super().__call__(images=images, **kwargs)) if images is not None else {}
 
         add_special_tokens = text_kwargs.get("add_special_tokens", True)
-        encoded = [self.encode_prompt(sample, add_special_tokens) for sample in texts]
+        # Each image's (height, width), in order, where the image processor reports them (the token count of a
+        # LLaVA-NeXT image depends on its size).
+        sizes = iter([tuple(int(side) for side in size) for size in data.get("image_sizes", [])])
+        encoded = [
+            self.encode_prompt(
+                sample,
+                add_special_tokens,
+                [next(sizes) for _ in range(sample.count(self.image_token))] if "image_sizes" in data else None,
+            )
+            for sample in texts
+        ]
         if text_kwargs.get("truncation") and text_kwargs.get("max_length") is not None:
             keep = slice(None, text_kwargs["max_length"])
             if self.tokenizer.truncation_side == "left":
@@ -206,19 +216,28 @@ class LlavaPluginProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return (self.image_start_token or "") + self.image_token * self.image_seq_length + (self.image_end_token or "")
 
-    def encode_prompt(self, text: str, add_special_tokens: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    def num_image_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+        """Image tokens one image becomes: `image_seq_length`, whatever its (height, width)."""
+        return self.image_seq_length
+
+    def encode_prompt(
+        self, text: str, add_special_tokens: bool = True, image_sizes: list[tuple[int, int]] | None = None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of one prompt as the original's `tokenizer_image_token` builds them, with offsets into `text` (see
-        `prompt_tokenization.encode_prompt`). Each `<image>` becomes `image_seq_length` image tokens, between the
-        paper's `<im_start>` and `<im_end>` where the processor frames images."""
-        image_ids = [self.image_token_id] * self.image_seq_length
+        `prompt_tokenization.encode_prompt`). Each `<image>` becomes its image tokens (`num_image_tokens`), between the
+        paper's `<im_start>` and `<im_end>` where the processor frames images. `image_sizes`: each `<image>`'s
+        (height, width), in order, for a processor whose token count depends on it."""
+        head, tail = [], []
         if self.image_start_token is not None:
             start, end = self.tokenizer.convert_tokens_to_ids([self.image_start_token, self.image_end_token])
-            image_ids = [start, *image_ids, end]
+            head, tail = [start], [end]
+        sizes = image_sizes if image_sizes is not None else [None]
+        runs = [[*head, *[self.image_token_id] * self.num_image_tokens(size), *tail] for size in sizes]
         return encode_prompt(
             self.tokenizer,
             text,
             self.image_token,
-            image_ids,
+            runs if image_sizes is not None else runs[0],
             add_special_tokens=add_special_tokens,
             folds_space=self._folds_leading_space,
         )

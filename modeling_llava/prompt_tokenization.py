@@ -48,7 +48,7 @@ def encode_prompt(
     tokenizer,
     text: str,
     image_token: str,
-    image_ids: list[int],
+    image_ids: list[int] | list[list[int]],
     add_special_tokens: bool = True,
     folds_space: bool | None = None,
 ) -> tuple[list[int], Offsets]:
@@ -57,7 +57,8 @@ def encode_prompt(
     The BOS comes first, once: the one the chat template wrote at the start of `text`, else the one the tokenizer
     opens a text with when `add_special_tokens`. Then each piece between `image_token` markers is a fresh text, and
     each marker becomes `image_ids` (the image's feature positions, with the paper's `<im_start>` and `<im_end>`
-    around them where the checkpoint frames its images). The BOS and image ids have empty offsets.
+    around them where the checkpoint frames its images; a list of such runs: one per marker in turn, for images of
+    different sizes). The BOS and image ids have empty offsets.
     """
     folds_space = folds_leading_space(tokenizer) if folds_space is None else folds_space
     bos, start = tokenizer.bos_token, 0
@@ -70,8 +71,9 @@ def encode_prompt(
         offsets = [(0, 0)] * len(ids)
     for index, piece in enumerate(text[start:].split(image_token)):
         if index:
-            ids += image_ids
-            offsets += [(0, 0)] * len(image_ids)
+            run = image_ids[index - 1] if image_ids and isinstance(image_ids[0], list) else image_ids
+            ids += run
+            offsets += [(0, 0)] * len(run)
         piece_ids, piece_offsets = encode_fresh_text(tokenizer, piece, folds_space)
         ids += piece_ids
         offsets += [(begin + start, end + start) for begin, end in piece_offsets]

@@ -4,6 +4,6 @@ The processor class itself lives in `modeling_llava/` (remote code must sit in o
 here; data readers and collators that only run locally join it with the training issue.
 """
 
-from modeling_llava import CHAT_TEMPLATES, LlavaPluginProcessor, tokenizer_with_image_token
+from modeling_llava import CHAT_TEMPLATES, LlavaNextPluginProcessor, LlavaPluginProcessor, tokenizer_with_image_token
 
-__all__ = ["CHAT_TEMPLATES", "LlavaPluginProcessor", "tokenizer_with_image_token"]
+__all__ = ["CHAT_TEMPLATES", "LlavaNextPluginProcessor", "LlavaPluginProcessor", "tokenizer_with_image_token"]

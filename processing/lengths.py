@@ -22,11 +22,20 @@ LENGTHS_VERSION = 1
 LENGTH_COLUMNS = ("length", "has_images")
 
 
-def sample_length(row: dict[str, Any], processor, chat_template: str | None = None) -> int:
+def sample_length(
+    row: dict[str, Any],
+    processor,
+    chat_template: str | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
+) -> int:
     """Exact token count of a row after image expansion, without opening its images: the collator's own
-    tokenization (`LlavaPluginProcessor.encode_prompt`) of the rendered text."""
+    tokenization (`LlavaPluginProcessor.encode_prompt`) of the rendered text.
+
+    `image_sizes`: each image's (height, width), in order, for a processor whose count depends on it (LLaVA-NeXT's,
+    through `anyres.anyres_layout`, the function the processor and the model count with).
+    """
     text = processor.apply_chat_template(row["messages"], chat_template=chat_template, tokenize=False)
-    return len(processor.encode_prompt(text, add_special_tokens=False)[0])
+    return len(processor.encode_prompt(text, add_special_tokens=False, image_sizes=image_sizes)[0])
 
 
 def has_images(messages: list[dict[str, Any]]) -> bool:
@@ -63,6 +72,9 @@ def tokenization_key(processor, chat_template: str | None) -> str:
             processor.image_seq_length,
             processor.image_start_token,
             processor.image_end_token,
+            # LLaVA-NeXT's tiling decides its images' counts (absent, None, for LLaVA-1.5's processor).
+            getattr(processor.image_processor, "image_grid_pinpoints", None),
+            getattr(processor.image_processor, "crop_size", None),
         ]
     )
 

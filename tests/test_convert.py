@@ -191,7 +191,9 @@ def test_llava_hf_and_plugin_configs_are_known_by_their_sub_configs_and_model_ty
     sub_configs = {"vision_config": {"model_type": "clip_vision_model"}, "text_config": {"model_type": "llama"}}
     assert checkpoint_format({"model_type": "llava", **sub_configs}) == "llava-hf"
     assert checkpoint_format({"model_type": "llava_plugin", **sub_configs}) == "plugin"
-    for config in ({"model_type": "llava"}, {"model_type": "llava_next", **sub_configs}):
+    assert checkpoint_format({"model_type": "llava_next", **sub_configs}) == "llava-hf"  # LLaVA-NeXT's
+    assert checkpoint_format({"model_type": "llava_next_plugin", **sub_configs}) == "plugin"
+    for config in ({"model_type": "llava"}, {"model_type": "llava_next"}):
         with pytest.raises(ValueError, match="neither the original LLaVA's mm_vision_tower / mm_hidden_size"):
             checkpoint_format(config, "SRC/config.json")
 
@@ -360,9 +362,9 @@ def test_unknown_formats_and_unsupported_features_are_named(tmp_path, checkpoint
     with pytest.raises(ValueError, match="model_type 'llama'"):
         convert(checkpoints["llama"], tmp_path / "out")
     source = save_original(tmp_path / "original", checkpoints, "mlp2x_gelu")
-    config = json.loads((source / "config.json").read_text()) | {"image_aspect_ratio": "anyres"}
+    config = json.loads((source / "config.json").read_text()) | {"image_aspect_ratio": "anyres_max_9"}
     (source / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="image_aspect_ratio='anyres'.*any-resolution"):
+    with pytest.raises(ValueError, match="image_aspect_ratio='anyres_max_9'"):
         convert(source, tmp_path / "out")
 
 

@@ -150,12 +150,18 @@ def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoin
         assert version == pinned_version(REPO / "constraints-remote-code.txt", "transformers")
     image_path = tmp_path / "image.png"
     random_image(3).save(image_path)
+    assert_remote_code_loads_identically(python, llava_checkpoint, image_path, tmp_path)
+
+
+def assert_remote_code_loads_identically(python: str, checkpoint: str, image_path: Path, tmp_path: Path) -> None:
+    """`checkpoint` loaded by `python` with `trust_remote_code=True` in a process that cannot import this package gives
+    the logits and greedy tokens it gives here, on the image at `image_path`."""
     out = tmp_path / "remote.safetensors"
     script = tmp_path / "remote.py"
     script.write_text(textwrap.dedent(REMOTE_SCRIPT))
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [python, str(script), llava_checkpoint, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
+        [python, str(script), checkpoint, str(image_path), json.dumps(QUESTION), json.dumps(GREEDY), str(out)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -164,7 +170,7 @@ def test_trust_remote_code_loads_identically_without_the_package(llava_checkpoin
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = load_file(out)
-    logits, tokens = reference_outputs(llava_checkpoint, image_path)
+    logits, tokens = reference_outputs(checkpoint, image_path)
     torch.testing.assert_close(remote["logits"], logits, atol=1e-5, rtol=0)
     assert torch.equal(remote["tokens"], tokens)
 
