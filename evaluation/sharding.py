@@ -12,6 +12,7 @@ The process group is set up here only when the launcher says there are several p
 plain run never touches torch.distributed.
 """
 
+import atexit
 import json
 import math
 import os
@@ -64,6 +65,9 @@ def all_done(count: int) -> int:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        # Gloo's threads left running at interpreter exit abort the process ("terminate called without an active
+        # exception", seen once in a fresh-clone CI run): the group is closed before that.
+        atexit.register(dist.destroy_process_group)
     total = torch.tensor([count])
     dist.all_reduce(total)  # a barrier: it returns once every process has sent its count
     return int(total.item())
