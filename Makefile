@@ -39,7 +39,16 @@ demo: setup
 # then the fast part again against the lowest supported releases.
 test: test-newest test-minimum
 
-test-newest: setup $(REMOTE_VENV)/ready
+# lmms-eval for tests/test_lmms_eval.py, without the dependencies it declares (they would replace the CPU torch with
+# a multi-GB CUDA build): itself and what importing its evaluator needs.
+LMMS_EVAL_IMPORTS := lmms-eval loguru evaluate sacrebleu portalocker tabulate colorama lxml tenacity aiohttp multidict \
+	yarl propcache aiohappyeyeballs aiosignal frozenlist pytablewriter DataProperty chardet mbstrdecoder pathvalidate \
+	python-dateutil six tabledata tcolorpy typepy
+$(VENV)/lmms-eval-ready: $(BIN)/llava
+	$(BIN)/pip install --quiet --no-deps $(LMMS_EVAL_IMPORTS)
+	touch $@
+
+test-newest: setup $(REMOTE_VENV)/ready $(VENV)/lmms-eval-ready
 	$(BIN)/ruff check .
 	LLAVA_REMOTE_CODE_PYTHON=$(CURDIR)/$(REMOTE_VENV)/bin/python $(BIN)/python -m pytest -q
 
