@@ -58,7 +58,7 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
 
 # `CHAT_TEMPLATES`' names and `TEMPLATE_NAMES`, written out so that building the parser imports no torch; a test
 # keeps them alike.
-NAMED_TEMPLATES = ("vicuna_v1", "llava_v1", "v0", "plain", "mistral_instruct", "chatml_direct")
+NAMED_TEMPLATES = ("vicuna_v1", "llava_v1", "v0", "simple", "plain", "mistral_instruct", "chatml_direct")
 TEMPLATES = (*NAMED_TEMPLATES, "backbone")
 
 

@@ -30,7 +30,8 @@ every `prediction`. `--lenient` adds a separately labelled score read by a toler
 `model_vqa_science.py` / `eval_science_qa.py` of 8959d5c..9fffc4f. The question file is asked as written (its first
 human turn, `<image>` taken out and stripped; from a release folder, `QCM-LEPA` records as `llava data scienceqa`
 writes them), no instruction appended, the image after the text (`text\\n<image>`, the answer line's `prompt`
-likewise), in the `v0` conversation (`--template` to choose another), sampled at temperature 0.7 from `--seed`, up to
+likewise), in the `simple` conversation of its `--conv-mode simple` (`--template` to choose another), sampled at
+temperature 0.7 from `--seed`, up to
 1024 new tokens, stopped at `###`; then the answer prompter, which the original runs on every answer when
 `--answer-prompter` is given (the paper's script gives it, and a `QCM-LEPA` model stops at the `###` before its
 answer): the prompt, the reasoning, ` ###\\nANSWER:`, up to 64 more tokens, and the text `reasoning` +
@@ -41,9 +42,9 @@ decides), counted apart as `random_choices`; `score` is the accuracy over the an
 `OUTPUT/scienceqa_v1_results.json`, the answers to `OUTPUT/scienceqa_v1_answers.jsonl` (the reasoning and the
 prompter's continuations in `scienceqa_v1_reasoning.jsonl` / `scienceqa_v1_prompter.jsonl`, each resumable).
 `--protocol v1-rerun` is the August 2023 rerun (273f4d4): `QCM-LEA`, `llava_v1`, temperature 0.2, the image first, no
-prompter. April's script answered in `conv_templates["simple"]` (a LLaVA system prompt and a "Hi!" exchange, the
-prompt ending at the human turn's `###`); the plugin's `v0` is the conversation the paper's checkpoints were trained
-in (`conv_vicuna_v0`), with `Assistant:` as its generation prompt.
+prompter. `simple` (a LLaVA system prompt and a "Hi!" exchange, the prompt ending at the human turn's `###`) is not
+the conversation the paper's checkpoints were trained in (`v0`); the model writes `Assistant: ` itself, and the
+answer keeps it, as the paper's released predictions do.
 """
 
 import argparse
@@ -113,7 +114,7 @@ LLAVA_1_5 = Protocol("1.5", "llava-1.5", INSTRUCTION, 1024)
 # The paper's run: scripts/sqa_eval_batch.sh (537be72) asks llava_test_QCM-LEPA.json with --answer-prompter and
 # model_vqa_science.py (8959d5c..9fffc4f): sampled at temperature 0.7, up to 1024 new tokens (64 after the prompter),
 # the image after the question, the paper's `###` conversation.
-V1 = Protocol("v1", "QCM-LEPA", None, 1024, "v0", 0.7, True, True, "scienceqa-v1")
+V1 = Protocol("v1", "QCM-LEPA", None, 1024, "simple", 0.7, True, True, "scienceqa-v1")
 # The August 2023 rerun: sqa_eval_batch.sh (273f4d4) asks llava_test_QCM-LEA.json with --conv-mode llava_v1 and no
 # prompter; model_vqa_science.py (181a2f8..ce1aa08) samples at 0.2 with the image first.
 V1_RERUN = Protocol("v1-rerun", "QCM-LEA", None, 1024, "llava_v1", 0.2, False, False, "scienceqa-v1")
@@ -404,17 +405,17 @@ def score_file(
     return {"score": results["score"], "parts": results["parts"], **extra}
 
 
-def _prompted(reasoning: dict, question: Question) -> Question:
-    """The answer prompter's question: the reasoning written after the generation prompt, then ` ###\\nANSWER:`.
-    April 2023's prompt ended with the human turn's `###` and the model wrote `Assistant: ` itself; the `v0` template
-    writes `Assistant:`, so a space joins it to the reasoning and the text the model continues is the same."""
+def _prompted(reasoning: dict, question: Question, joiner: str) -> Question:
+    """The answer prompter's question: the original's prompt + reasoning + ` ###\\nANSWER:`. Under `simple` the
+    prompt ends with the human turn's `###` and the reasoning (which starts with the `Assistant: ` the model wrote)
+    follows it directly; a template with a generation prompt (`v0`'s `Assistant:`) is joined by a space (`joiner`)."""
     return Question(
         question.question_id,
         question.prompt,
         question.messages,
         question.image,
         {},
-        f" {reasoning['text']}{PROMPTER_CUE}",
+        f"{joiner}{reasoning['text']}{PROMPTER_CUE}",
     )
 
 
@@ -429,6 +430,7 @@ def answer_v1(
     temperature: float,
     answer_prompter: bool,
     static_cache: bool | None,
+    template: str | None = None,
 ) -> Path:
     """Answers as the v1 protocol's `model_vqa_science.py` does, resumably, and returns the answer file: sampled at
     `temperature`; with `answer_prompter`, each reasoning (in `scienceqa_v1_reasoning.jsonl`) is continued after
@@ -443,7 +445,8 @@ def answer_v1(
     if world > 1:
         all_done(0)  # process 0 has merged the reasoning of every process
     reasoning = {str(line["question_id"]): line for line in read_answers(first)}
-    prompted = [_prompted(reasoning[str(question.question_id)], question) for question in questions]
+    joiner = "" if template == "simple" else " "  # `simple` has no generation prompt
+    prompted = [_prompted(reasoning[str(question.question_id)], question, joiner) for question in questions]
     second = output_dir / "scienceqa_v1_prompter.jsonl"
     answer_file(prompted, second, load, model_id, batch_size, PROMPTER_TOKENS, temperature, static_cache=static_cache)
     if rank != 0:
@@ -515,6 +518,7 @@ def evaluate(
             temperature,
             prompter,
             static_cache,
+            template,
         )
     if process_share()[0] != 0:  # process 0 scores the merged answers
         return {}
@@ -556,9 +560,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=tuple(PROTOCOLS),
         default=LLAVA_1_5.name,
-        help="1.5 (default: greedy, CQM-A with the letter instruction, IMG accuracy); v1 (the paper: QCM-LEPA, v0, "
-        "sampled at 0.7, the answer prompter, a random option for an unread answer); v1-rerun (August 2023: QCM-LEA, "
-        "llava_v1, sampled at 0.2)",
+        help="1.5 (default: greedy, CQM-A with the letter instruction, IMG accuracy); v1 (the paper: QCM-LEPA, "
+        "simple, sampled at 0.7, the answer prompter, a random option for an unread answer); v1-rerun (August 2023: "
+        "QCM-LEA, llava_v1, sampled at 0.2)",
     )
     parser.add_argument(
         "--prompt-layout",

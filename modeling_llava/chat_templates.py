@@ -24,6 +24,12 @@ image's run (`image_start_token`, `image_end_token`).
   the system prompt, `###`, the template's one-shot example exchange (renewable energy), then `Human: ...###` /
   `Assistant: ...###` turns and `Assistant:`. The model ends its answer with `###` (`STOP_STRINGS`).
 
+`SIMPLE` is the conversation the paper's ScienceQA evaluation answered in (`conv_templates["simple"]`, the
+`--conv-mode simple` of its April-May 2023 `model_vqa_science.py` commands; the same text from 8959d5c to 9fffc4f): a
+LLaVA system prompt, `###`, a "Hi!" exchange, then `Human: ...###` turns; the prompt ends at the human turn's `###`
+(no generation prompt: the model writes `Assistant: ` itself, as the paper's released predictions show), and the
+answer ends with `###`. It was never a training format; rendered for training, its assistant turns carry the loss.
+
 LLaVA-1.6's `MISTRAL_INSTRUCT` and `CHATML_DIRECT` (the 34B's) render what the original's `conv_mistral_instruct`
 and `conv_chatml_direct` render at the 1.6 release, with the loss of LLaVA-NeXT's `preprocess_llama_2` and
 `preprocess_mpt` (each answer with its end token). `template: backbone` is the language model's own chat template
@@ -170,6 +176,29 @@ _V0 = (
     "{%- endif -%}"
 )
 
+SIMPLE_SYSTEM = (
+    "You are LLaVA, a large language model trained by UW Madison WAIV Lab, based on LLaMA architecture."
+    "You are designed to assist human with a variety of tasks using natural language."
+    "Follow the instructions carefully."
+)
+SIMPLE_EXAMPLE = (("Human", "Hi!"), ("Assistant", "Hi there!  How can I help you today?\n"))
+
+_SIMPLE = (
+    "{%- set system = " + _string(SIMPLE_SYSTEM) + " -%}" + _SYSTEM_MESSAGE + "{%- for message in messages -%}"
+    "{%- if message.role not in ('user', 'assistant') -%}"
+    "{{- raise_exception('simple knows the roles system, user and assistant, not ' + message.role) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    # Conversation.get_prompt() of SeparatorStyle.SINGLE, sep "###": system + sep, then "Role: message" + sep.
+    "{{- bos_token + system + '###' -}}"
+    + "".join("{{- " + _string(f"{role}: {text}###") + " -}}" for role, text in SIMPLE_EXAMPLE)
+    + "{%- for message in messages -%}"
+    "{%- set content = render(message.content) -%}"
+    "{%- if message.role == 'user' -%}{{- 'Human: ' + content + '###' -}}"
+    "{%- else -%}{%- generation -%}{{- 'Assistant: ' + content + '###' -}}{%- endgeneration -%}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
 _PLAIN = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
@@ -263,14 +292,15 @@ _BODIES = {
     "vicuna_v1": _vicuna_style("vicuna_v1", VICUNA_V1_SYSTEM),
     "llava_v1": _vicuna_style("llava_v1", HUMAN_SYSTEM),
     "v0": _V0,
+    "simple": _SIMPLE,
     "plain": _PLAIN,
     "mistral_instruct": _MISTRAL_INSTRUCT,
     "chatml_direct": _CHATML_DIRECT,
 }
-# What a model of each template writes after its answer when `eos_token` does not end it: `v0` answers end with
-# `###` (the original stops on it with its `KeywordsStoppingCriteria` and strips it), `chatml_direct` ones with
-# `<|im_end|>`, which is not the EOS of every ChatML tokenizer.
-STOP_STRINGS = {"v0": "###", "chatml_direct": "<|im_end|>"}
+# What a model of each template writes after its answer when `eos_token` does not end it: `v0` and `simple` answers
+# end with `###` (the original stops on it with its `KeywordsStoppingCriteria` and strips it), `chatml_direct` ones
+# with `<|im_end|>`, which is not the EOS of every ChatML tokenizer.
+STOP_STRINGS = {"v0": "###", "simple": "###", "chatml_direct": "<|im_end|>"}
 # Two exchanges, what `chat_template` renders a backbone's template on to see that it can be cut into turns.
 _PROBE = [
     {"role": "user", "content": "Question one?"},

@@ -78,21 +78,41 @@ def test_the_answer_prompter_continues_the_reasoning_after_answer(release, proce
     (question,) = [q for q in read_questions(release, "test", None, V1) if q.question_id == "p1"]
     text = llava_record("p1", PROBLEMS["p1"], "QCM-LEPA")["conversations"][0]["value"].replace("<image>", "").strip()
     assert question.prompt == f"{text}\n<image>"  # model_vqa_science.py (8959d5c): cur_prompt + '\n' + '<image>'
-    prompted = _prompted({"text": "LECTURE: Cats purr.\nSOLUTION: It is a cat."}, question)
+    reasoning = "Assistant: LECTURE: Cats purr.\nSOLUTION: It is a cat."  # as the model wrote it after `###`
+    prompted = _prompted({"text": reasoning}, question, "")
+    use_template(processor, V1.template, image_in_place=True)
+    try:
+        rendered = processor.apply_chat_template(prompted.messages, add_generation_prompt=True) + prompted.prefill
+    finally:
+        use_template(processor, "vicuna_v1")
+    # The original's second prompt: `conv_templates["simple"]` (the paper's --conv-mode simple, 8959d5c..9fffc4f)
+    # with the question turn appended, whose get_prompt() (SeparatorStyle.SINGLE, sep "###") is system + "###" then
+    # "Role: message###" per message; the reasoning; then ' ###\nANSWER:'. Written out from the original's file.
+    system = (
+        "You are LLaVA, a large language model trained by UW Madison WAIV Lab, based on LLaMA architecture."
+        "You are designed to assist human with a variety of tasks using natural language."
+        "Follow the instructions carefully."
+    )
+    first = f"{system}###Human: Hi!###Assistant: Hi there!  How can I help you today?\n###Human: {text}\n<image>###"
+    assert V1.template == "simple"
+    assert rendered == processor.tokenizer.bos_token + first + reasoning + " ###\nANSWER:"
+
+
+def test_the_v0_prompter_joins_the_reasoning_after_its_generation_prompt(release, processor):
+    (question,) = [q for q in read_questions(release, "test", None, V1) if q.question_id == "p1"]
+    text = llava_record("p1", PROBLEMS["p1"], "QCM-LEPA")["conversations"][0]["value"].replace("<image>", "").strip()
+    prompted = _prompted({"text": "LECTURE: Cats purr."}, question, " ")
     use_template(processor, "v0", image_in_place=True)
     try:
         rendered = processor.apply_chat_template(prompted.messages, add_generation_prompt=True) + prompted.prefill
     finally:
         use_template(processor, "vicuna_v1")
-    # The original's second prompt: the first one, which ends with the question turn, `qs + '\n' + <image>`, and
-    # `###`; the reasoning the model wrote after it ("Assistant: ..."); then ' ###\nANSWER:'.
     system = (  # conv_vicuna_v0's
         "A chat between a curious human and an artificial intelligence assistant. "
         "The assistant gives helpful, detailed, and polite answers to the human's questions."
     )
     first = f"{system}###Human: {V0_EXAMPLE_QUESTION}###Assistant: {V0_EXAMPLE_ANSWER}###Human: {text}\n<image>###"
-    reasoning = "Assistant: LECTURE: Cats purr.\nSOLUTION: It is a cat."
-    assert rendered == processor.tokenizer.bos_token + first + reasoning + " ###\nANSWER:"
+    assert rendered == processor.tokenizer.bos_token + first + "Assistant: LECTURE: Cats purr. ###\nANSWER:"
 
 
 def test_llava_eval_scienceqa_v1_end_to_end_is_reproducible_by_seed(release, llava_checkpoint, tmp_path):
