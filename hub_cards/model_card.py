@@ -83,6 +83,8 @@ CARD_NAME = "README.md"
 _CARD_HASH = re.compile(r"\n<!-- llava-plugin card sha256:([0-9a-f]{64}) -->\n$")
 
 Kind = Literal["checkpoint", "adapter", "projector"]
+# This plugin's model types: LLaVA-1.5's (one tile per image) and LLaVA-NeXT's (AnyRes tiles).
+PLUGIN_MODEL_TYPES = ("llava_plugin", "llava_next_plugin")
 
 
 def folder_kind(folder: str | Path) -> Kind:
@@ -94,7 +96,7 @@ def folder_kind(folder: str | Path) -> Kind:
     if config.is_file():
         contents = json.loads(config.read_text())
         model_type = contents.get("model_type")
-        if model_type != "llava_plugin":
+        if model_type not in PLUGIN_MODEL_TYPES:
             from modeling_llava.convert_checkpoint import FORMAT_NAMES, checkpoint_format  # torch: only when refused
 
             try:
@@ -134,7 +136,8 @@ def parameter_counts(folder: str | Path, pattern: str = "model*.safetensors") ->
 def _config_rows(config: dict[str, Any]) -> dict[str, str]:
     vision, text = config["vision_config"], config["text_config"]
     token_id = config.get("image_token_index", config.get("image_token_id"))
-    return {
+    rows = {
+        "model type": config["model_type"],
         "vision tower": f"{vision['model_type']} (width {vision['hidden_size']}, "
         f"{vision['num_hidden_layers']} layers, {vision['image_size']} px, patch {vision['patch_size']})",
         "language model": f"{text['model_type']} (width {text['hidden_size']}, {text['num_hidden_layers']} layers, "
@@ -144,6 +147,14 @@ def _config_rows(config: dict[str, Any]) -> dict[str, str]:
         "feature selection": config["vision_feature_select_strategy"],
         "image tokens per image": f"{config['image_seq_length']} (token id {token_id})",
     }
+    if "image_grid_pinpoints" in config:  # LLaVA-NeXT: an image's count depends on its size (`anyres_layout`)
+        del rows["image tokens per image"]
+        rows["image tokens per tile"] = f"{config['image_seq_length']} (token id {token_id})"
+        rows["tiling"] = (
+            f"AnyRes: the base image and a grid of {vision['image_size']} px tiles, grids (height, width) "
+            f"{config['image_grid_pinpoints']}"
+        )
+    return rows
 
 
 def describe_checkpoint(folder: str | Path) -> dict[str, str]:

@@ -231,6 +231,8 @@ class LlavaPluginProcessor(ProcessorMixin):
         if self.image_start_token is not None:
             start, end = self.tokenizer.convert_tokens_to_ids([self.image_start_token, self.image_end_token])
             head, tail = [start], [end]
+        if image_sizes is None and self.image_token not in text:
+            image_sizes = []  # a text without images has no run to build (a NeXT run needs its image's size)
         sizes = image_sizes if image_sizes is not None else [None]
         runs = [[*head, *[self.image_token_id] * self.num_image_tokens(size), *tail] for size in sizes]
         return encode_prompt(
