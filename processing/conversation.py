@@ -28,7 +28,8 @@ def render_conversation(
     processor: LlavaPluginProcessor, messages: list[dict], images: list[Image.Image] | None = None
 ) -> BatchFeature:
     """`input_ids` and `attention_mask` (1, prompt length, image tokens expanded) and, with images, `pixel_values`
-    (images, 3, H, W) of `messages` followed by the assistant's generation prompt."""
+    (images, 3, H, W; for LLaVA-NeXT images, tiles, 3, H, W with each image's `image_sizes`) of `messages` followed by
+    the assistant's generation prompt."""
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     # The template already wrote the BOS token.
     return processor(images=images or None, text=prompt, add_special_tokens=False, return_tensors="pt")
