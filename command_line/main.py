@@ -154,6 +154,13 @@ def main(argv: list[str] | None = None) -> None:
         help="SRC is an original delta release (the paper's LLaVA-13b-delta-v0, ...): the LLaMA it is added to",
     )
     convert_parser.add_argument(
+        "--original-grids",
+        action="store_true",
+        help="SRC is one of llava-hf's LLaVA-NeXT (1.6) releases: read its image_grid_pinpoints as the original's "
+        "(width, height) list, which those releases copied unchanged, so that every image gets the grid the weights "
+        "were trained with (default: transformers' (height, width) reading, as the built-in LlavaNext tiles)",
+    )
+    convert_parser.add_argument(
         "--template",
         choices=NAMED_TEMPLATES,
         default="vicuna_v1",
@@ -250,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
                 vision_tower=args.vision_tower,
                 template=args.template,
                 delta_base=args.delta_base,
+                original_grids=args.original_grids,
             )
         except (OSError, ValueError) as error:  # a bad source or destination: the message says which and why
             fail("convert", error)

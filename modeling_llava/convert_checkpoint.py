@@ -391,15 +391,21 @@ def _check_image_layout(raw: dict, source: Path) -> bool:
     return False
 
 
-def load_llava_next_hf(source: Path) -> tuple[LlavaNextPluginForConditionalGeneration, LlavaNextPluginProcessor]:
+def load_llava_next_hf(
+    source: Path, original_grids: bool = False
+) -> tuple[LlavaNextPluginForConditionalGeneration, LlavaNextPluginProcessor]:
     """A llava-hf LLaVA-NeXT checkpoint (transformers' built-in `llava_next`) as a plugin model and processor.
 
     Its `image_grid_pinpoints` keep transformers' (height, width) reading, so the plugin tiles as the built-in does.
     llava-hf's 1.6 releases copied the original's (width, height) list unchanged: where two pinpoints tie (images
-    with both sides at most 336), their grid differs from the original's; converting the original checkpoint gives
-    the original's grids.
+    with both sides at most 336), their grid differs from the one the weights were trained with. `original_grids`
+    reads the list as the original does (`anyres.pinpoints_from_original`), which gives every image the original's
+    grid, as converting the original checkpoint does.
     """
     hf_config = LlavaNextConfig.from_pretrained(source)
+    pinpoints = hf_config.image_grid_pinpoints
+    if original_grids:
+        pinpoints = pinpoints_from_original(pinpoints)
     if hf_config.projector_hidden_act != "gelu":
         raise ValueError(
             f"{str(source)!r} has a {hf_config.projector_hidden_act!r} projector activation; this plugin's "
@@ -411,7 +417,7 @@ def load_llava_next_hf(source: Path) -> tuple[LlavaNextPluginForConditionalGener
         vision_config=hf_config.vision_config,
         text_config=hf_config.text_config,
         projector_type="mlp2x_gelu",
-        image_grid_pinpoints=hf_config.image_grid_pinpoints,
+        image_grid_pinpoints=pinpoints,
         **{field: getattr(hf_config, field) for field in SHARED_CONFIG_FIELDS},
     )
     model = _assemble(LlavaNextPluginForConditionalGeneration, config, hf_model.state_dict(), hf_model.dtype)
@@ -425,7 +431,7 @@ def load_llava_next_hf(source: Path) -> tuple[LlavaNextPluginForConditionalGener
         image_mean=source_images.image_mean,
         image_std=source_images.image_std,
         resample=source_images.resample,
-        image_grid_pinpoints=hf_config.image_grid_pinpoints,
+        image_grid_pinpoints=pinpoints,
     )
     default = (
         hf_processor.chat_template if isinstance(hf_processor.chat_template, str) else CHAT_TEMPLATES["vicuna_v1"]
@@ -493,10 +499,13 @@ def load_any(
     vision_tower: str | None = None,
     template: str = "vicuna_v1",
     delta_base: str | Path | None = None,
+    original_grids: bool = False,
 ) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
     """Any of the three formats as a plugin model and processor (what `llava chat` and `llava convert` load).
 
-    `delta_base` (the LLaMA an original delta is added to) applies to original checkpoints only."""
+    `delta_base` (the LLaMA an original delta is added to) applies to original checkpoints only; `original_grids`
+    (read the pinpoints as the original's (width, height) list, `load_llava_next_hf`) to llava-hf's LLaVA-NeXT
+    checkpoints only."""
     source = Path(source)
     kind = detect_format(source)
     if delta_base is not None and kind != "original":
@@ -504,11 +513,17 @@ def load_any(
             f"{str(source)!r} is {FORMAT_NAMES[kind]} checkpoint, not an original LLaVA delta: --delta-base applies "
             "to the original's delta releases (LLaVA-13b-delta-v0, ...) only."
         )
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if original_grids and not (kind == "llava-hf" and model_type == "llava_next"):
+        raise ValueError(
+            f"{str(source)!r} is {FORMAT_NAMES[kind]} checkpoint of model_type {model_type!r}: --original-grids "
+            "applies to llava-hf's LLaVA-NeXT (llava_next) checkpoints only (an original 1.6 checkpoint always "
+            "converts with the original's grids)."
+        )
     if kind == "original":
         return load_original(source, vision_tower, template, delta_base)
-    model_type = json.loads((source / "config.json").read_text()).get("model_type")
     if kind == "llava-hf":
-        return load_llava_next_hf(source) if model_type == "llava_next" else load_llava_hf(source)
+        return load_llava_next_hf(source, original_grids) if model_type == "llava_next" else load_llava_hf(source)
     model_class = LlavaNextPluginForConditionalGeneration if model_type == "llava_next_plugin" else None
     model = (model_class or LlavaPluginForConditionalGeneration).from_pretrained(source, dtype="auto")
     return model, AutoProcessor.from_pretrained(source)
@@ -644,12 +659,15 @@ def convert(
     vision_tower: str | None = None,
     template: str = "vicuna_v1",
     delta_base: str | Path | None = None,
+    original_grids: bool = False,
 ) -> Path:
     """Converts the checkpoint at `source` (any of the three formats) into `destination` in the `to` format.
 
-    `delta_base`: `source` is an original delta release, and this the LLaMA it is added to (`apply_delta`)."""
+    `delta_base`: `source` is an original delta release, and this the LLaMA it is added to (`apply_delta`).
+    `original_grids`: `source` is one of llava-hf's LLaVA-NeXT releases, whose pinpoints are read as the original's
+    (`load_llava_next_hf`)."""
     source, destination = Path(source), Path(destination)
-    model, processor = load_any(source, vision_tower, template, delta_base)
+    model, processor = load_any(source, vision_tower, template, delta_base, original_grids)
     if to == "llava-hf":
         model, processor = to_llava_hf(model, processor)
     elif to != "plugin":

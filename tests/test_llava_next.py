@@ -230,6 +230,41 @@ def test_export_to_llava_hf_loads_in_the_built_in_llava_next_with_equal_logits(t
         assert torch.equal(again.state_dict()[name], tensor), name
 
 
+def test_llava_hf_release_converts_with_the_originals_grids_when_asked(tmp_path, checkpoints, capsys):
+    """llava-hf's 1.6 releases hold the original's (width, height) pinpoint list unchanged, which transformers reads
+    as (height, width): `--original-grids` reads it as the original does, the default as the built-in does."""
+    from command_line.main import main as llava
+    from tests.conftest import refused
+
+    source = save_original_next(tmp_path / "original", checkpoints, tmp_path)
+    release = convert(source, tmp_path / "release", to="llava-hf")
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json"):
+        path = release / name
+        if path.is_file():  # the list copied as the release's conversion script copied it
+            settings = json.loads(path.read_text())
+            for holder in (settings, settings.get("image_processor", {})):
+                if "image_grid_pinpoints" in holder:
+                    holder["image_grid_pinpoints"] = TINY_PINPOINTS
+            path.write_text(json.dumps(settings))
+    assert AutoConfig.from_pretrained(release).image_grid_pinpoints == TINY_PINPOINTS
+
+    llava(["convert", str(release), str(tmp_path / "original-grids"), "--original-grids"])
+    as_original = LlavaNextPluginProcessor.from_pretrained(tmp_path / "original-grids")
+    as_served = LlavaNextPluginProcessor.from_pretrained(convert(release, tmp_path / "as-served"))
+    config = AutoConfig.from_pretrained(tmp_path / "original-grids")
+    assert config.image_grid_pinpoints == pinpoints_from_original(TINY_PINPOINTS)
+    served_differs = []
+    for width, height in itertools.product(range(1, 41), range(1, 41)):
+        expected = original.token_count((width, height), TINY_PINPOINTS, 30, 5)
+        assert as_original.num_image_tokens((height, width)) == expected, (width, height)
+        served_differs += [as_served.num_image_tokens((height, width)) != expected]
+    assert any(served_differs)  # the ties the flag exists for: e.g. 30 x 20 px, both grids 2 tiles
+
+    message = refused(capsys, ["convert", str(source), str(tmp_path / "out"), "--original-grids"])
+    assert "--original-grids" in message and "llava_next" in message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
