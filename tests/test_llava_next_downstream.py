@@ -15,7 +15,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from command_line.main import main as llava
 from tests.conftest import random_image, vicuna_v1_get_prompt
-from tests.test_llava_next import tiny_next_checkpoint
 
 MAX_NEW_TOKENS = 8
 # Sizes (width, height) whose grids differ on the tiny tower's pinpoints, so the first batch of two mixes image token
@@ -26,11 +25,6 @@ QUESTIONS = [
     {"question_id": 1, "image": "tall.png", "text": "Where is the blue circle? Answer with one word."},
     {"question_id": 2, "text": "How many shapes are there?"},
 ]
-
-
-@pytest.fixture(scope="module")
-def next_checkpoint(tmp_path_factory, checkpoints) -> str:
-    return tiny_next_checkpoint(tmp_path_factory.mktemp("next") / "checkpoint", checkpoints)
 
 
 @pytest.fixture(scope="module")
