@@ -37,7 +37,9 @@ def question_folder(tmp_path_factory) -> Path:
     return root
 
 
-def reference_answer(checkpoint: str, image: Image.Image | None, text: str) -> str:
+def reference_answer(
+    checkpoint: str, image: Image.Image | None, text: str, max_new_tokens: int = MAX_NEW_TOKENS
+) -> str:
     """The greedy answer of `generate()` on one question alone: no padding, the original's vicuna_v1 prompt."""
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
@@ -48,7 +50,7 @@ def reference_answer(checkpoint: str, image: Image.Image | None, text: str) -> s
     else:
         inputs = processor(images=image, text=prompt, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        tokens = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(tokens[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
