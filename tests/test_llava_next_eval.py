@@ -69,10 +69,12 @@ def test_suite_answers_pope_with_a_next_checkpoint_as_generate_alone(next_checkp
     assert results["score"] == pytest.approx(100 * sum(f1) / 3)
 
 
-def test_scienceqa_answers_a_next_checkpoint_as_generate_alone(next_checkpoint, release, tmp_path):  # noqa: F811
+# The static KV cache is the GPU default (and the slower one on a CPU).
+@pytest.mark.parametrize("cache", ["--no-static-cache", pytest.param("--static-cache", marks=pytest.mark.slow)])
+def test_scienceqa_answers_a_next_checkpoint_as_generate_alone(next_checkpoint, release, tmp_path, cache):  # noqa: F811
     out = tmp_path / "out"
     llava(["eval", "scienceqa", next_checkpoint, "--data", str(release), "--output-dir", str(out)]
-          + ["--batch-size", "3", "--max-new-tokens", "12", "--device", "cpu"])  # fmt: skip
+          + ["--batch-size", "3", "--max-new-tokens", "12", "--device", "cpu", cache])  # fmt: skip
     answers = [json.loads(line) for line in (out / "scienceqa_answers.jsonl").read_text().splitlines()]
     assert [answer["question_id"] for answer in answers] == list(PROBLEMS)
     expected = []
