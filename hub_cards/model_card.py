@@ -24,6 +24,9 @@ from safetensors import safe_open
 
 TEMPLATE = Path(__file__).parent / "templates" / "llava_card.md"
 RUN_INFO_NAME = "llava_run.json"
+# The run record's hyperparameter that a run which trains the vision tower writes (LLaVA-1.6's recipe trains it at its
+# own learning rate); its absence means the run kept the tower frozen.
+VISION_TOWER_LR = "vision tower learning rate"
 ADAPTER_BASE_NAME = "llava_base.json"  # how a LoRA adapter's base model is rebuilt (`llava merge-lora`)
 # The stage-1 projector artifact (`trainers/projector_artifact.py`), the original's `mm_projector.bin`.
 PROJECTOR_WEIGHTS_NAME = "mm_projector.safetensors"
@@ -84,7 +87,8 @@ _CARD_HASH = re.compile(r"\n<!-- llava-plugin card sha256:([0-9a-f]{64}) -->\n$"
 
 Kind = Literal["checkpoint", "adapter", "projector"]
 # This plugin's model types: LLaVA-1.5's (one tile per image) and LLaVA-NeXT's (AnyRes tiles).
-PLUGIN_MODEL_TYPES = ("llava_plugin", "llava_next_plugin")
+NEXT_MODEL_TYPE = "llava_next_plugin"
+PLUGIN_MODEL_TYPES = ("llava_plugin", NEXT_MODEL_TYPE)
 
 
 def folder_kind(folder: str | Path) -> Kind:
@@ -148,11 +152,20 @@ def _config_rows(config: dict[str, Any]) -> dict[str, str]:
         "image tokens per image": f"{config['image_seq_length']} (token id {token_id})",
     }
     if "image_grid_pinpoints" in config:  # LLaVA-NeXT: an image's count depends on its size (`anyres_layout`)
-        del rows["image tokens per image"]
-        rows["image tokens per tile"] = f"{config['image_seq_length']} (token id {token_id})"
+        pinpoints, tile = config["image_grid_pinpoints"], vision["image_size"]
+        side = vision["image_size"] // vision["patch_size"]
+        # The most tokens: an image of a pinpoint's aspect ratio keeps the whole feature map of its grid, each of
+        # its rows followed by `image_newline`; padding rows or columns of other shapes are cut, down to the base.
+        most = max((height // tile * side) * (width // tile * side + 1) for height, width in pinpoints)
+        rows["image tokens per image"] = (
+            f"{side * side} to {side * side + most} by the image's size and aspect ratio: {side * side} of the base "
+            f"image, then its tiles' features (token id {token_id})"
+        )
+        rows["image tokens per tile"] = str(config["image_seq_length"])
         rows["tiling"] = (
-            f"AnyRes: the base image and a grid of {vision['image_size']} px tiles, grids (height, width) "
-            f"{config['image_grid_pinpoints']}"
+            f"AnyRes: the base image and a grid of {tile} px tiles, resolutions (height, width) {pinpoints} (the "
+            f"original's image_grid_pinpoints list the same pairs swapped, as (width, height): "
+            f"{[[width, height] for height, width in pinpoints]})"
         )
     return rows
 
@@ -191,9 +204,12 @@ def _hub_ids(*names: str | None) -> list[str]:
 
 def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
     if kind == "checkpoint":
-        run = _read_json(folder / RUN_INFO_NAME) or {}
-        sources = run.get("sources", {})
-        return describe_checkpoint(folder), _hub_ids(sources.get("vision_tower"), sources.get("language_model"))
+        run = _read_json(folder / RUN_INFO_NAME)
+        sources = (run or {}).get("sources", {})
+        rows = describe_checkpoint(folder)
+        if (tower := _tower_training(run, rows["model type"] == NEXT_MODEL_TYPE)) is not None:
+            rows["vision tower weights"] = tower
+        return rows, _hub_ids(sources.get("vision_tower"), sources.get("language_model"))
     if kind == "adapter":
         adapter = json.loads((folder / "adapter_config.json").read_text())
         base = (_read_json(folder / ADAPTER_BASE_NAME) or {}).get("script_args", {})
@@ -218,6 +234,22 @@ def _architecture(folder: Path, kind: Kind) -> tuple[dict[str, str], list[str]]:
     }
     rows.update(parameter_counts(folder, PROJECTOR_WEIGHTS_NAME))
     return rows, _hub_ids(projector.get("vision_tower"), projector.get("language_model"))
+
+
+def _tower_training(run: dict[str, Any] | None, anyres: bool) -> str | None:
+    """Whether the vision tower was trained, as the run record says; for a LLaVA-NeXT checkpoint without one (converted
+    from a 1.6 release, which fine-tuned its tower), that its own tower weights are the ones used."""
+    if run is not None:
+        learning_rate = run.get("hyperparameters", {}).get(VISION_TOWER_LR)
+        if learning_rate is not None:
+            return f"trained in this run (learning rate {learning_rate})"
+        return "frozen in this run: the tower's weights as the run loaded them"
+    if anyres:
+        return (
+            "this checkpoint's own, used as saved (LLaVA-1.6 fine-tuned its vision tower; no llava_run.json records "
+            "how these were trained)"
+        )
+    return None
 
 
 def _benchmark_rows(
@@ -363,6 +395,10 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
     architecture, base_models = _architecture(folder, kind)
     training, datasets = _training(folder)
     evaluation, eval_results = _evaluation(folder, model_name)
+    model_type = architecture.get("model type", "llava_plugin")
+    next_model = model_type == NEXT_MODEL_TYPE
+    tags = ["llava", model_type, "vision-language", "custom_code"]
+    tags += ["llava-next", "llava-1.6", "anyres"] if next_model else []
     card_data = ModelCardData(
         model_name=model_name,
         library_name={"checkpoint": "transformers", "adapter": "peft", "projector": "llava-plugin"}[kind],
@@ -370,13 +406,19 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         base_model=base_models or None,
         datasets=datasets or None,
         license=license,
-        tags=["llava", "llava_plugin", "vision-language", "custom_code"] + (["lora"] if kind == "adapter" else []),
+        tags=tags + (["lora"] if kind == "adapter" else []),
         eval_results=eval_results or None,
     )
+    loads = (
+        f"in the `{model_type}` format: it loads with `from_pretrained` where `llava-plugin` is installed, and with "
+        "`trust_remote_code=True` alone elsewhere."
+    )
     summary = {
-        "checkpoint": "A LLaVA vision-language model (Liu et al., *Visual Instruction Tuning*, NeurIPS 2023) in the "
-        "`llava_plugin` format: it loads with `from_pretrained` where `llava-plugin` is installed, and with "
-        "`trust_remote_code=True` alone elsewhere.",
+        "checkpoint": "A LLaVA-NeXT (LLaVA-1.6) vision-language model (Liu et al., *LLaVA-NeXT: Improved reasoning, "
+        "OCR, and world knowledge*, 2024), which sees each image at high resolution through AnyRes: the whole image "
+        "plus a grid of tiles chosen by its aspect ratio, so an image's token count depends on its size; " + loads
+        if next_model
+        else f"A LLaVA vision-language model (Liu et al., *Visual Instruction Tuning*, NeurIPS 2023) {loads}",
         "adapter": "A LoRA adapter for a LLaVA vision-language model (Liu et al., *Visual Instruction Tuning*, "
         "NeurIPS 2023), trained with `llava-plugin` on TRL's SFTTrainer.",
         "projector": "The stage-1 projector of a LLaVA vision-language model (Liu et al., *Visual Instruction "
@@ -388,6 +430,8 @@ def render_model_card(folder: str | Path, repo_id: str | None = None, license: s
         title=model_name,
         summary=summary,
         kind=kind,
+        model_type=model_type,
+        next_model=next_model,
         repo_id=repo_id,
         architecture=architecture,
         training=training,
@@ -448,6 +492,7 @@ __all__ = [
     "PROJECTOR_CONFIG_NAME",
     "PROJECTOR_WEIGHTS_NAME",
     "RUN_INFO_NAME",
+    "VISION_TOWER_LR",
     "card_is_generated",
     "card_text",
     "refresh_card_after_eval",

@@ -31,6 +31,10 @@ from .modeling_llava_plugin import (
 from .processing_llava_next_plugin import LlavaNextPluginProcessor
 from .processing_llava_plugin import LlavaPluginProcessor, tokenizer_with_image_token
 
+# Either model type with its head, for code that takes any checkpoint of this package (chat, serving, evaluation); both
+# processors are `LlavaPluginProcessor`s (the NeXT one subclasses it).
+AnyLlavaForConditionalGeneration = LlavaPluginForConditionalGeneration | LlavaNextPluginForConditionalGeneration
+
 AutoConfig.register(LlavaPluginConfig.model_type, LlavaPluginConfig, exist_ok=True)
 AutoModel.register(LlavaPluginConfig, LlavaPluginModel, exist_ok=True)
 AutoModelForImageTextToText.register(LlavaPluginConfig, LlavaPluginForConditionalGeneration, exist_ok=True)
@@ -54,6 +58,7 @@ LlavaNextPluginForConditionalGeneration.register_for_auto_class("AutoModelForIma
 LlavaNextPluginProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "AnyLlavaForConditionalGeneration",
     "CHAT_TEMPLATES",
     "TEMPLATE_NAMES",
     "VARLEN_ATTENTION",

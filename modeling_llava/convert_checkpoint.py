@@ -539,7 +539,8 @@ def to_llava_hf(
     token count for a few image sizes (`anyres` module docstring).
     """
     config = model.config
-    if config.image_start_token_id is not None:
+    # LLaVA-1.5's config only: LLaVA-NeXT's declares no framing (one converted from an original may carry it as None).
+    if getattr(config, "image_start_token_id", None) is not None:
         raise ValueError(
             "This checkpoint frames each image with start and end tokens (the paper's <im_start> / <im_end>), which "
             "transformers' built-in LlavaProcessor cannot write; keep it in this plugin's format."

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava import AnyLlavaForConditionalGeneration, LlavaPluginProcessor
 from processing.images import image_background
 
 from .openai_format import ChatRequest, chunk, completion, completion_id, parse_chat_request, usage
@@ -49,7 +49,7 @@ class ServeSettings:
 
 
 def create_app(
-    model: LlavaPluginForConditionalGeneration,
+    model: AnyLlavaForConditionalGeneration,
     processor: LlavaPluginProcessor,
     model_name: str,
     settings: ServeSettings = ServeSettings(),

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import TextStreamer
 
-from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava import AnyLlavaForConditionalGeneration, LlavaPluginProcessor
 from processing.conversation import (
     assistant_message,
     decode_answer,
@@ -38,7 +38,7 @@ class ChatSession:
 
     def __init__(
         self,
-        model: LlavaPluginForConditionalGeneration,
+        model: AnyLlavaForConditionalGeneration,
         processor: LlavaPluginProcessor,
         max_new_tokens: int = 512,
         temperature: float = 0.0,

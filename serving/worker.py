@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 from PIL import Image
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
-from modeling_llava import LlavaPluginForConditionalGeneration, LlavaPluginProcessor
+from modeling_llava import AnyLlavaForConditionalGeneration, LlavaPluginProcessor
 from processing.conversation import answer_text, decode_answer, render_conversation, stop_arguments
 from processing.generation import sampling_arguments
 
@@ -93,7 +93,7 @@ class GenerationWorker:
 
     def __init__(
         self,
-        model: LlavaPluginForConditionalGeneration,
+        model: AnyLlavaForConditionalGeneration,
         processor: LlavaPluginProcessor,
         max_queue: int = 16,
         default_max_new_tokens: int = 512,

@@ -119,6 +119,14 @@ def llava_checkpoint(tmp_path_factory, checkpoints, processor):
 
 
 @pytest.fixture(scope="session")
+def next_checkpoint(tmp_path_factory, checkpoints) -> str:
+    """A saved tiny LLaVA-NeXT (CLIP + Llama, AnyRes tiles) with its processor, shared by the downstream tests."""
+    from tests.test_llava_next import tiny_next_checkpoint  # a test module that imports this one
+
+    return tiny_next_checkpoint(tmp_path_factory.mktemp("next") / "tiny-next", checkpoints)
+
+
+@pytest.fixture(scope="session")
 def loaded(llava_checkpoint) -> tuple[LlavaPluginForConditionalGeneration, LlavaPluginProcessor]:
     """The session's tiny LLaVA, loaded once in eval mode, with its processor (the chat and serve tests share it)."""
     model = LlavaPluginForConditionalGeneration.from_pretrained(llava_checkpoint).eval()

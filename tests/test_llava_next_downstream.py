@@ -15,7 +15,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from command_line.main import main as llava
 from tests.conftest import random_image, vicuna_v1_get_prompt
-from tests.test_llava_next import tiny_next_checkpoint
 
 MAX_NEW_TOKENS = 8
 # Sizes (width, height) whose grids differ on the tiny tower's pinpoints, so the first batch of two mixes image token
@@ -29,11 +28,6 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def next_checkpoint(tmp_path_factory, checkpoints) -> str:
-    return tiny_next_checkpoint(tmp_path_factory.mktemp("next") / "checkpoint", checkpoints)
-
-
-@pytest.fixture(scope="module")
 def question_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("questions")
     (root / "images").mkdir()
@@ -43,7 +37,9 @@ def question_folder(tmp_path_factory) -> Path:
     return root
 
 
-def reference_answer(checkpoint: str, image: Image.Image | None, text: str) -> str:
+def reference_answer(
+    checkpoint: str, image: Image.Image | None, text: str, max_new_tokens: int = MAX_NEW_TOKENS
+) -> str:
     """The greedy answer of `generate()` on one question alone: no padding, the original's vicuna_v1 prompt."""
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
@@ -54,7 +50,7 @@ def reference_answer(checkpoint: str, image: Image.Image | None, text: str) -> s
     else:
         inputs = processor(images=image, text=prompt, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        tokens = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(tokens[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
