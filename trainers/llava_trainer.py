@@ -31,10 +31,12 @@ from typing import Any
 import torch
 import transformers.trainer as transformers_trainer
 from huggingface_hub import HfApi
+from peft import PeftModel
 from trl import SFTTrainer
 
 from hub_cards.model_card import LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
 from hub_cards.push import IGNORE_PATTERNS, files_to_push
+from processing.adapters import save_image_newline
 from processing.lengths import LENGTH_COLUMNS
 from processing.padding_free import LlavaPaddingFreeCollator
 
@@ -148,6 +150,8 @@ class LlavaSFTTrainer(SFTTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
+        if isinstance(self.model, PeftModel) and self.args.should_save:
+            save_image_newline(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
         if self.projector_provenance is not None and self.args.should_save:
             model = self.accelerator.unwrap_model(self.model)
             save_projector(model, output_dir or self.args.output_dir, **self.projector_provenance)
