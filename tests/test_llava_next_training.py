@@ -26,7 +26,7 @@ from processing.padding_free import LlavaPaddingFreeCollator
 from tests.conftest import CONVERSATION, IMAGE_ITEM, QUESTION, random_image, run_args, train, turn
 from tests.test_training import changed, starting_model
 from trainers.merge_lora import merge_lora
-from trainers.train import SetupError, check_arguments, parse
+from trainers.train import SetupError, build_trainer, check_arguments, parse
 
 # LLaVA-1.6's pinpoints ((height, width): 2x1, 1x2, 2x2, 1x3, 3x1 tiles of 336) for the tiny tower's 30-pixel tiles.
 TINY_PINPOINTS = [[60, 30], [30, 60], [60, 60], [30, 90], [90, 30]]
@@ -318,3 +318,85 @@ def test_a_next_lora_run_reloads_unmerged_and_merges_to_the_same_logits(checkpoi
         expected = trained(**inputs).logits
         torch.testing.assert_close(adapter(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes on a CPU need use_cpu
+# Facts of LLaVA-VL/LLaVA-NeXT's scripts/train/pretrain_clip.sh (stage 1) and direct_finetune_clip.sh (stage 2), and
+# for the LoRA values, of LLaVA-1.5's scripts/v1_5/finetune_lora.sh.
+NEXT_SCRIPTS = {
+    "stage1": {
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 16,
+        "anyres": False,  # no --image_aspect_ratio: "square"
+        "train_vision_tower": False,  # --mm_tunable_parts="mm_mlp_adapter"
+        "template": "plain",
+    },
+    "stage2": {
+        "learning_rate": 1e-5,
+        "per_device_train_batch_size": 4,
+        "anyres": True,
+        "train_vision_tower": True,  # --mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model"
+        "vision_tower_lr": 2e-6,
+        "group_by_modality_length": True,
+        "dataloader_drop_last": True,
+        "save_steps": 3000,
+        "pretrain_projector": "checkpoints/llava-next-7b-pretrain",
+    },
+    "lora": {
+        "learning_rate": 2e-4,
+        "projector_lr": 2e-5,
+        "lora_r": 128,
+        "lora_alpha": 256,
+        "anyres": True,
+        "train_vision_tower": False,
+        "group_by_modality_length": True,
+        "pretrain_projector": "checkpoints/llava-next-7b-pretrain",
+    },
+}
+# direct_finetune_clip.sh's --image_grid_pinpoints, copied as written: (width, height) pairs.
+SCRIPT_PINPOINTS = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]
+
+
+@pytest.mark.parametrize("stage", NEXT_SCRIPTS)
+def test_next_recipes_hold_the_published_scripts_settings(stage):
+    script_args, training_args, model_args = parse(["--config", f"llava-next-7b-{stage}", *ON_CPU])
+    check_arguments(script_args, training_args, model_args)
+    fields = {**vars(script_args), **vars(model_args), **training_args.to_dict()}
+    for key, value in {**NEXT_SCRIPTS[stage], "stage": stage, "assistant_only_loss": True}.items():
+        assert fields[key] == value, key
+    assert script_args.vision_tower == "openai/clip-vit-large-patch14-336"
+    assert (script_args.projector_type, script_args.vision_feature_layer) == ("mlp2x_gelu", -2)
+    assert (training_args.gradient_accumulation_steps, training_args.num_train_epochs) == (1, 1)
+    assert (training_args.warmup_steps, training_args.weight_decay, training_args.lr_scheduler_type) == (
+        0.03,
+        0,
+        "cosine",
+    )
+    assert training_args.bf16 and training_args.gradient_checkpointing
+    if script_args.anyres:  # the script's (width, height) pairs, each swapped: every image gets the script's grid
+        assert script_args.image_grid_pinpoints == [[height, width] for width, height in SCRIPT_PINPOINTS]
+
+
+def test_the_next_stage2_recipe_is_honoured(checkpoints, next_data, tmp_path):
+    """The recipe on the tiny backbones (tiles of 30 pixels, fp32 on a CPU): a LLaVA-NeXT whose tower trains at its
+    own rate beside the LLM, in padding-free batches grouped by modality and length."""
+    data = ["--data_path", next_data["data_path"], "--image_folder", next_data["image_folder"]]
+    overrides = [
+        *["--vision_tower", checkpoints["clip"], "--language_model", checkpoints["llama"], "--pretrain_projector", ""],
+        *["--image_grid_pinpoints", json.dumps(TINY_PINPOINTS), "--output_dir", str(tmp_path), "--max_length", "400"],
+        *["--dtype", "float32", "--bf16", "false", "--gradient_checkpointing", "false", *data],
+    ]
+    trainer, _ = build_trainer(*parse(["--config", "llava-next-7b-stage2", *ON_CPU, *overrides]))
+    model = trainer.model
+    assert type(model) is LlavaNextPluginForConditionalGeneration
+    assert model.config.image_grid_pinpoints == TINY_PINPOINTS
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    assert frozen == set() and model.model.image_newline.requires_grad
+    assert isinstance(trainer.data_collator, LlavaPaddingFreeCollator) and trainer.group_by_modality_length
+    trainer.create_optimizer()
+    rates = {group["lr"] for group in trainer.optimizer.param_groups}
+    tower = {id(parameter) for parameter in model.model.vision_tower.parameters()}
+    for group in trainer.optimizer.param_groups:
+        in_tower = {id(parameter) in tower for parameter in group["params"]}
+        assert in_tower == {group["lr"] == 2e-6}, group["lr"]
+    assert rates == {2e-6, 1e-5}
