@@ -400,3 +400,10 @@ def test_the_next_stage2_recipe_is_honoured(checkpoints, next_data, tmp_path):
         in_tower = {id(parameter) in tower for parameter in group["params"]}
         assert in_tower == {group["lr"] == 2e-6}, group["lr"]
     assert rates == {2e-6, 1e-5}
+
+
+def test_llava_plan_refuses_a_next_recipe_rather_than_sizing_it_as_llava_1_5():
+    from trainers.plan import plan
+
+    with pytest.raises(SetupError, match="LLaVA-1.5 runs only"):
+        plan(*parse(["--config", "llava-next-7b-stage2", *ON_CPU]))
