@@ -93,7 +93,28 @@ def apply_freeze(
         if isinstance(model, LlavaNextPluginForConditionalGeneration):  # trained with the LLM (module docstring)
             model.model.image_newline.requires_grad_(True)
     if stage.trains_vision_tower:
-        model.model.vision_tower.requires_grad_(True)
+        _unfreeze_vision_tower(model)
+
+
+def _unfreeze_vision_tower(model: LlavaPluginForConditionalGeneration | LlavaNextPluginForConditionalGeneration):
+    """The vision tower's parameters on the way to the features the projector reads: the layers up to the deepest
+    `vision_feature_layer`. The layers above it, the final norm and a pooling head never reach the loss, and a
+    trainable parameter without a gradient stops DDP (with gradient checkpointing, `find_unused_parameters` is off)."""
+    tower = model.model.vision_tower
+    tower.requires_grad_(True)
+    vision_model = getattr(tower, "vision_model", tower)  # CLIPVisionModel, SiglipVisionModel
+    layers = getattr(getattr(vision_model, "encoder", None), "layers", None)
+    if layers is None:  # a tower of another layout: trained whole
+        return
+    feature_layers = model.config.vision_feature_layer
+    feature_layers = [feature_layers] if isinstance(feature_layers, int) else feature_layers
+    # hidden_states[i] is the output of layer i - 1 (hidden_states[0] the embeddings): layers from the deepest on idle.
+    deepest = max(index % (len(layers) + 1) for index in feature_layers)
+    for layer in layers[deepest:]:
+        layer.requires_grad_(False)
+    for name in ("post_layernorm", "head"):
+        if isinstance(getattr(vision_model, name, None), nn.Module):
+            getattr(vision_model, name).requires_grad_(False)
 
 
 def lora_config(
