@@ -147,10 +147,13 @@ def _oriented_size(opened: Image.Image) -> tuple[int, int]:
     return height, width
 
 
-def image_size(image: str | os.PathLike | dict[str, Any]) -> tuple[int, int]:
-    """The (height, width) of the picture `decode_image` makes of `image` (a path or an undecoded `datasets.Image`
-    value), from its header: EXIF orientation applied, as `to_rgb` applies it (a phone photo turned a quarter swaps
-    its sides). A PNG whose EXIF chunk comes after its pixel data (which no common writer does) is read unturned."""
+def image_size(image: str | os.PathLike | dict[str, Any] | Image.Image) -> tuple[int, int]:
+    """The (height, width) of the picture `open_image` makes of `image` (a path, an undecoded `datasets.Image` value
+    or a decoded image), from its header: EXIF orientation applied, as `to_rgb` applies it (a phone photo turned a
+    quarter swaps its sides). A PNG whose EXIF chunk comes after its pixel data (which no common writer does) is read
+    unturned."""
+    if isinstance(image, Image.Image):
+        return _oriented_size(image)
     file, _ = _file_and_name(image)
     with _opened(file, None) as opened:
         return _oriented_size(opened)

@@ -202,6 +202,10 @@ def test_lengths_count_next_images_by_their_oriented_size(next_processor, tmp_pa
     collated = [collate(LlavaDataCollator, next_processor, [row])["input_ids"].shape[1] for row in rows]
     assert list(measured["length"]) == list(unchecked["length"]) == collated
     assert collated[0] != collated[1]
+    decoded = Dataset.from_list([{**row, "images": [Image.open(row["images"][0])]} for row in rows[:2]])
+    assert list(measure_lengths(decoded, next_processor, CHAT_TEMPLATES["vicuna_v1"], cache=False)["length"]) == [
+        collate(LlavaDataCollator, next_processor, [row])["input_ids"].shape[1] for row in decoded
+    ]
 
 
 def test_sequence_boundaries_start_at_the_first_token():
