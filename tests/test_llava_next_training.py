@@ -24,7 +24,7 @@ from processing.collator import LlavaDataCollator
 from processing.data_checks import check_images
 from processing.lengths import measure_lengths
 from processing.padding_free import LlavaPaddingFreeCollator
-from tests.conftest import CONVERSATION, IMAGE_ITEM, QUESTION, random_image, run_args, train, turn
+from tests.conftest import CONVERSATION, EXAMPLES, QUESTION, random_image, run_args, train
 from tests.test_training import changed, starting_model
 from trainers.merge_lora import merge_lora
 from trainers.train import SetupError, build_trainer, check_arguments, parse
@@ -106,25 +106,15 @@ def test_a_checkpoint_keeps_its_own_tiling(llava_checkpoint):
         build_base(llava_checkpoint, anyres=True)
 
 
-# Images of four grids (1x3, 3x1, 1x2 for the 30-pixel square, 2x2 for 40 x 52) plus each one's base tile, a text-only
-# sample and a sample with two images: tiles per sample vary from 0 to 7.
-NEXT_EXAMPLES = [
-    {
-        "messages": [
-            turn("user", IMAGE_ITEM, "What is the colour of the square?"),
-            turn("assistant", "The square is red."),
-            turn("user", "Where is the blue circle?"),
-            turn("assistant", "The blue circle is at the top left of the image."),
-        ],
-        "images": [random_image(0, (20, 80))],
-    },
-    {"messages": [turn("user", "How many shapes are there?"), turn("assistant", "There are three.")], "images": []},
-    {
-        "messages": [turn("user", IMAGE_ITEM, IMAGE_ITEM, "Which one is green?"), turn("assistant", "The triangle.")],
-        "images": [random_image(1, (80, 20)), random_image(2, (30, 30))],
-    },
-    {"messages": [turn("user", IMAGE_ITEM, "Where?"), turn("assistant", "Left.")], "images": [random_image(3)]},
+# The shared EXAMPLES (a text-only sample, one with two images) with images of four grids: 1x3, 3x1, 1x2 for the
+# 30-pixel square, 2x2 for 40 x 52, each plus its base tile; tiles per sample vary from 0 to 7.
+NEXT_IMAGES = [
+    [random_image(0, (20, 80))],
+    [],
+    [random_image(1, (80, 20)), random_image(2, (30, 30))],
+    [random_image(3)],
 ]
+NEXT_EXAMPLES = [{**example, "images": images} for example, images in zip(EXAMPLES, NEXT_IMAGES, strict=True)]
 
 
 @pytest.fixture(scope="module")
