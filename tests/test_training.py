@@ -4,6 +4,7 @@ References are independent of the trainer: the backbone checkpoints on disk (fro
 bit), a model rebuilt the same way before training, the PEFT model an adapter came from, and an uninterrupted run.
 """
 
+import dataclasses
 import json
 import re
 import shlex
@@ -31,6 +32,7 @@ from trainers.checkpoints import (
     checkpoint_folders,
     mark_complete,
     prepare_output_dir,
+    run_fingerprint,
 )
 from trainers.merge_lora import merge_lora
 from trainers.projector_artifact import CONFIG_NAME, WEIGHTS_NAME, save_projector
@@ -516,6 +518,34 @@ def test_the_same_content_at_another_place_resumes_and_says_what_moved(tmp_path)
     assert resume_from == tmp_path / "checkpoint-2"
     assert "image_folder: '/data/images' -> '/mnt/copy/images'" in notes[0]
     assert json.loads((tmp_path / FINGERPRINT_NAME).read_text())["where"]["image_folder"] == "/mnt/copy/images"
+
+
+def test_a_field_an_upgrade_added_resumes_at_its_default_and_counts_otherwise(checkpoints, train_data, tmp_path):
+    # A run recorded before `anyres` existed (its record lacks the field and its defaults), and one recorded by a
+    # release that still had a field this one dropped.
+    args = parse(["stage2", *run_args(checkpoints, train_data, tmp_path / "run")])
+    current = run_fingerprint(*args)
+    assert current["defaults"]["script"]["anyres"] == "False" == current["run"]["script"]["anyres"]
+    sft_defaults = {item.name: item.default for item in dataclasses.fields(args[1])}
+    assert current["defaults"]["training"]["learning_rate"] == str(sft_defaults["learning_rate"])
+    older = json.loads(json.dumps(current))
+    del older["run"]["script"]["anyres"], older["defaults"]
+    older["run"]["script"]["dropped_field"] = "kept"
+    older["defaults"] = {"script": {"dropped_field": "kept"}}
+    (tmp_path / FINGERPRINT_NAME).write_text(json.dumps(older))
+    make_checkpoints(tmp_path, [(2, True)])
+    resume_from, _ = prepare_output_dir(tmp_path, current, resume=True, overwrite=False)
+    assert resume_from == tmp_path / "checkpoint-2"
+
+    (tmp_path / FINGERPRINT_NAME).write_text(json.dumps(older))
+    anyres = json.loads(json.dumps(current))
+    anyres["run"]["script"]["anyres"] = "True"
+    with pytest.raises(RunMismatchError, match=r"script.anyres: None -> 'True'"):
+        prepare_output_dir(tmp_path, anyres, resume=True, overwrite=False)
+    older["run"]["script"]["dropped_field"] = "changed"  # not its default: the run did something this one would not
+    (tmp_path / FINGERPRINT_NAME).write_text(json.dumps(older))
+    with pytest.raises(RunMismatchError, match=r"script.dropped_field: 'changed' -> None"):
+        prepare_output_dir(tmp_path, current, resume=True, overwrite=False)
 
 
 def test_a_fingerprint_of_an_earlier_version_resumes_with_a_note(tmp_path):

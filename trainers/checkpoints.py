@@ -9,7 +9,9 @@ unless `--overwrite_output_dir`.
 The fingerprint keeps apart what makes a run's result from where its files are and from how long it runs:
 
 - `run`, what decides the weights, compared on every start: the stage; every field of the three argument classes
-  except those listed below (so a field added to TRL, transformers or this project counts until it is listed); the
+  except those listed below (so a field added to TRL, transformers or this project counts until it is listed; a
+  field that one side's record lacks counts only where its value is not the default, so a run started before an
+  upgrade added a field resumes after it, as long as the new field keeps its default); the
   global batch instead of its split into devices and accumulation steps (a run may resume on another number of
   processes); and the data by content: the data file's bytes (sha256; a local `dataset_name` folder's files the
   same way), the images its records name by (relative path, size) in record order, the stage-1 projector
@@ -41,7 +43,7 @@ import json
 import os
 import shlex
 import shutil
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +178,19 @@ def _counted(arguments) -> dict[str, str]:
     return {f.name: str(getattr(arguments, f.name)) for f in fields(arguments) if f.name not in OPERATIONAL}
 
 
+def _defaults(arguments) -> dict[str, str]:
+    """The counted fields' defaults as `_counted` writes values, for fields one record has and the other lacks."""
+    found = {}
+    for item in fields(arguments):
+        if item.name in OPERATIONAL:
+            continue
+        if item.default is not MISSING:
+            found[item.name] = str(item.default)
+        elif item.default_factory is not MISSING:
+            found[item.name] = str(item.default_factory())
+    return found
+
+
 def run_fingerprint(script_args, training_args, model_args) -> dict[str, Any]:
     """What decides the run's result (`run`), where its files are (`where`) and its step budget (`budget`); see the
     module docstring for which field goes where."""
@@ -197,18 +212,38 @@ def run_fingerprint(script_args, training_args, model_args) -> dict[str, Any]:
         },
         "where": where,
         "budget": {name: getattr(training_args, name) for name in BUDGET},
+        "defaults": {
+            "script": _defaults(script_args),
+            "model": _defaults(model_args),
+            "training": _defaults(training_args),
+        },
     }
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _differences(
+    old: dict, new: dict, prefix: str = "", old_defaults: dict | None = None, new_defaults: dict | None = None
+) -> list[str]:
+    """`key: old -> new` for each value that differs. A key one side lacks (a field added or removed by an upgrade
+    between two starts) differs only where the other side's value is not that side's default (`*_defaults`, the same
+    nesting)."""
+    old_defaults, new_defaults = old_defaults or {}, new_defaults or {}
     found = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
+            found += _differences(a, b, f"{prefix}{key}.", old_defaults.get(key), new_defaults.get(key))
+        elif key not in old and key in new_defaults and b == new_defaults[key]:
+            continue
+        elif key not in new and key in old_defaults and a == old_defaults[key]:
+            continue
         elif a != b:
             found.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return found
+
+
+def _run_differences(recorded: dict, fingerprint: dict) -> list[str]:
+    """What differs between a recorded run and this start's (`run`), a field new to either side at its default not."""
+    return _differences(recorded["run"], fingerprint["run"], "", recorded.get("defaults"), fingerprint.get("defaults"))
 
 
 def describe_budget(budget: dict[str, Any]) -> str:
@@ -301,14 +336,14 @@ def prepare_output_dir(
     if recorded is not None and not checkpoints and not _holds_weights(output_dir):
         # A start refused before training (bad data, say) bound the folder; the mended data is another file, and
         # nothing here is lost by starting anew.
-        if _differences(recorded["run"], fingerprint["run"]):
+        if _run_differences(recorded, fingerprint):
             notes.append(f"{str(output_dir)!r} held no trained weights: its record of an earlier start is replaced.")
         recorded = None
     newest, skipped = newest_complete_checkpoint(output_dir)
     resume_from = newest if resume else None
     budgets = [{**fingerprint["budget"], "from_step": 0}]
     if recorded is not None:
-        changes = _differences(recorded["run"], fingerprint["run"])
+        changes = _run_differences(recorded, fingerprint)
         budget_changed = recorded["budget"] != fingerprint["budget"]
         if budget_changed and not checkpoints:  # nothing to continue: another run
             changes += _differences(recorded["budget"], fingerprint["budget"], "budget.")
