@@ -149,7 +149,8 @@ class BatchRecorder:
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         synchronize(self.device)  # the previous step's kernels belong to the previous step
         self.starts.append(time.perf_counter())
-        input_ids = kwargs["input_ids"]
+        # TRL's fused LM head passes it by name; LlavaNext's own forward, first by position.
+        input_ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
         if kwargs.get("attention_mask") is not None:
             lengths = kwargs["attention_mask"].sum(-1).tolist()
         elif kwargs.get("cu_seq_lens_q") is not None:  # a padding-free row
