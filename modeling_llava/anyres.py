@@ -19,6 +19,14 @@ from dataclasses import dataclass
 
 from transformers.image_processing_utils import select_best_resolution
 
+# LLaVA-1.6's pinpoints for a 336-pixel tower, (height, width) (the original lists the same set as (width, height)).
+LLAVA_NEXT_PINPOINTS = [[672, 336], [336, 672], [672, 672], [336, 1008], [1008, 336]]
+
+
+def llava_next_pinpoints(tile_size: int) -> list[list[int]]:
+    """LLaVA-1.6's pinpoints scaled to a tower of `tile_size` pixels: the same grids (1x2 ... 3x1) of its tiles."""
+    return [[height * tile_size // 336, width * tile_size // 336] for height, width in LLAVA_NEXT_PINPOINTS]
+
 
 def pinpoints_from_original(image_grid_pinpoints: list) -> list[list[int]]:
     """An original checkpoint's `image_grid_pinpoints`, (width, height) pairs, as (height, width) pairs."""
@@ -78,4 +86,4 @@ def anyres_layout(
     return AnyresLayout(grid=(rows, columns), crop=crop, features_per_side=features_per_side)
 
 
-__all__ = ["AnyresLayout", "anyres_layout", "pinpoints_from_original"]
+__all__ = ["LLAVA_NEXT_PINPOINTS", "AnyresLayout", "anyres_layout", "llava_next_pinpoints", "pinpoints_from_original"]

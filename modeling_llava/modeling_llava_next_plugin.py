@@ -10,16 +10,16 @@ exactly the features the original LLaVA-1.6 keeps (it truncates the unpadded siz
 
 import torch
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
     LlavaNextPreTrainedModel,
 )
 
-from .anyres import anyres_layout
+from .anyres import anyres_layout, llava_next_pinpoints
 from .configuration_llava_next_plugin import LlavaNextPluginConfig
-from .modeling_llava_plugin import LlavaPluginMultiModalProjector
+from .modeling_llava_plugin import LlavaBackbonesMixin, LlavaPluginMultiModalProjector
 
 
 class LlavaNextPluginPreTrainedModel(LlavaNextPreTrainedModel):
@@ -95,14 +95,56 @@ class LlavaNextPluginModel(LlavaNextPluginPreTrainedModel, LlavaNextModel):
         return packed, lengths
 
 
-class LlavaNextPluginForConditionalGeneration(LlavaNextPluginPreTrainedModel, LlavaNextForConditionalGeneration):
-    """LLaVA-NeXT with a language modeling head: `forward`, `get_image_features` and generation are the built-in's."""
+class LlavaNextPluginForConditionalGeneration(
+    LlavaBackbonesMixin, LlavaNextPluginPreTrainedModel, LlavaNextForConditionalGeneration
+):
+    """LLaVA-NeXT with a language modeling head: `forward`, `get_image_features` and generation are the built-in's;
+    `from_backbones` is the plugin's (shared with LLaVA-1.5)."""
 
     def __init__(self, config: LlavaNextPluginConfig):
         LlavaNextPreTrainedModel.__init__(self, config)
         self.model = LlavaNextPluginModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_backbones(
+        cls,
+        vision: str,
+        text: str,
+        image_grid_pinpoints: list | None = None,
+        projector_type: str = "mlp2x_gelu",
+        dtype: torch.dtype | str | None = None,
+        quantization_config=None,
+        **config_kwargs,
+    ) -> "LlavaNextPluginForConditionalGeneration":
+        """Builds a fresh LLaVA-NeXT from a pretrained vision checkpoint and a pretrained causal LM
+        ([`LlavaBackbonesMixin.from_backbones`]); the projector and `image_newline` are random.
+
+        `image_grid_pinpoints` ((height, width) pairs, as [`LlavaNextPluginConfig`] reads them; the original's
+        `--image_grid_pinpoints` are (width, height)) default to LLaVA-1.6's, scaled to the vision tower's size, as
+        [`LlavaNextPluginProcessor.from_backbones`] chooses them.
+        """
+        if image_grid_pinpoints is None:
+            vision_config = AutoConfig.from_pretrained(vision)
+            vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP's, or a bare tower's
+            image_grid_pinpoints = llava_next_pinpoints(vision_config.image_size)
+        return super().from_backbones(
+            vision,
+            text,
+            projector_type=projector_type,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            image_grid_pinpoints=image_grid_pinpoints,
+            **config_kwargs,
+        )
+
+    def _init_new_parts(self, dtype: torch.dtype) -> None:
+        """The projector, and `image_newline` drawn as the original draws it (`randn / sqrt(hidden_size)`,
+        LLaVA-NeXT's `llava_arch.py`): on the meta device until now, it gets real values here."""
+        super()._init_new_parts(dtype)
+        width = self.config.text_config.hidden_size
+        self.model.image_newline = nn.Parameter(torch.randn(width, dtype=dtype) / width**0.5)
 
 
 __all__ = [

@@ -169,17 +169,9 @@ def load_vision_tower(vision: str, dtype: torch.dtype | str | None = None) -> Pr
         logging.set_verbosity(verbosity)
 
 
-class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForConditionalGeneration, GenerationMixin):
-    """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub.
-
-    `forward`, `get_image_features` and generation are the built-in's; `from_backbones` is the plugin's.
-    """
-
-    def __init__(self, config: LlavaPluginConfig):
-        LlavaPreTrainedModel.__init__(self, config)
-        self.model = LlavaPluginModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.post_init()
+class LlavaBackbonesMixin:
+    """`from_backbones` for a LLaVA model class (LLaVA-1.5's, LLaVA-NeXT's): the backbones moved into a shell of the
+    class's own config, the parts that exist in neither backbone drawn fresh by `_init_new_parts`."""
 
     @classmethod
     def from_backbones(
@@ -190,12 +182,12 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
         dtype: torch.dtype | str | None = None,
         quantization_config=None,
         **config_kwargs,
-    ) -> "LlavaPluginForConditionalGeneration":
+    ) -> PreTrainedModel:
         """Builds a fresh LLaVA from a pretrained vision checkpoint and a pretrained causal LM: LLaVA's stage-1 start.
 
-        Both backbones keep their weights; the projector is random. The LLM's tokenizer gets the `<image>` token
-        (as `LlavaPluginProcessor.from_backbones` does, so ids agree) and the embeddings grow to fit it, new rows set
-        to the mean of the existing ones as the original LLaVA does.
+        Both backbones keep their weights; the projector (and LLaVA-NeXT's `image_newline`) is random. The LLM's
+        tokenizer gets the `<image>` token (as the processor's `from_backbones` does, so ids agree) and the embeddings
+        grow to fit it, new rows set to the mean of the existing ones as the original LLaVA does.
 
         Args:
             vision (`str`):
@@ -211,7 +203,7 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
                 Quantization of the language model alone (QLoRA's 4-bit bitsandbytes); the vision tower stays in
                 `dtype`.
             config_kwargs:
-                Any other [`LlavaPluginConfig`] field (`vision_feature_layer`, `vision_feature_select_strategy`, ...).
+                Any other field of the class's config (`vision_feature_layer`, `image_grid_pinpoints`, ...).
         """
         from .processing_llava_plugin import tokenizer_with_image_token
 
@@ -227,7 +219,7 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
             "vision_feature_select_strategy",
             "full" if vision_config.model_type in VISION_TOWERS_WITHOUT_CLS else "default",
         )
-        config = LlavaPluginConfig(
+        config = cls.config_class(
             vision_config=vision_tower.config,
             text_config=language_model.config,
             projector_type=projector_type,
@@ -243,11 +235,10 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
         model.model.vision_tower = vision_tower
         model.model.language_model = language_model.get_decoder()
         model.lm_head = language_model.get_output_embeddings()
-        # The projector is drawn from the random state of the call, whatever building the rest drew (ZeRO-3
+        # The new parts are drawn from the random state of the call, whatever building the rest drew (ZeRO-3
         # initialises modules before loading them): one seed, one projector, with DeepSpeed or without.
         torch.random.set_rng_state(random_state)
-        model.model.multi_modal_projector = LlavaPluginMultiModalProjector(config).to(language_model.dtype)
-        model.model.multi_modal_projector.apply(model._init_weights)
+        model._init_new_parts(language_model.dtype)
         # Keep the LLM's decoding defaults (its eos ends an answer) and pad with the tokenizer's pad token.
         model.generation_config = language_model.generation_config
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -260,8 +251,29 @@ class LlavaPluginForConditionalGeneration(LlavaPluginPreTrainedModel, LlavaForCo
                     embeddings.weight[old_rows:] = embeddings.weight[:old_rows].mean(dim=0, keepdim=True)
         return model
 
+    def _init_new_parts(self, dtype: torch.dtype) -> None:
+        """A fresh projector in `dtype`, initialised as transformers initialises the built-in's."""
+        self.model.multi_modal_projector = LlavaPluginMultiModalProjector(self.config).to(dtype)
+        self.model.multi_modal_projector.apply(self._init_weights)
+
+
+class LlavaPluginForConditionalGeneration(
+    LlavaBackbonesMixin, LlavaPluginPreTrainedModel, LlavaForConditionalGeneration, GenerationMixin
+):
+    """LLaVA with a language modeling head: the model that is trained, generates, and ships to the Hub.
+
+    `forward`, `get_image_features` and generation are the built-in's; `from_backbones` is the plugin's.
+    """
+
+    def __init__(self, config: LlavaPluginConfig):
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = LlavaPluginModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
 
 __all__ = [
+    "LlavaBackbonesMixin",
     "load_vision_tower",
     "LlavaPluginForConditionalGeneration",
     "LlavaPluginModel",

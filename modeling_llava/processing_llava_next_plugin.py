@@ -11,12 +11,9 @@ from math import isqrt
 from transformers import AutoConfig
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from .anyres import anyres_layout
+from .anyres import LLAVA_NEXT_PINPOINTS, anyres_layout, llava_next_pinpoints
 from .chat_templates import CHAT_TEMPLATES
 from .processing_llava_plugin import LlavaPluginProcessor, tokenizer_with_image_token
-
-# LLaVA-1.6's pinpoints for a 336-pixel tower, (height, width) (the original lists the same set as (width, height)).
-LLAVA_NEXT_PINPOINTS = [[672, 336], [336, 672], [672, 672], [336, 1008], [1008, 336]]
 
 
 class LlavaNextPluginProcessor(LlavaPluginProcessor):
@@ -71,9 +68,7 @@ class LlavaNextPluginProcessor(LlavaPluginProcessor):
         vision_config = getattr(vision_config, "vision_config", vision_config)
         size = vision_config.image_size
         if image_grid_pinpoints is None:
-            image_grid_pinpoints = [
-                [height * size // 336, width * size // 336] for height, width in LLAVA_NEXT_PINPOINTS
-            ]
+            image_grid_pinpoints = llava_next_pinpoints(size)
         # `do_pad` here pads each image's tiles to the batch's most, so images of different grids stack; a vision
         # checkpoint's preprocessor config may say `do_pad: false` in LLaVA-1.5's other meaning (pad to square).
         settings = {"image_grid_pinpoints": image_grid_pinpoints, "do_pad": True}

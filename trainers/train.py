@@ -83,6 +83,28 @@ class LlavaScriptArguments:
     projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear, mlp2x_gelu, mlpNx_gelu, identity."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "Vision hidden state fed to the projector."})
     pad_to_square: bool = field(default=False, metadata={"help": "LLaVA-1.5's image_aspect_ratio=pad."})
+    anyres: bool = field(
+        default=False,
+        metadata={
+            "help": "Build a LLaVA-NeXT (1.6) from the backbones: AnyRes tiles, each image its own token count (the "
+            "original's image_aspect_ratio=anyres with mm_patch_merge_type=spatial_unpad)."
+        },
+    )
+    image_grid_pinpoints: list | str | None = field(
+        default=None,
+        metadata={
+            "help": "AnyRes resolutions as (height, width) pairs, e.g. [[672, 336], [336, 672]] (the original's "
+            "--image_grid_pinpoints lists (width, height)); default LLaVA-1.6's, scaled to the vision tower."
+        },
+    )
+    train_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Train the vision tower too, in stage2 (LLaVA-1.6's mm_tunable_parts=mm_vision_tower,...)."},
+    )
+    vision_tower_lr: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the vision tower, if its own (the original's mm_vision_tower_lr)."},
+    )
     template: str | None = field(
         default=None,
         metadata={
@@ -139,6 +161,16 @@ class LlavaScriptArguments:
     max_image_pixels: int = field(
         default=89_478_485, metadata={"help": "Larger images stop the run, naming record and file (PIL's default)."}
     )
+
+    def __post_init__(self):
+        if isinstance(self.image_grid_pinpoints, str):  # given on the command line, as JSON
+            try:
+                self.image_grid_pinpoints = json.loads(self.image_grid_pinpoints)
+            except json.JSONDecodeError as error:
+                raise SetupError(
+                    f"image_grid_pinpoints={self.image_grid_pinpoints!r} is not a JSON list of [height, width] pairs "
+                    f"({error})."
+                ) from None
 
 
 # LLaVA's default, where TRL's is False: the loss is on the assistant's answers (and their end of turn) only, as in
@@ -198,6 +230,16 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
             names = ", ".join(TEMPLATE_NAMES)
             raise SetupError(f"Unknown template {script_args.template!r}: expected one of {names}.")
         stage = replace(stage, template=script_args.template)
+    if script_args.train_vision_tower:
+        try:
+            stage = stage.with_vision_tower()
+        except ValueError as error:
+            raise SetupError(str(error)) from None
+    elif script_args.vision_tower_lr is not None:
+        raise SetupError(
+            f"`vision_tower_lr: {script_args.vision_tower_lr}` is not used: the vision tower is frozen unless "
+            "`train_vision_tower: true` (stage2)."
+        )
     refused = [(name, NOT_HONOURED[name]) for name in _changed(training_args, NOT_HONOURED)]
     refused += [(name, NOT_HONOURED[name]) for name in _changed(model_args, NOT_HONOURED)]
     if stage.uses_lora and "use_peft" in dict(refused):
@@ -476,6 +518,7 @@ def _assemble_trainer(
         ),
         peft_config=peft_config,
         projector_lr=script_args.projector_lr,
+        vision_tower_lr=script_args.vision_tower_lr,
         projector_provenance=(
             {"vision_tower": script_args.vision_tower, "language_model": script_args.language_model}
             if stage.name == "stage1"
