@@ -54,10 +54,8 @@ from modeling_llava import (
     LlavaNextPluginForConditionalGeneration,
     LlavaPluginForConditionalGeneration,
     attention_varlen,
-    chat_template,
 )
 from processing.generation import decoding_kwargs
-from processing.lengths import has_images, sample_length
 from processing.padding_free import LlavaPaddingFreeCollator
 from trainers import train as train_module
 from trainers.stages import apply_freeze, get_stage, lora_config
@@ -66,7 +64,6 @@ from .measure import BatchRecorder, ModelCounts, PeakMemory, peak_flops, synchro
 from .report import markdown_table, merge_results
 from .synthetic import (
     NEXT_IMAGE_SIZES,
-    NEXT_MAX_LENGTH,
     Shapes,
     as_dataset,
     generation_prompts,
@@ -86,7 +83,6 @@ class TrainingCase:
     llm: str
     rows: Callable[[int, list[str], list[int], int], list[dict[str, Any]]]  # (count, images, their tokens, max_length)
     anyres: bool = False  # LLaVA-NeXT models, processors and images
-    recipe_args: tuple[str, ...] = ()  # flags over the recipe, for both sides (the baseline reads the same fields)
     small_batch_divisor: int = 4  # --small divides the recipe's per-device batch by this
 
     @property
@@ -97,13 +93,9 @@ class TrainingCase:
         return LlavaForConditionalGeneration, LlavaPluginForConditionalGeneration
 
     def recipe_argv(self, settings: "Settings") -> list[str]:
-        return ["--config", self.recipe, *self.recipe_args, *settings.device_args()]
+        return ["--config", self.recipe, *settings.device_args()]
 
 
-# LLaVA-NeXT on the LLaVA-1.5 LoRA recipe, with what LLaVA-1.6 changed in it: max_length 4096 (the original's
-# model_max_length; an image alone is up to 2,928 tokens) and a per-device batch of 4 (LLaVA-VL/LLaVA-NeXT,
-# scripts/train/direct_finetune_clip.sh). LoRA, because the full 7B model with AdamW does not fit one 80 GB GPU.
-NEXT_RECIPE_ARGS = ("--max_length", str(NEXT_MAX_LENGTH), "--per_device_train_batch_size", "4")
 TRAINING_CASES = {
     "stage1": TrainingCase("stage1", "stage1", "llava-1.5-7b-stage1", "7b", stage1_rows),
     "lora": TrainingCase("lora", "lora", "llava-1.5-7b-lora", "7b", stage2_rows),
@@ -111,11 +103,10 @@ TRAINING_CASES = {
     "next-lora": TrainingCase(
         "next-lora",
         "lora",
-        "llava-1.5-7b-lora",
+        "llava-next-7b-lora",
         "7b",
         stage2_rows,
         anyres=True,
-        recipe_args=NEXT_RECIPE_ARGS,
         small_batch_divisor=1,  # 4 is already small, and a batch of 1 has no padding to measure
     ),
 }
@@ -174,24 +165,6 @@ class TimeGuard(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.seconds is not None and time.perf_counter() - self.start > self.seconds:
             control.should_training_stop = True
-
-
-def with_own_lengths(dataset: Dataset, processor, template: str) -> Dataset:
-    """`dataset` with the `length` and `has_images` columns `llava train` measures (`processing.lengths`), each
-    image's size read off the decoded image.
-
-    Stands in for `build_trainer`'s own measurement, which cannot count a LLaVA-NeXT row without its images' sizes:
-    the lengths are the project's `sample_length`, the function that measurement calls.
-    """
-
-    def measure(row: dict[str, Any]) -> dict[str, Any]:
-        sizes = [(image.height, image.width) for image in row["images"]]
-        return {
-            "length": sample_length(row, processor, template, image_sizes=sizes),
-            "has_images": has_images(row["messages"]),
-        }
-
-    return dataset.map(measure)
 
 
 def with_lengths(dataset: Dataset, processor) -> Dataset:
@@ -314,14 +287,10 @@ def run_training_case(name: str, settings: Settings) -> dict:
         images = save_images(settings.folder / f"{name}-images", sizes=NEXT_IMAGE_SIZES)
     image_tokens = [processors[0].num_image_tokens(Image.open(path).size[::-1]) for path in images]
     rows = case.rows(batch_size * settings.total_steps, images, image_tokens, recipe.max_length)
-    dataset = as_dataset(rows)
     builtin_processor = processors[1]
-    template = get_stage(case.stage).template
-    builtin_processor.chat_template = CHAT_TEMPLATES[template]  # generation markers included
-    datasets = {"baseline": with_lengths(dataset, builtin_processor), "ours": dataset}
-    if case.anyres:
-        jinja = chat_template(template, False, processors[0].tokenizer)
-        datasets["ours"] = with_own_lengths(dataset, processors[0], jinja)
+    builtin_processor.chat_template = CHAT_TEMPLATES[get_stage(case.stage).template]  # generation markers included
+    # The same rows: decoded by `datasets` for TRL's collator, as paths for ours (as `llava train` holds them).
+    datasets = {"baseline": with_lengths(as_dataset(rows), builtin_processor), "ours": as_dataset(rows, decode=False)}
     runs = {"baseline": [], "ours": []}
     # Alternating, so that a busy spell on a shared machine hits both sides.
     sides = [("baseline", train_baseline), ("ours", train_ours)] * settings.repeats
@@ -336,7 +305,7 @@ def run_training_case(name: str, settings: Settings) -> dict:
     best = {side: max(results, key=lambda result: result["samples_per_s"]) for side, results in runs.items()}
     return {
         "llm": case.llm,
-        "recipe": " ".join([case.recipe, *case.recipe_args]),
+        "recipe": case.recipe,
         "batch_size": batch_size,
         "repeats": settings.repeats,
         **best,

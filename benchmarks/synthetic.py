@@ -65,7 +65,6 @@ NEXT_IMAGE_SIZES = (
     (640, 480), (480, 640), (640, 427), (600, 600), (640, 480), (800, 400),
     (400, 800), (640, 427), (1200, 400), (400, 1200), (640, 480), (500, 375),
 )  # fmt: skip
-NEXT_MAX_LENGTH = 4096  # LLaVA-1.6's model_max_length: a 2x2 image alone is 2,928 tokens
 
 
 @dataclass
@@ -232,9 +231,11 @@ def stage2_rows(
     return rows
 
 
-def as_dataset(rows: list[dict[str, Any]]) -> Dataset:
-    """Rows as a `datasets.Dataset` whose images are files, decoded when a batch is collated (as in a real run)."""
-    return Dataset.from_list(rows).cast_column("images", Sequence(Image()))
+def as_dataset(rows: list[dict[str, Any]], decode: bool = True) -> Dataset:
+    """Rows as a `datasets.Dataset` whose images are files, decoded when a batch is collated (as in a real run): by
+    `datasets` as a row is read (what TRL's collator takes), or without `decode` by the collator itself (as `llava
+    train` holds a dataset's images, whose headers it reads for LLaVA-NeXT's lengths)."""
+    return Dataset.from_list(rows).cast_column("images", Sequence(Image(decode=decode)))
 
 
 def generation_prompts(processor: LlavaPluginProcessor, batch_size: int, question_tokens: int = 40) -> list[str]:
@@ -250,7 +251,6 @@ def generation_prompts(processor: LlavaPluginProcessor, batch_size: int, questio
 
 __all__ = [
     "NEXT_IMAGE_SIZES",
-    "NEXT_MAX_LENGTH",
     "Shapes",
     "as_dataset",
     "generation_prompts",

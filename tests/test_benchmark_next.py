@@ -11,10 +11,9 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from benchmarks.measure import BatchRecorder, ModelCounts
 from benchmarks.run import main as run_benchmark
-from benchmarks.run import with_lengths, with_own_lengths
+from benchmarks.run import with_lengths
 from benchmarks.synthetic import (
     NEXT_IMAGE_SIZES,
-    NEXT_MAX_LENGTH,
     as_dataset,
     processors_for,
     save_images,
@@ -23,7 +22,9 @@ from benchmarks.synthetic import (
 )
 from modeling_llava import CHAT_TEMPLATES, LlavaNextPluginForConditionalGeneration
 from processing.collator import LlavaDataCollator
+from processing.lengths import measure_lengths
 from processing.padding_free import LlavaPaddingFreeCollator
+from trainers import train as train_module
 
 # (width, height) -> (grid rows, grid columns), image tokens: 24 x 24 features a tile; the image, resized into the
 # grid's pixels, fills it along one side, and only the feature rows (or columns) it covers are kept, each row with one
@@ -51,8 +52,8 @@ def next_data(tmp_path_factory):
     sizes = tuple(dict.fromkeys(NEXT_IMAGE_SIZES))
     images = save_images(folder / "images", count=len(sizes), sizes=sizes)
     tokens = [HAND_COUNTS[size][1] for size in sizes]
-    rows = stage2_rows(12, images, tokens, NEXT_MAX_LENGTH, seed=1)
-    return ours, builtin, sizes, as_dataset(rows)
+    rows = stage2_rows(12, images, tokens, max_length=4096, seed=1)  # llava-next-7b-lora's max_length
+    return ours, builtin, rows
 
 
 def test_the_images_give_every_grid_of_llava_1_6():
@@ -64,7 +65,8 @@ def test_the_images_give_every_grid_of_llava_1_6():
 def test_both_sides_give_each_image_its_hand_counted_tokens_and_tiles(next_data):
     """transformers' LlavaNextProcessor (through TRL's collator) and this project's collator: the same ids and labels
     for every row, with each image's tokens and tiles as counted by hand."""
-    ours, builtin, _, dataset = next_data
+    ours, builtin, rows = next_data
+    dataset = as_dataset(rows)
     baseline = DataCollatorForVisionLanguageModeling(processor=builtin, assistant_only_loss=True)
     own = LlavaDataCollator(processor=ours, assistant_only_loss=True, chat_template=CHAT_TEMPLATES["vicuna_v1"])
     seen = set()
@@ -83,14 +85,16 @@ def test_both_sides_give_each_image_its_hand_counted_tokens_and_tiles(next_data)
 
 
 def test_each_side_is_sorted_by_the_lengths_its_collator_gives(next_data):
-    """The baseline's `length` (transformers' processor) and ours' (`sample_length` with the images' sizes) are the
-    tokens each side's collator gives the model, so both length-grouped samplers sort by the truth."""
-    ours, builtin, _, dataset = next_data
+    """The baseline's `length` (transformers' processor, images decoded) and ours' (what `build_trainer` measures on
+    the rows as it holds them, images as paths) are the tokens each side's collator gives the model, so both
+    length-grouped samplers sort by the truth."""
+    ours, builtin, rows = next_data
     trl_collator = DataCollatorForVisionLanguageModeling(processor=builtin, assistant_only_loss=True)
     row_collator = LlavaPaddingFreeCollator(
         processor=ours, assistant_only_loss=True, chat_template=CHAT_TEMPLATES["vicuna_v1"]
     )
-    baseline, own = with_lengths(dataset, builtin), with_own_lengths(dataset, ours, CHAT_TEMPLATES["vicuna_v1"])
+    baseline = with_lengths(as_dataset(rows), builtin)
+    own = measure_lengths(as_dataset(rows, decode=False), ours, CHAT_TEMPLATES["vicuna_v1"], cache=False)
     for theirs, mine in zip(baseline, own, strict=True):
         assert theirs["length"] == int(trl_collator([dict(theirs)])["attention_mask"].sum())
         assert mine["length"] == int(row_collator([dict(mine)])["cu_seq_lens_q"][-1]) == theirs["length"]
@@ -100,7 +104,7 @@ def test_each_side_is_sorted_by_the_lengths_its_collator_gives(next_data):
 def test_padding_share_of_a_next_batch_matches_a_hand_count(next_data, tmp_path):
     """Three images of three grids in one padded batch: the recorder's padding share, tiles and image tokens are the
     hand count's; the padding-free row of the same samples has the same lengths and no padding."""
-    ours, builtin, _, _ = next_data
+    ours, builtin, _ = next_data
     picks = [(600, 600), (800, 400), (1200, 400)]
     paths = save_images(tmp_path, count=len(picks), sizes=tuple(picks))
     rows = [
@@ -162,6 +166,10 @@ def test_the_next_case_runs_both_sides_on_the_same_samples(tmp_path):
         and ours["settings"]["attn_implementation"] == "torch_varlen"
     )
     assert baseline["settings"]["loss_tokens"] == ours["settings"]["loss_tokens"] == "assistant-only"
+    _, recipe, _ = train_module.parse(["--config", "llava-next-7b-lora", "--use_cpu", "true", "--bf16", "false"])
+    assert case["recipe"] == "llava-next-7b-lora" and recipe.per_device_train_batch_size == 4
+    workers = recipe.dataloader_num_workers
+    assert baseline["settings"]["dataloader_num_workers"] == ours["settings"]["dataloader_num_workers"] == workers
     # Each side trained on every row once, in its own order: the same samples, the same lengths and image tokens.
     assert baseline["samples"] == ours["samples"] and len(ours["samples"]) == 2 * 2
     assert {images for _, images in ours["samples"]} <= {count for _, count in HAND_COUNTS.values()} | {0}
