@@ -18,16 +18,22 @@ sample `i` and `I` the number of images:
 - vision tower (frozen, no gradient): `I (2 N_vision P + 4 L_v d_v P^2)` over its `P` patches (577 for CLIP-L/336);
 - projector (always trained): `6 N_projector I S` over the `S` image tokens per image.
 
+For LLaVA-NeXT, `I` counts tiles (the base image and the grid's tiles, each a 336-pixel image to the tower and 576
+features to the projector), and `T` includes the `image_newline` tokens, which the LLM computes on like any other.
+
 MFU is those FLOPs per second over the GPU's dense bf16 peak (H100/H200: 989 TFLOPS).
 
 The share of real tokens that carry the loss (labels other than -100) is read off the model's own inputs, so that a
-side that computes the loss on fewer tokens shows it.
+side that computes the loss on fewer tokens shows it; so are the image tokens of each sample (a LLaVA-NeXT image's
+depend on its grid) and every sample's length, by which the two sides' records show they trained on the same samples.
 """
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 # Dense bf16 peak per GPU model, TFLOPS (the datasheets' "without sparsity" figures).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -115,7 +121,9 @@ class ModelCounts:
 
 @dataclass
 class BatchRecorder:
-    """Forward pre-hook on the backbone: when each micro-batch started, its sample lengths, padded size and images."""
+    """Forward pre-hook on the backbone: when each micro-batch started, its sample lengths, padded size, the images
+    the vision tower encodes (for LLaVA-NeXT, tiles) and, once `attach` has read the model's image token, each
+    sample's image tokens."""
 
     device: str
     starts: list[float] = field(default_factory=list)
@@ -123,9 +131,13 @@ class BatchRecorder:
     padded: list[int] = field(default_factory=list)
     images: list[int] = field(default_factory=list)
     loss_tokens: list[int] = field(default_factory=list)
+    image_tokens: list[list[int]] = field(default_factory=list)
+    image_token_id: int | None = None
+    config: object = None  # the model's config, for a LLaVA-NeXT batch's tile count
 
     def attach(self, model: torch.nn.Module) -> None:
         """Hooks `model`'s backbone (`model.model`) for the batches and `model` itself for their labels."""
+        self.config, self.image_token_id = model.config, model.config.image_token_id
         model.model.register_forward_pre_hook(self, with_kwargs=True)
         model.register_forward_pre_hook(self.record_labels, with_kwargs=True)
 
@@ -137,7 +149,8 @@ class BatchRecorder:
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         synchronize(self.device)  # the previous step's kernels belong to the previous step
         self.starts.append(time.perf_counter())
-        input_ids = kwargs["input_ids"]
+        # TRL's fused LM head passes it by name; LlavaNext's own forward, first by position.
+        input_ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
         if kwargs.get("attention_mask") is not None:
             lengths = kwargs["attention_mask"].sum(-1).tolist()
         elif kwargs.get("cu_seq_lens_q") is not None:  # a padding-free row
@@ -146,8 +159,24 @@ class BatchRecorder:
             lengths = [input_ids.shape[-1]] * input_ids.shape[0]
         self.lengths.append(lengths)
         self.padded.append(input_ids.numel())
-        pixel_values = kwargs.get("pixel_values")
-        self.images.append(0 if pixel_values is None else pixel_values.shape[0])
+        self.images.append(self.encoded_images(kwargs.get("pixel_values"), kwargs.get("image_sizes")))
+        if self.image_token_id is not None:
+            is_image = input_ids == self.image_token_id
+            if kwargs.get("cu_seq_lens_q") is not None:  # one row: each sample's image tokens by its boundaries
+                per_sample = is_image[0].split(lengths)
+            else:
+                per_sample = is_image
+            self.image_tokens.append([int(sample.sum()) for sample in per_sample])
+
+    def encoded_images(self, pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None) -> int:
+        """Images the vision tower encodes in one batch. LLaVA-NeXT's `pixel_values` are `(images, most tiles, ...)`,
+        padded with blank tiles that the model skips: count each image's own tiles, as the model does."""
+        if pixel_values is None:
+            return 0
+        if pixel_values.dim() == 4:
+            return pixel_values.shape[0]
+        pinpoints, tile_size = self.config.image_grid_pinpoints, self.config.vision_config.image_size
+        return sum(image_size_to_num_patches(size.tolist(), pinpoints, tile_size) for size in image_sizes)
 
     def summary(self, warmup: int, counts: ModelCounts, peak: float | None) -> dict[str, float | None]:
         """Throughput over the steps after `warmup`, timed from one step's first forward to the next one's.
@@ -178,7 +207,29 @@ class BatchRecorder:
             "loss_token_fraction": sum(self.loss_tokens[measured]) / real if self.loss_tokens else None,
             "tflops_per_s": flops / seconds / 1e12,
             "mfu": None if peak is None else flops / seconds / peak,
+            "image_tokens_per_sample": self.image_token_spread(measured),
+            "samples": self.samples(),
         }
+
+    def image_token_spread(self, steps: slice) -> dict[str, float] | None:
+        """Minimum, median, mean and maximum image tokens of the samples with an image in `steps`."""
+        counts = [count for step in self.image_tokens[steps] for count in step if count]
+        if not counts:
+            return None
+        return {
+            "min": min(counts),
+            "median": statistics.median(counts),
+            "mean": statistics.fmean(counts),
+            "max": max(counts),
+        }
+
+    def samples(self) -> list[list[int]] | None:
+        """Every recorded sample, warm-up and last step included, as `[length, image tokens]`, sorted: two sides that
+        trained on the same samples, in whatever order, have equal lists."""
+        if len(self.image_tokens) != len(self.lengths):
+            return None
+        pairs = zip(sum(self.lengths, []), sum(self.image_tokens, []), strict=True)
+        return sorted([length, images] for length, images in pairs)
 
 
 class PeakMemory:

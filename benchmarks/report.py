@@ -81,6 +81,25 @@ def settings_table(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def image_tokens_table(record: dict[str, Any]) -> list[str]:
+    """One row per side and training case: the image tokens of its timed samples with an image (a LLaVA-1.5 image is
+    always 576; a LLaVA-NeXT image's depend on its grid)."""
+    lines = [
+        "| case | side | min | median | mean | max |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, case in record["cases"].items():
+        if "error" in case:
+            continue
+        for side in ("baseline", "ours"):
+            spread = case[side].get("image_tokens_per_sample")
+            if spread is None:
+                continue
+            values = " | ".join(_number(spread[key], digits=0) for key in ("min", "median", "mean", "max"))
+            lines.append(f"| {name if side == 'baseline' else ''} | {side} | {values} |")
+    return lines if len(lines) > 2 else []
+
+
 def markdown_table(record: dict[str, Any]) -> str:
     """One row per side and case, then each side's settings; the ratio column is ours / baseline.
 
@@ -116,7 +135,10 @@ def markdown_table(record: dict[str, Any]) -> str:
             )
         lines.append(f"| | | | | | | | {case['date']}; {versions} |")
     lines += ["", "Settings of each side:", "", *settings_table(record)]
+    image_tokens = image_tokens_table(record)
+    if image_tokens:
+        lines += ["", "Image tokens per sample with an image (timed steps):", "", *image_tokens]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["markdown_table", "merge_results", "settings_table"]
+__all__ = ["image_tokens_table", "markdown_table", "merge_results", "settings_table"]

@@ -14,6 +14,10 @@ weights), the same synthetic LLaVA-1.5 data (`synthetic.py`), the same per-devic
   only the model, the data and the final save are swapped for in-memory ones. Generation uses the same weights and
   the same static cache.
 
+The `next-lora` case does the same for LLaVA-NeXT (1.6): transformers' `LlavaNextForConditionalGeneration` with its
+`LlavaNextProcessor` against this project's `LlavaNextPluginForConditionalGeneration` and processor, on images whose
+sizes land on each of LLaVA-1.6's grids, so that every sample carries its own number of tiles and image tokens.
+
 Each side records the settings it actually ran with, and the share of tokens that carried the loss.
 
 Writes `results.json` (merged with the cases of an earlier run on the same device) and `results.md` into `--output`
@@ -41,11 +45,16 @@ import transformers
 import trl
 from datasets import Dataset
 from PIL import Image
-from transformers import LlavaForConditionalGeneration, TrainerCallback
+from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import prepare_multimodal_messages
 
-from modeling_llava import CHAT_TEMPLATES, LlavaPluginForConditionalGeneration, attention_varlen
+from modeling_llava import (
+    CHAT_TEMPLATES,
+    LlavaNextPluginForConditionalGeneration,
+    LlavaPluginForConditionalGeneration,
+    attention_varlen,
+)
 from processing.generation import decoding_kwargs
 from processing.padding_free import LlavaPaddingFreeCollator
 from trainers import train as train_module
@@ -54,6 +63,7 @@ from trainers.stages import apply_freeze, get_stage, lora_config
 from .measure import BatchRecorder, ModelCounts, PeakMemory, peak_flops, synchronize
 from .report import markdown_table, merge_results
 from .synthetic import (
+    NEXT_IMAGE_SIZES,
     Shapes,
     as_dataset,
     generation_prompts,
@@ -67,16 +77,38 @@ from .synthetic import (
 
 @dataclass(frozen=True)
 class TrainingCase:
+    name: str
     stage: str
     recipe: str  # the shipped recipe `llava train` runs for ours; the baseline takes its lr and max_length
     llm: str
-    rows: Callable[[int, list[str]], list[dict[str, Any]]]
+    rows: Callable[[int, list[str], list[int], int], list[dict[str, Any]]]  # (count, images, their tokens, max_length)
+    anyres: bool = False  # LLaVA-NeXT models, processors and images
+    small_batch_divisor: int = 4  # --small divides the recipe's per-device batch by this
+
+    @property
+    def model_classes(self) -> tuple[type, type]:
+        """The built-in model class and this project's."""
+        if self.anyres:
+            return LlavaNextForConditionalGeneration, LlavaNextPluginForConditionalGeneration
+        return LlavaForConditionalGeneration, LlavaPluginForConditionalGeneration
+
+    def recipe_argv(self, settings: "Settings") -> list[str]:
+        return ["--config", self.recipe, *settings.device_args()]
 
 
 TRAINING_CASES = {
-    "stage1": TrainingCase("stage1", "llava-1.5-7b-stage1", "7b", stage1_rows),
-    "lora": TrainingCase("lora", "llava-1.5-7b-lora", "7b", stage2_rows),
-    "stage2": TrainingCase("stage2", "llava-1.5-7b-stage2", "1.1b", stage2_rows),
+    "stage1": TrainingCase("stage1", "stage1", "llava-1.5-7b-stage1", "7b", stage1_rows),
+    "lora": TrainingCase("lora", "lora", "llava-1.5-7b-lora", "7b", stage2_rows),
+    "stage2": TrainingCase("stage2", "stage2", "llava-1.5-7b-stage2", "1.1b", stage2_rows),
+    "next-lora": TrainingCase(
+        "next-lora",
+        "lora",
+        "llava-next-7b-lora",
+        "7b",
+        stage2_rows,
+        anyres=True,
+        small_batch_divisor=1,  # 4 is already small, and a batch of 1 has no padding to measure
+    ),
 }
 GENERATION_BATCHES, NEW_TOKENS = (1, 8), 128
 
@@ -156,9 +188,9 @@ def train_baseline(
 ) -> dict:
     """Stock TRL on the built-in Llava, with every speed setting of the recipe that stock TRL/transformers offer."""
     ours_processor, builtin_processor = processors
-    _, recipe, recipe_model = train_module.parse(["--config", case.recipe, *settings.device_args()])
+    _, recipe, recipe_model = train_module.parse(case.recipe_argv(settings))
     args = SFTConfig(
-        output_dir=str(settings.folder / f"{case.stage}-baseline"),
+        output_dir=str(settings.folder / f"{case.name}-baseline"),
         per_device_train_batch_size=batch_size,
         max_steps=settings.total_steps,
         max_length=recipe.max_length,
@@ -177,7 +209,8 @@ def train_baseline(
     recorder = BatchRecorder(settings.device)
     guard = TimeGuard(settings.side_seconds)
     with PeakMemory(settings.device) as memory:
-        model = build(LlavaForConditionalGeneration, shape.builtin_config(ours_processor.image_token_id), settings)
+        config = shape.builtin_config(ours_processor.image_token_id, anyres=case.anyres)
+        model = build(case.model_classes[0], config, settings)
         model.set_attn_implementation("sdpa")  # the built-in's fastest kernel for padded batches
         apply_freeze(model, get_stage(case.stage))  # the same parts train on both sides
         recorder.attach(model)
@@ -203,16 +236,16 @@ def train_ours(
     """`llava train --config RECIPE`'s own `build_trainer`, on an in-memory model and dataset, without the save."""
     processor = processors[0]
     argv = [
-        "--config", case.recipe, "--output_dir", str(settings.folder / f"{case.stage}-ours"),
+        *case.recipe_argv(settings), "--output_dir", str(settings.folder / f"{case.name}-ours"),
         "--per_device_train_batch_size", str(batch_size), "--global_batch_size", str(batch_size),
         "--max_steps", str(settings.total_steps), "--save_strategy", "no", "--report_to", "none",
-        "--logging_steps", "1", *settings.device_args(), *settings.ours_args,
+        "--logging_steps", "1", *settings.ours_args,
     ]  # fmt: skip
     script_args, training_args, model_args = train_module.parse(argv)
     recorder = BatchRecorder(settings.device)
     guard = TimeGuard(settings.side_seconds)
     with PeakMemory(settings.device) as memory:
-        model = build(LlavaPluginForConditionalGeneration, shape.plugin_config(processor.image_token_id), settings)
+        model = build(case.model_classes[1], shape.plugin_config(processor.image_token_id, case.anyres), settings)
         if model_args.attn_implementation:
             model.set_attn_implementation(model_args.attn_implementation)
         recorder.attach(model)
@@ -243,14 +276,21 @@ def settings_of(trainer: SFTTrainer, model: torch.nn.Module) -> dict[str, Any]:
 def run_training_case(name: str, settings: Settings) -> dict:
     case = TRAINING_CASES[name]
     shape = shapes(case.llm, settings.small)
-    processors = processors_for(shape, settings.folder / f"{name}-backbones")
-    _, recipe, _ = train_module.parse(["--config", case.recipe, *settings.device_args()])
-    # --small quarters the recipe's batch, so that a CPU gets through a step in seconds.
-    batch_size = settings.batch_size or recipe.per_device_train_batch_size // (4 if settings.small else 1)
-    dataset = as_dataset(case.rows(batch_size * settings.total_steps, settings.images))
+    processors = processors_for(shape, settings.folder / f"{name}-backbones", anyres=case.anyres)
+    _, recipe, _ = train_module.parse(case.recipe_argv(settings))
+    # --small divides the recipe's batch (by 4 for LLaVA-1.5's), so that a CPU gets through a step in seconds.
+    batch_size = settings.batch_size or recipe.per_device_train_batch_size // (
+        case.small_batch_divisor if settings.small else 1
+    )
+    images = settings.images
+    if case.anyres:
+        images = save_images(settings.folder / f"{name}-images", sizes=NEXT_IMAGE_SIZES)
+    image_tokens = [processors[0].num_image_tokens(Image.open(path).size[::-1]) for path in images]
+    rows = case.rows(batch_size * settings.total_steps, images, image_tokens, recipe.max_length)
     builtin_processor = processors[1]
     builtin_processor.chat_template = CHAT_TEMPLATES[get_stage(case.stage).template]  # generation markers included
-    datasets = {"baseline": with_lengths(dataset, builtin_processor), "ours": dataset}
+    # The same rows: decoded by `datasets` for TRL's collator, as paths for ours (as `llava train` holds them).
+    datasets = {"baseline": with_lengths(as_dataset(rows), builtin_processor), "ours": as_dataset(rows, decode=False)}
     runs = {"baseline": [], "ours": []}
     # Alternating, so that a busy spell on a shared machine hits both sides.
     sides = [("baseline", train_baseline), ("ours", train_ours)] * settings.repeats
@@ -263,7 +303,13 @@ def run_training_case(name: str, settings: Settings) -> dict:
         runs[side].append(train(case, shape, processors, datasets[side], batch_size, side_settings))
         free_memory()
     best = {side: max(results, key=lambda result: result["samples_per_s"]) for side, results in runs.items()}
-    return {"llm": case.llm, "recipe": case.recipe, "batch_size": batch_size, "repeats": settings.repeats, **best}
+    return {
+        "llm": case.llm,
+        "recipe": case.recipe,
+        "batch_size": batch_size,
+        "repeats": settings.repeats,
+        **best,
+    }
 
 
 def timed_generate(model, inputs: dict, settings: Settings, repeats: int, **kwargs) -> tuple[torch.Tensor, float]:
@@ -372,7 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="tiny widths at the real lengths: a CPU run in minutes")
-    parser.add_argument("--cases", default="stage1,lora,stage2,generate", help="comma-separated subset to run")
+    parser.add_argument(
+        "--cases", default="stage1,lora,stage2,generate,next-lora", help="comma-separated subset to run"
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--steps", type=int, help="timed training steps per side (default 10; 4 with --small)")
     parser.add_argument("--warmup", type=int, help="untimed first steps (default 3; 1 with --small)")
