@@ -102,7 +102,7 @@ def sequence_boundaries(position_ids: torch.Tensor | None, length: int, device: 
     """`cu_seq_lens` of shape `(num_samples + 1,)` from a row's `position_ids` (a sample starts where they restart)."""
     if position_ids is None:
         return torch.tensor([0, length], dtype=torch.int32, device=device)
-    starts = torch.nonzero(torch.diff(position_ids[0], prepend=position_ids[0, :1] - 1) != 1).flatten()
+    starts = torch.nonzero(torch.diff(position_ids[0], prepend=position_ids[0, :1]) != 1).flatten()
     return torch.cat([starts, starts.new_tensor([length])]).to(torch.int32)
 
 

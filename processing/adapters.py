@@ -8,8 +8,10 @@ and rebuilt the same way under an adapter trained on it. A LoRA run may start fr
 one checkpoint, so its output folder records how its base was built (`llava_base.json`, written by `llava train`);
 `load_adapter` rebuilds that base with the same function and applies the adapter with PEFT, unmerged. The adapter holds
 the LoRA weights and the whole trained projector (PEFT's `modules_to_save`), which replaces the base's: the stage-1
-projector the run started from is not needed to rebuild it. Like the original's LoRA loading, the base may be rebuilt
-in another dtype or quantized than it was trained in.
+projector the run started from is not needed to rebuild it. A LLaVA-NeXT base's `image_newline`, frozen under LoRA but
+random where the base was built from backbones, is a parameter and no module PEFT could save: it is kept beside the
+adapter (`IMAGE_NEWLINE_NAME`) and put back into the rebuilt base. Like the original's LoRA loading, the base may be
+rebuilt in another dtype or quantized than it was trained in.
 """
 
 import json
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 from transformers.utils import logging
 
@@ -45,6 +48,8 @@ BASE_FIELDS = (
     "anyres",
     "image_grid_pinpoints",
 )
+# The `image_newline` of a LLaVA-NeXT LoRA run's base, beside its adapter.
+IMAGE_NEWLINE_NAME = "image_newline.safetensors"
 # A model either kind of LLaVA: LLaVA-1.5 (one tile per image) or LLaVA-NeXT (AnyRes tiles).
 LlavaModel = LlavaPluginForConditionalGeneration | LlavaNextPluginForConditionalGeneration
 LlavaProcessor = LlavaPluginProcessor | LlavaNextPluginProcessor
@@ -182,6 +187,14 @@ def _check_tiling(model: LlavaModel, name: str, anyres: bool, image_grid_pinpoin
         )
 
 
+def save_image_newline(model: PeftModel, folder: str | Path) -> None:
+    """Writes the `image_newline` of the LLaVA-NeXT under `model` beside its adapter (nothing for LLaVA-1.5)."""
+    base = model.get_base_model()
+    if isinstance(base, LlavaNextPluginForConditionalGeneration):
+        newline = base.model.image_newline.detach().cpu().contiguous()
+        save_file({"image_newline": newline}, Path(folder) / IMAGE_NEWLINE_NAME, metadata={"format": "pt"})
+
+
 def load_adapter(
     adapter: str | Path,
     dtype: torch.dtype | str | None = None,
@@ -206,7 +219,19 @@ def load_adapter(
     model, _ = build_base(
         base.get("model_name_or_path"), **script, dtype=dtype, quantization_config=quantization_config
     )
+    if (adapter / IMAGE_NEWLINE_NAME).is_file():
+        newline = load_file(adapter / IMAGE_NEWLINE_NAME)["image_newline"]
+        with torch.no_grad():
+            model.model.image_newline.copy_(newline)
     return PeftModel.from_pretrained(model, adapter).eval(), AutoProcessor.from_pretrained(adapter)
 
 
-__all__ = ["NOT_QUANTIZED", "build_base", "checkpoint_source", "is_adapter", "load_adapter"]
+__all__ = [
+    "IMAGE_NEWLINE_NAME",
+    "NOT_QUANTIZED",
+    "build_base",
+    "checkpoint_source",
+    "is_adapter",
+    "load_adapter",
+    "save_image_newline",
+]

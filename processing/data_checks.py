@@ -1,11 +1,12 @@
 """Every problem of a training set, found in one pass and reported as one list, before anything is measured or trained.
 
-The readers (`llava_data`) list each bad record instead of stopping at the first; `check_images` then reads the
-header of every image the remaining rows show (each distinct file once, in `num_proc` processes, with a progress bar)
-and lists the ones that are not images or are over the pixel limit; `DataProblems` counts them by kind, writes the
-whole list as JSON into the output folder and says on screen what it found. The LLaVA-1.5 mix as downloaded misses a
-few hundred OCR-VQA images: all of them are named at once, not one per start, and an undecodable file is found before
-training instead of in a dataloader worker mid-run.
+The readers (`llava_data`) list each bad record instead of stopping at the first; `check_images` then reads the header
+of every image the remaining rows show (each distinct file once, in `num_proc` processes, with a progress bar), lists
+the ones that are not images or are over the pixel limit and records the others' sizes (a LLaVA-NeXT image's token
+count depends on its size, which the length measurement then reads without opening the file again); `DataProblems`
+counts them by kind, writes the whole list as JSON into the output folder and says on screen what it found. The
+LLaVA-1.5 mix as downloaded misses a few hundred OCR-VQA images: all of them are named at once, not one per start, and
+an undecodable file is found before training instead of in a dataloader worker mid-run.
 """
 
 import json
@@ -17,7 +18,7 @@ from typing import Any
 import datasets
 from datasets import Dataset
 
-from .images import image_problem
+from .images import inspect_image
 from .llava_data import datasets_progress, processes_for
 
 PROBLEMS_NAME = "data_problems.json"
@@ -26,13 +27,19 @@ SHOWN = 5
 
 
 def _checked_batch(images: list[Any], max_pixels: int | None) -> dict[str, list]:
-    """Per row (an image, or a row's list of images): the first image that cannot be shown, as JSON, or None."""
-    found = []
+    """Per row (an image, or a row's list of images): the first image that cannot be shown, as JSON, or None; and
+    where there is none, each image's (height, width) as the model sees it (`images.image_size`)."""
+    found, sizes = [], []
     for value in images:
-        problems = (image_problem(image, max_pixels) for image in (value if isinstance(value, list) else [value]))
-        first = next(((index, *problem) for index, problem in enumerate(problems) if problem is not None), None)
-        found.append(None if first is None else json.dumps(first))
-    return {"problem": found}
+        inspected = []
+        for image in value if isinstance(value, list) else [value]:
+            inspected.append(inspect_image(image, max_pixels))
+            if inspected[-1][0] is not None:
+                break
+        problem = inspected[-1][0] if inspected else None
+        found.append(None if problem is None else json.dumps((len(inspected) - 1, *problem)))
+        sizes.append(None if problem is not None else [list(size) for _, size in inspected])
+    return {"problem": found, "sizes": sizes}
 
 
 def _holds_undecoded_images(feature: Any) -> bool:
@@ -50,9 +57,11 @@ def check_images(
     progress: bool = True,
 ) -> Dataset:
     """`dataset` without the rows whose images cannot be shown to the model, each listed in `problems` (`{"id",
-    "image", "kind", "problem"}`, one per row: its first bad image).
+    "image", "kind", "problem"}`, one per row: its first bad image), and with an `image_sizes` column: each row's
+    images' (height, width), EXIF orientation applied. Its values are part of the dataset's fingerprint, so lengths
+    cached under it are measured again when an image file changes size.
 
-    Every image is checked by `images.image_problem` (its header read and verified, its pixels not decoded) in
+    Every image is checked by `images.inspect_image` (its header read and verified, its pixels not decoded) in
     `num_proc` processes (`None`: see `processes_for`). File paths are checked once each however many rows share them
     (LLaVA-665K's 624K image records show far fewer files); a Hub dataset's own images, row by row.
     """
@@ -79,7 +88,10 @@ def check_images(
             desc="checking images",
         )
     found = checked.with_format("arrow")[:]["problem"].to_pylist()
+    sizes = checked.with_format("arrow")[:]["sizes"].to_pylist()
     if shared:
+        size_of = {files[index]: size[0] for index, size in enumerate(sizes) if size is not None}
+        sizes = [[size_of.get(path) for path in paths] for paths in per_row]
         bad_files = {files[index]: json.loads(problem)[1:] for index, problem in enumerate(found) if problem}
         bad_rows = {}
         for row, paths in enumerate(per_row):
@@ -95,6 +107,7 @@ def check_images(
                 value = images[row]["images"]
                 image = value[index] if isinstance(value, list) else value
                 bad_rows[row] = (image.get("path") or f"image {index} (bytes)", kind, message)
+    dataset = dataset.add_column("image_sizes", [row if row is not None else [] for row in sizes])
     if not bad_rows:
         return dataset
     ids = dataset.select_columns(["id"]).with_format("arrow")[:]["id"].to_pylist()

@@ -26,13 +26,15 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from modeling_llava.processing_llava_plugin import LlavaPluginProcessor
 
 from .llava_data import DataError
 
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# EXIF orientations that turn the picture a quarter (transposed, 270, transversed, 90): its sides swap.
+QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
@@ -111,20 +113,50 @@ def _described(name: str, error: Exception) -> tuple[str, str]:
     return "unreadable image", f"image file {name!r} cannot be read ({error})."
 
 
-def image_problem(image: str | dict[str, Any], max_pixels: int | None = None) -> tuple[str, str] | None:
+def inspect_image(
+    image: str | dict[str, Any], max_pixels: int | None = None
+) -> tuple[tuple[str, str] | None, tuple[int, int] | None]:
     """What keeps `image` (a path or an undecoded `datasets.Image` value) from the model, as `(kind, message)`, or
-    None, read without decoding its pixels: PIL identifies the format and reads the header (the size, checked against
-    `max_pixels`), then `verify`s what it can without decoding (a PNG's chunk checksums, up to its end). A file that
-    is not an image, or a PNG cut short, is found here; a JPEG damaged after its header, only when it is decoded."""
+    None; and else its size as the model sees it (`image_size`). Read without decoding its pixels: PIL identifies the
+    format and reads the header (the size, checked against `max_pixels`), then `verify`s what it can without decoding
+    (a PNG's chunk checksums, up to its end). A file that is not an image, or a PNG cut short, is found here; a JPEG
+    damaged after its header, only when it is decoded."""
     file, name = _file_and_name(image)
     if file is None:
-        return "unreadable image", "an image of the dataset holds neither bytes nor a path."
+        return ("unreadable image", "an image of the dataset holds neither bytes nor a path."), None
     try:
         with _opened(file, max_pixels) as opened:
+            size = _oriented_size(opened)
             opened.verify()
     except (OSError, Image.DecompressionBombError) as error:  # FileNotFoundError, UnidentifiedImageError included
-        return _described(name, error)
-    return None
+        return _described(name, error), None
+    return None, size
+
+
+def image_problem(image: str | dict[str, Any], max_pixels: int | None = None) -> tuple[str, str] | None:
+    """What keeps `image` from the model, as `(kind, message)`, or None (see `inspect_image`)."""
+    return inspect_image(image, max_pixels)[0]
+
+
+def _oriented_size(opened: Image.Image) -> tuple[int, int]:
+    # The EXIF (or XMP) orientation the header holds, read as `ImageOps.exif_transpose` reads it but without the
+    # PNG plugin's `load()`: a PNG's EXIF chunk comes before its pixels where PIL and cameras write it.
+    width, height = opened.size
+    if Image.Image.getexif(opened).get(ExifTags.Base.Orientation, 1) in QUARTER_TURNS:
+        width, height = height, width
+    return height, width
+
+
+def image_size(image: str | os.PathLike | dict[str, Any] | Image.Image) -> tuple[int, int]:
+    """The (height, width) of the picture `open_image` makes of `image` (a path, an undecoded `datasets.Image` value
+    or a decoded image), from its header: EXIF orientation applied, as `to_rgb` applies it (a phone photo turned a
+    quarter swaps its sides). A PNG whose EXIF chunk comes after its pixel data (which no common writer does) is read
+    unturned."""
+    if isinstance(image, Image.Image):
+        return _oriented_size(image)
+    file, _ = _file_and_name(image)
+    with _opened(file, None) as opened:
+        return _oriented_size(opened)
 
 
 def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
@@ -143,4 +175,4 @@ def open_image(record_id: str, image: Any, background: tuple[int, int, int] = (0
         raise DataError(f"Record {record_id!r}: {message}", kind) from error
 
 
-__all__ = ["decode_image", "image_background", "image_problem", "open_image", "to_rgb"]
+__all__ = ["decode_image", "image_background", "image_problem", "image_size", "inspect_image", "open_image", "to_rgb"]

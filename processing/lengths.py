@@ -2,9 +2,12 @@
 samples by modality and length.
 
 A length is exact (the collator's own tokenization of the rendered chat, image tokens expanded) and needs no image
-opened. LLaVA-665K takes minutes to measure on one core, so `measure_lengths` runs `datasets.Dataset.map` over
-`num_proc` processes and keeps the result in a cache file named by the dataset's content fingerprint and the
-processor's tokenization: a second start on the same data and tokenizer reads it back instead of measuring again.
+decoded: a LLaVA-1.5 image is always `image_seq_length` tokens, a LLaVA-NeXT image as many as its size gives
+(`anyres.anyres_layout`), read from the `image_sizes` column `data_checks.check_images` records from the headers, or
+from the headers here for a dataset that was not checked. LLaVA-665K takes minutes to measure on one core, so
+`measure_lengths` runs `datasets.Dataset.map` over `num_proc` processes and keeps the result in a cache file named by
+the dataset's content fingerprint and the processor's tokenization: a second start on the same data and tokenizer reads
+it back instead of measuring again.
 """
 
 from dataclasses import dataclass, field
@@ -15,6 +18,9 @@ import datasets
 from datasets import Dataset
 from datasets.fingerprint import Hasher
 
+from modeling_llava import LlavaNextPluginProcessor
+
+from .images import image_size
 from .llava_data import DataError, datasets_progress, processes_for
 
 # Bumped whenever the way a length is counted changes, so that older cache files are not read.
@@ -48,9 +54,19 @@ def has_images(messages: list[dict[str, Any]]) -> bool:
     )
 
 
-def _measure_batch(messages: list[list[dict[str, Any]]], processor, chat_template: str | None) -> dict[str, list]:
+def _measure_batch(batch: dict[str, list], processor, chat_template: str | None) -> dict[str, list]:
+    messages = batch["messages"]
+    if "image_sizes" in batch:  # recorded by `data_checks.check_images`
+        sizes = batch["image_sizes"]
+    elif "images" in batch:  # a dataset that was not checked: read the headers here
+        sizes = [[image_size(image) for image in images or []] for images in batch["images"]]
+    else:
+        sizes = [None] * len(messages)
     return {
-        "length": [sample_length({"messages": turns}, processor, chat_template) for turns in messages],
+        "length": [
+            sample_length({"messages": turns}, processor, chat_template, image_sizes=images)
+            for turns, images in zip(messages, sizes, strict=True)
+        ],
         "has_images": [has_images(turns) for turns in messages],
     }
 
@@ -99,18 +115,20 @@ def measure_lengths(
     content) and `tokenization_key`, and read back by the next run that measures the same rows the same way.
     """
     dataset = dataset.remove_columns([name for name in LENGTH_COLUMNS if name in dataset.column_names])
+    columns = ["messages"]
+    if isinstance(processor, LlavaNextPluginProcessor):  # each image's count depends on its size
+        columns += [name for name in ("image_sizes", "images") if name in dataset.column_names][:1]
     cache_file = None
     if cache:
         key = Hasher.hash([dataset._fingerprint, tokenization_key(processor, chat_template)])
         lengths_cache_dir().mkdir(parents=True, exist_ok=True)
         cache_file = str(lengths_cache_dir() / f"lengths-{key}.arrow")
     with datasets_progress(progress):
-        lengths = dataset.map(
+        lengths = dataset.select_columns(columns).map(
             _measure_batch,
-            input_columns="messages",
             batched=True,
             batch_size=256,
-            remove_columns=dataset.column_names,
+            remove_columns=columns,
             fn_kwargs={"processor": processor, "chat_template": chat_template},
             num_proc=processes_for(len(dataset), num_proc),
             cache_file_name=cache_file,

@@ -28,9 +28,9 @@ def counted(monkeypatch, tmp_path) -> list[int]:
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "datasets_cache")
     calls = []
 
-    def counting(row, processor, chat_template=None):
+    def counting(row, processor, chat_template=None, image_sizes=None):
         calls.append(1)
-        return sample_length(row, processor, chat_template)
+        return sample_length(row, processor, chat_template, image_sizes)
 
     monkeypatch.setattr(processing.lengths, "sample_length", counting)
     return calls

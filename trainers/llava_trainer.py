@@ -1,7 +1,8 @@
 """TRL's `SFTTrainer` with the two things LLaVA needs and TRL lacks.
 
-1. A learning rate of its own for the projector (the original's `mm_projector_lr`): LLaVA's LoRA recipe trains the
-   adapters at 2e-4 but the projector, which is trained in full, at 2e-5.
+1. Learning rates of their own for the projector (the original's `mm_projector_lr`: LLaVA's LoRA recipe trains the
+   adapters at 2e-4 but the projector, which is trained in full, at 2e-5) and the vision tower (LLaVA-NeXT's
+   `mm_vision_tower_lr`: LLaVA-1.6 trained the tower at 2e-6 beside the LLM's 1e-5).
 2. Stage 1's projector-only artifact (the original's `mm_projector.bin`) written next to every checkpoint it saves,
    so stage 2 can start from the backbones plus a few MB.
 3. A model card, `llava_run.json` (stage, sources, hyperparameters, progress) and the loss history with its plot
@@ -30,10 +31,12 @@ from typing import Any
 import torch
 import transformers.trainer as transformers_trainer
 from huggingface_hub import HfApi
+from peft import PeftModel
 from trl import SFTTrainer
 
 from hub_cards.model_card import LOSS_HISTORY_NAME, LOSS_PLOT_NAME, RUN_INFO_NAME, write_model_card
 from hub_cards.push import IGNORE_PATTERNS, files_to_push
+from processing.adapters import save_image_newline
 from processing.lengths import LENGTH_COLUMNS
 from processing.padding_free import LlavaPaddingFreeCollator
 
@@ -42,6 +45,7 @@ from .length_grouping import ModalityLengthGroupedSampler
 from .projector_artifact import save_projector
 
 PROJECTOR = "multi_modal_projector"
+VISION_TOWER = "vision_tower"
 
 
 class _IgnoringHub:
@@ -81,6 +85,8 @@ class LlavaSFTTrainer(SFTTrainer):
     Args:
         projector_lr (`float`, *optional*):
             Learning rate of the projector's parameters; the others use `args.learning_rate`. `None` keeps one rate.
+        vision_tower_lr (`float`, *optional*):
+            Learning rate of the vision tower's parameters (where the stage trains it), as `projector_lr`.
         projector_provenance (`dict`, *optional*):
             When given, every save also writes the projector artifact with this provenance (stage 1 does this).
         run_info (`dict`, *optional*):
@@ -100,6 +106,7 @@ class LlavaSFTTrainer(SFTTrainer):
         self,
         *args,
         projector_lr: float | None = None,
+        vision_tower_lr: float | None = None,
         projector_provenance: dict[str, Any] | None = None,
         run_info: dict[str, Any] | None = None,
         fingerprint: dict[str, Any] | None = None,
@@ -109,6 +116,7 @@ class LlavaSFTTrainer(SFTTrainer):
         self.fingerprint = fingerprint
         self.group_by_modality_length = group_by_modality_length
         self.projector_lr = projector_lr
+        self.vision_tower_lr = vision_tower_lr
         self.projector_provenance = projector_provenance
         self.run_info = run_info
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
@@ -117,20 +125,24 @@ class LlavaSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """The default optimizer, with the projector's parameters moved into groups at `projector_lr`."""
+        """The default optimizer, each of its groups split by part: the projector's parameters at `projector_lr`, the
+        vision tower's at `vision_tower_lr`, the rest at the group's rate (weight decay as the default decides)."""
         optimizer = super().create_optimizer(model)
-        if self.projector_lr is None:
+        rates = {part: lr for part, lr in ((PROJECTOR, self.projector_lr), (VISION_TOWER, self.vision_tower_lr))}
+        rates = {part: lr for part, lr in rates.items() if lr is not None}
+        if not rates:
             return optimizer
         opt_model = self.model if model is None else model
-        projector_params = {id(p) for name, p in opt_model.named_parameters() if PROJECTOR in name}
+        part_of = {
+            id(p): next((part for part in rates if part in name), None) for name, p in opt_model.named_parameters()
+        }
         groups = []
         for group in optimizer.param_groups:
             params = group.pop("params")
-            for is_projector in (False, True):
-                selected = [p for p in params if (id(p) in projector_params) == is_projector]
+            for part in (None, *rates):
+                selected = [p for p in params if part_of.get(id(p)) == part]
                 if selected:
-                    lr = self.projector_lr if is_projector else group["lr"]
-                    groups.append({**group, "params": selected, "lr": lr})
+                    groups.append({**group, "params": selected, "lr": rates.get(part, group["lr"])})
         optimizer.param_groups.clear()
         for group in groups:
             optimizer.add_param_group(group)
@@ -138,6 +150,8 @@ class LlavaSFTTrainer(SFTTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
+        if isinstance(self.model, PeftModel) and self.args.should_save:
+            save_image_newline(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
         if self.projector_provenance is not None and self.args.should_save:
             model = self.accelerator.unwrap_model(self.model)
             save_projector(model, output_dir or self.args.output_dir, **self.projector_provenance)
@@ -189,6 +203,7 @@ class LlavaSFTTrainer(SFTTrainer):
         hyperparameters = {
             "learning_rate": args.learning_rate,
             "projector learning rate": self.projector_lr or args.learning_rate,
+            **({"vision tower learning rate": self.vision_tower_lr} if self.vision_tower_lr is not None else {}),
             "global batch size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
             "per-device batch size": args.per_device_train_batch_size,
             "gradient accumulation": args.gradient_accumulation_steps,

@@ -35,7 +35,7 @@ from peft import get_peft_model
 from transformers import AutoConfig
 from trl import ModelConfig, SFTConfig
 
-from modeling_llava import LlavaPluginConfig, LlavaPluginForConditionalGeneration
+from modeling_llava import LlavaNextPluginConfig, LlavaPluginConfig, LlavaPluginForConditionalGeneration
 from modeling_llava.configuration_llava_plugin import VISION_TOWERS_WITHOUT_CLS
 from modeling_llava.processing_llava_plugin import tokenizer_with_image_token
 
@@ -79,13 +79,24 @@ def _language_vocabulary(language_model: str, vocab_size: int) -> tuple[int, str
         return vocab_size + 1, f"no tokenizer in {language_model!r}: assumed one added token (<image>)"
 
 
+# The estimate counts one tile per image and a frozen tower, which is not how a LLaVA-NeXT run spends its memory.
+NOT_PLANNED = (
+    "llava plan sizes LLaVA-1.5 runs only: a LLaVA-NeXT (AnyRes) run's images take up to five tiles and a varying "
+    "number of tokens each, and its tower may train, which the estimate does not count yet."
+)
+
+
 def meta_model(
     script_args: LlavaScriptArguments, model_args: ModelConfig
 ) -> tuple[LlavaPluginForConditionalGeneration, list[str]]:
     """The run's model on the meta device, from configs alone, in the recipe's dtype; and notes on what was assumed."""
     notes = []
+    if script_args.anyres or script_args.train_vision_tower:
+        raise SetupError(NOT_PLANNED)
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        if isinstance(config, LlavaNextPluginConfig):
+            raise SetupError(NOT_PLANNED)
         if not isinstance(config, LlavaPluginConfig):
             raise SetupError(
                 f"{model_args.model_name_or_path!r} is a {config.model_type} checkpoint: convert it first "

@@ -230,6 +230,16 @@ def check_arguments(script_args: LlavaScriptArguments, training_args: SFTConfig,
             names = ", ".join(TEMPLATE_NAMES)
             raise SetupError(f"Unknown template {script_args.template!r}: expected one of {names}.")
         stage = replace(stage, template=script_args.template)
+    if script_args.train_vision_tower:
+        try:
+            stage = stage.with_vision_tower()
+        except ValueError as error:
+            raise SetupError(str(error)) from None
+    elif script_args.vision_tower_lr is not None:
+        raise SetupError(
+            f"`vision_tower_lr: {script_args.vision_tower_lr}` is not used: the vision tower is frozen unless "
+            "`train_vision_tower: true` (stage2)."
+        )
     refused = [(name, NOT_HONOURED[name]) for name in _changed(training_args, NOT_HONOURED)]
     refused += [(name, NOT_HONOURED[name]) for name in _changed(model_args, NOT_HONOURED)]
     if stage.uses_lora and "use_peft" in dict(refused):
@@ -508,6 +518,7 @@ def _assemble_trainer(
         ),
         peft_config=peft_config,
         projector_lr=script_args.projector_lr,
+        vision_tower_lr=script_args.vision_tower_lr,
         projector_provenance=(
             {"vision_tower": script_args.vision_tower, "language_model": script_args.language_model}
             if stage.name == "stage1"
