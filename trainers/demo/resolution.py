@@ -85,12 +85,12 @@ def chance(world: WorldFiles) -> dict[str, float]:
 
 def print_resolution_report(results: dict) -> None:
     print(f"\nHeld-out accuracy ({results['heldout_images']} new images, one question of each kind)")
-    print(f"{'':<30}" + "".join(f"{kind:>10}" for kind in DETAIL_KINDS) + f"{'mark signal':>14}")
+    print(f"{'':<30}" + "".join(f"{kind:>10}" for kind in DETAIL_KINDS) + f"{'mark signal (grey levels)':>28}")
     labels = {"single_tile": "LLaVA-1.5, one 32 px tile", "anyres": "LLaVA-NeXT, AnyRes 2 x 2"}
     for variant, label in labels.items():
         entry = results["heldout"][variant]["per_kind"]
-        signal = f"{results['mark_signal_grey_levels'][variant]:.0f} grey levels"
-        print(f"{label:<30}" + "".join(f"{entry[kind]:>10.3f}" for kind in DETAIL_KINDS) + f"{signal:>14}")
+        signal = results["mark_signal_grey_levels"][variant]
+        print(f"{label:<30}" + "".join(f"{entry[kind]:>10.3f}" for kind in DETAIL_KINDS) + f"{signal:>28.0f}")
     print(f"{'chance (most frequent answer)':<30}" + "".join(f"{results['chance'][k]:>10.3f}" for k in DETAIL_KINDS))
 
 
