@@ -110,13 +110,19 @@ def main(argv: list[str] | None = None) -> None:
     merge_parser.add_argument("out", help="where the merged checkpoint is written")
 
     demo_parser = commands.add_parser("demo", help="the whole LLaVA pipeline in miniature, offline, on a CPU")
-    demo_parser.add_argument("--output-dir", default="demo_output", help="where everything is written")
+    demo_parser.add_argument("--output-dir", help="where everything is written (default demo_output)")
     demo_parser.add_argument("--quick", action="store_true", help="a few steps of everything: checks the plumbing")
     demo_parser.add_argument(
         "--task",
         action="store_true",
         help="then LoRA-fine-tune the demo's model on a new question kind, accuracy before and after (runs the demo "
         "first where --output-dir holds no finished one)",
+    )
+    demo_parser.add_argument(
+        "--resolution",
+        action="store_true",
+        help="instead: the same LLaVA trained with one 32 px tile (1.5) and with AnyRes tiles (NeXT) on a detail only "
+        "the full resolution shows, held-out accuracy of each (into demo_resolution unless --output-dir is given)",
     )
     demo_parser.add_argument("--seed", type=int, default=0)
 
@@ -240,10 +246,18 @@ def main(argv: list[str] | None = None) -> None:
             fail("merge-lora", error)
         print(f"Merged checkpoint written to {merged}")
     elif args.command == "demo":
+        from trainers.demo.resolution import run_resolution
         from trainers.demo.run import DemoFolderError, run_demo, run_task
 
+        if args.resolution and args.task:
+            fail("demo", "--resolution and --task are two different runs: give one.")
         try:
-            (run_task if args.task else run_demo)(args.output_dir, quick=args.quick, seed=args.seed)
+            if args.resolution:
+                run_resolution(args.output_dir or "demo_resolution", quick=args.quick, seed=args.seed)
+            else:
+                (run_task if args.task else run_demo)(
+                    args.output_dir or "demo_output", quick=args.quick, seed=args.seed
+                )
         except DemoFolderError as error:  # --task in a folder holding a demo of the other size
             fail("demo", error)
     elif args.command == "convert":
