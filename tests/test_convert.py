@@ -42,6 +42,24 @@ SENTINEL = -200  # the original's IMAGE_TOKEN_INDEX
 PROMPT = "USER: What is the colour of the square? ASSISTANT:"
 
 
+# Prefixes of the weight names in llava-hf's released checkpoints (1.5 and 1.6 alike), which vLLM loads as they are.
+LLAVA_HF_RELEASED = (
+    "language_model.model.",
+    "language_model.lm_head.",
+    "multi_modal_projector.",
+    "vision_tower.vision_model.",
+)
+
+
+def saved_weight_names(folder: Path) -> set[str]:
+    """Every tensor name in a folder's safetensors files, as written (no loader's renaming)."""
+    names = set()
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as weights:
+            names |= set(weights.keys())
+    return names
+
+
 def original_reference_logits(folder: Path, clip: str, pixel_values: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """The original LLaVA's forward, written out: the tower's `mm_vision_select_layer` without CLS, mm_projector,
     splice at -200.
@@ -308,18 +326,8 @@ def test_export_writes_the_weight_names_of_released_llava_hf_checkpoints(tmp_pat
     """vLLM's LlavaForConditionalGeneration reads the names llava-hf/llava-1.5-7b-hf holds (its CLIP tower under
     `vision_tower.vision_model`); an export under transformers 5's in-memory names (`model.vision_tower.embeddings.*`)
     stopped vLLM 0.32 with "There is no module or parameter named 'vision_tower.embeddings'"."""
-    convert(llava_checkpoint, tmp_path / "hf", to="llava-hf")
-    names = set()
-    for file in (tmp_path / "hf").glob("*.safetensors"):
-        with safe_open(file, "pt") as weights:
-            names |= set(weights.keys())
-    released = (
-        "language_model.model.",
-        "language_model.lm_head.",
-        "multi_modal_projector.",
-        "vision_tower.vision_model.",
-    )
-    assert names and all(name.startswith(released) for name in names), sorted(names)[:5]
+    names = saved_weight_names(convert(llava_checkpoint, tmp_path / "hf", to="llava-hf"))
+    assert names and all(name.startswith(LLAVA_HF_RELEASED) for name in names), sorted(names)[:5]
     assert {
         "language_model.lm_head.weight",
         "language_model.model.embed_tokens.weight",

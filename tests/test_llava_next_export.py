@@ -13,13 +13,13 @@ import textwrap
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
 from command_line.main import main as llava
 from modeling_llava import LlavaNextPluginForConditionalGeneration, LlavaNextPluginProcessor
 from tests.conftest import BLOCK_THE_PACKAGE, random_image
+from tests.test_convert import LLAVA_HF_RELEASED, saved_weight_names
 from tests.test_loading import remote_code_pythons
 
 # (height, width): grids of one, two and three tiles of the tiny tower, where transformers' rounding of the unpadded
@@ -105,18 +105,9 @@ def test_export_loads_in_a_process_without_the_package(next_checkpoint, exported
 def test_export_writes_the_weight_names_of_released_llava_hf_1_6_checkpoints(exported):
     """llava-hf/llava-v1.6-vicuna-7b-hf's names (its CLIP tower under `vision_tower.vision_model`, `image_newline` at
     the top), which vLLM's LlavaNextForConditionalGeneration loads as they are."""
-    names = set()
-    for file in exported.glob("*.safetensors"):
-        with safe_open(file, "pt") as weights:
-            names |= set(weights.keys())
-    released = (
-        "language_model.model.",
-        "language_model.lm_head.",
-        "multi_modal_projector.",
-        "vision_tower.vision_model.",
-    )
+    names = saved_weight_names(exported)
     assert "image_newline" in names
-    assert all(name.startswith(released) for name in names - {"image_newline"}), sorted(names)[:5]
+    assert all(name.startswith(LLAVA_HF_RELEASED) for name in names - {"image_newline"}), sorted(names)[:5]
 
 
 def test_export_carries_the_conversation_template_alone(next_checkpoint, exported):
